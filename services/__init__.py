@@ -1,0 +1,1 @@
+"""Legation's data-plane services: `authz` (ext_authz) and `ratelimit` (RLS)."""

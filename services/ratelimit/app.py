@@ -1,0 +1,201 @@
+"""`legation ratelimit`: settings, wiring, config reload. The one place a backend is chosen."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from dataclasses import dataclass
+
+from legation.errors import ConfigErrors
+from legation.grpc_runtime import Health, ServerSettings, run_server
+from legation.logs import setup_logging
+from legation.watch import watch_path
+from services.ratelimit.backends import CounterBackend
+from services.ratelimit.config import LoadedConfig, load_config
+from services.ratelimit.limiter import FailureMode, Limiter
+from services.ratelimit.metrics import CONFIG_INFO, CONFIG_LOADS, Metrics
+from services.ratelimit.server import SERVICE, RateLimitServicer
+
+__all__ = ["Settings", "add_arguments", "run"]
+
+log = logging.getLogger("legation.ratelimit")
+
+CONFIG_COMPONENT = "legation.ratelimit.config"
+BACKEND_COMPONENT = "legation.ratelimit.backend"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    config: str
+    """Config file, or directory of *.yaml / *.yml files (one domain each)."""
+    listen: str = "127.0.0.1:8081"
+    """gRPC address."""
+    metrics_listen: str | None = None
+    """Operations HTTP address: /metrics, /healthz, /readyz."""
+    redis_url: str | None = None
+    """Redis for shared counters; None = in-memory (one process only)."""
+    failure_mode: FailureMode = "unavailable"
+    """When the backend cannot decide: gRPC UNAVAILABLE (Envoy's failure_mode_deny decides), allow or deny."""
+    backend_timeout: float = 0.05
+    """Seconds one decision may wait for the backend."""
+    response_headers: bool = False
+    """Add RateLimit-Limit/Remaining/Reset to response_headers_to_add."""
+    grace: float = 10.0
+    """Seconds in-flight calls get to finish on SIGTERM."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    d = Settings(config="")
+    parser.add_argument(
+        "--config",
+        required=True,
+        metavar="PATH",
+        help="config file or directory of *.yaml files (envoyproxy/ratelimit format)",
+    )
+    parser.add_argument(
+        "--listen", default=d.listen, metavar="HOST:PORT", help="gRPC address (default %(default)s)"
+    )
+    parser.add_argument(
+        "--metrics-listen", metavar="HOST:PORT", help="serve /metrics, /healthz and /readyz here"
+    )
+    parser.add_argument(
+        "--redis-url",
+        metavar="URL",
+        help="redis://, rediss://, unix://, redis+sentinel://, redis+cluster://; none = in-memory",
+    )
+    parser.add_argument(
+        "--failure-mode",
+        choices=["unavailable", "allow", "deny"],
+        default=d.failure_mode,
+        help="answer when the backend fails: gRPC UNAVAILABLE (default; Envoy's failure_mode_deny "
+        "decides), OK, or OVER_LIMIT",
+    )
+    parser.add_argument(
+        "--backend-timeout",
+        type=float,
+        default=d.backend_timeout,
+        metavar="SECONDS",
+        help="longest wait for the backend per decision (default %(default)s)",
+    )
+    parser.add_argument(
+        "--response-headers",
+        action="store_true",
+        help="add RateLimit-Limit/-Remaining/-Reset headers to responses",
+    )
+    parser.add_argument(
+        "--shutdown-grace",
+        type=float,
+        default=d.grace,
+        metavar="SECONDS",
+        help="drain time on SIGTERM (default %(default)s)",
+    )
+    parser.add_argument(
+        "--check", action="store_true", help="validate the config, print problems, exit 1 if any"
+    )
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+
+def run(args: argparse.Namespace) -> int:
+    setup_logging("ratelimit", args.log_level)
+    settings = Settings(
+        config=args.config,
+        listen=args.listen,
+        metrics_listen=args.metrics_listen,
+        redis_url=args.redis_url,
+        failure_mode=args.failure_mode,
+        backend_timeout=args.backend_timeout,
+        response_headers=args.response_headers,
+        grace=args.shutdown_grace,
+    )
+    try:
+        loaded = load_config(settings.config)
+    except ConfigErrors as exc:
+        for err in exc.errors:
+            print(str(err), file=sys.stderr)
+        log.error("invalid config, not starting", extra={"errors": [str(e) for e in exc.errors]})
+        return 1
+    if args.check:
+        print(f"ok: {len(loaded.domains)} domain(s) in {len(loaded.files)} file(s), version {loaded.version}")
+        return 0
+    try:
+        import uvloop
+
+        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        runner = asyncio.Runner()
+    with runner:
+        try:
+            runner.run(serve(settings, loaded))
+        except OSError as exc:
+            log.error("cannot start", extra={"error": str(exc)})
+            return 1
+    return 0
+
+
+def make_backend(settings: Settings) -> CounterBackend:
+    if settings.redis_url:
+        from services.ratelimit.backends.redis import connect
+
+        return connect(settings.redis_url)
+    from services.ratelimit.backends.memory import MemoryBackend
+
+    return MemoryBackend()
+
+
+async def serve(settings: Settings, loaded: LoadedConfig) -> None:
+    backend = make_backend(settings)
+    limiter = Limiter(
+        rules=loaded.rules,
+        backend=backend,
+        timeout=settings.backend_timeout,
+        failure_mode=settings.failure_mode,
+        observer=Metrics(),
+    )
+    servicer = RateLimitServicer(limiter, response_headers=settings.response_headers)
+    health = Health([SERVICE])
+    await health.set_component(CONFIG_COMPONENT, True)
+    current = {"version": loaded.version}
+    CONFIG_LOADS.labels("ok").inc()
+    CONFIG_INFO.labels(loaded.version).set(1)
+    log.info("config loaded", extra={"version": loaded.version, "files": list(loaded.files)})
+
+    async def reload() -> None:
+        try:
+            new = load_config(settings.config)
+        except ConfigErrors as exc:
+            CONFIG_LOADS.labels("error").inc()
+            for err in exc.errors:
+                log.error(
+                    "config rejected, keeping version %s: %s",
+                    current["version"],
+                    err,
+                    extra={"file": err.file, "line": err.line, "reason": err.reason},
+                )
+            return
+        if new.version == current["version"]:
+            return
+        limiter.rules = new.rules
+        CONFIG_LOADS.labels("ok").inc()
+        CONFIG_INFO.remove(current["version"])
+        CONFIG_INFO.labels(new.version).set(1)
+        log.info("config reloaded", extra={"version": new.version, "previous": current["version"]})
+        current["version"] = new.version
+
+    async def report_backend() -> None:
+        while True:
+            available = bool(getattr(backend, "available", True))
+            await health.set_component(BACKEND_COMPONENT, available, required=False)
+            await asyncio.sleep(1.0)
+
+    await run_server(
+        settings=ServerSettings(
+            listen=settings.listen, metrics_listen=settings.metrics_listen, grace=settings.grace
+        ),
+        handlers=[servicer.handler()],
+        health=health,
+        reflect=[SERVICE],
+        background=[watch_path(settings.config, reload), report_backend()],
+        on_stop=backend.close,
+    )

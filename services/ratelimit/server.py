@@ -1,0 +1,94 @@
+"""The gRPC adapter: RateLimitService/ShouldRateLimit bytes in, bytes out.
+
+Requests arrive undecoded so that a malformed message becomes a precise INVALID_ARGUMENT here
+rather than an opaque error inside grpcio. Everything else is the limiter's job.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import grpc
+from envoy.config.core.v3 import base_pb2
+from envoy.service.ratelimit.v3 import rls_pb2
+from google.protobuf.message import DecodeError
+
+from services.ratelimit.limiter import Decision, DescriptorRequest, Limiter, LimiterUnavailable
+
+__all__ = ["METHOD", "SERVICE", "RateLimitServicer"]
+
+log = logging.getLogger("legation.ratelimit")
+
+SERVICE = "envoy.service.ratelimit.v3.RateLimitService"
+METHOD = "ShouldRateLimit"
+
+_OK = rls_pb2.RateLimitResponse.OK
+_OVER = rls_pb2.RateLimitResponse.OVER_LIMIT
+_Request = rls_pb2.RateLimitRequest
+_Response = rls_pb2.RateLimitResponse
+_Header = base_pb2.HeaderValue
+
+
+class RateLimitServicer:
+    def __init__(self, limiter: Limiter, *, response_headers: bool = False) -> None:
+        self.limiter = limiter
+        self._response_headers = response_headers
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        return grpc.method_handlers_generic_handler(
+            SERVICE, {METHOD: grpc.unary_unary_rpc_method_handler(self.should_rate_limit)}
+        )
+
+    async def should_rate_limit(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        try:
+            request = _Request.FromString(raw)
+        except DecodeError:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "request is not a valid RateLimitRequest")
+        if not request.domain:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "rate limit domain must not be empty")
+        if not request.descriptors:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "rate limit descriptor list must not be empty"
+            )
+        descriptors = [_descriptor(d) for d in request.descriptors]
+        try:
+            decision = await self.limiter.should_rate_limit(request.domain, descriptors, request.hits_addend)
+        except LimiterUnavailable as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"rate limit backend unavailable: {exc}")
+        body: bytes = self._response(decision).SerializeToString()
+        return body
+
+    def _response(self, decision: Decision) -> Any:
+        response = _Response(overall_code=_OVER if decision.over else _OK)
+        tightest = None
+        for status in decision.statuses:
+            item = response.statuses.add(code=_OVER if status.over else _OK)
+            limit = status.limit
+            if limit is None:
+                continue
+            item.current_limit.requests_per_unit = limit.requests
+            item.current_limit.unit = limit.unit
+            if limit.name:
+                item.current_limit.name = limit.name
+            item.limit_remaining = status.remaining
+            item.duration_until_reset.FromMilliseconds(status.reset_ms)
+            if tightest is None or status.remaining < tightest.remaining:
+                tightest = status
+        if self._response_headers and tightest is not None and tightest.limit is not None:
+            response.response_headers_to_add.extend(
+                (
+                    _Header(key="RateLimit-Limit", value=str(tightest.limit.requests)),
+                    _Header(key="RateLimit-Remaining", value=str(tightest.remaining)),
+                    _Header(key="RateLimit-Reset", value=str(-(-tightest.reset_ms // 1000))),
+                )
+            )
+        return response
+
+
+def _descriptor(d: Any) -> DescriptorRequest:
+    return DescriptorRequest(
+        entries=tuple((e.key, e.value) for e in d.entries),
+        addend=d.hits_addend.value if d.HasField("hits_addend") else None,
+        override=(d.limit.requests_per_unit, d.limit.unit) if d.HasField("limit") else None,
+    )
