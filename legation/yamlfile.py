@@ -46,26 +46,28 @@ class Document:
     node: yaml.Node
 
     def line_of(self, path: Sequence[str | int]) -> int:
-        """1-based line of the deepest node along `path` (the document start if none)."""
-        node = self.node
+        """1-based line of the field at `path`: its key's line for a mapping entry, the item's
+        line for a list element; the deepest existing ancestor if the path does not exist."""
+        node, line = self.node, self.node.start_mark.line
         for part in path:
-            child = _child(node, part)
-            if child is None:
+            found = _child(node, part)
+            if found is None:
                 break
-            node = child
-        return int(node.start_mark.line) + 1
+            node, line = found
+        return int(line) + 1
 
     def error(self, path: Sequence[str | int], reason: str) -> ConfigError:
         return ConfigError(file=self.file, line=self.line_of(path), path=tuple(path), reason=reason)
 
 
-def _child(node: yaml.Node, part: str | int) -> yaml.Node | None:
+def _child(node: yaml.Node, part: str | int) -> tuple[yaml.Node, int] | None:
     if isinstance(node, yaml.MappingNode) and isinstance(part, str):
         for key_node, value_node in node.value:
             if isinstance(key_node, yaml.ScalarNode) and key_node.value == part:
-                return value_node  # type: ignore[no-any-return]
+                return value_node, key_node.start_mark.line
     if isinstance(node, yaml.SequenceNode) and isinstance(part, int) and 0 <= part < len(node.value):
-        return node.value[part]  # type: ignore[no-any-return]
+        item = node.value[part]
+        return item, item.start_mark.line
     return None
 
 

@@ -74,7 +74,7 @@ class RateLimit(_Strict):
     )
     unlimited: bool = Field(default=False, description="Never limit this descriptor.")
     name: str = Field(default="", description="Name for metrics and for `replaces`.")
-    replaces: tuple[Replaces, ...] = Field(default=(), description="Limits this one replaces.")
+    replaces: list[Replaces] = Field(default_factory=list, description="Limits this one replaces.")
     algorithm: Algorithm | None = Field(default=None, description="Extension: overrides the file's.")
 
     @field_validator("unit")
@@ -105,10 +105,10 @@ class Descriptor(_Strict):
     key: str = Field(description="Descriptor entry key; required.")
     value: str | None = Field(default=None, description="Exact value, `*` wildcards allowed; absent = any.")
     rate_limit: RateLimit | None = None
-    rate_limits: tuple[RateLimit, ...] | None = Field(
+    rate_limits: list[RateLimit] | None = Field(
         default=None, description="Extension: several limits; the strictest decides."
     )
-    descriptors: tuple[Descriptor, ...] = ()
+    descriptors: list[Descriptor] = Field(default_factory=list)
     shadow_mode: bool = Field(default=False, description="Count and report, never deny.")
     detailed_metric: bool = Field(default=False, description="Label metrics with the full value.")
 
@@ -126,21 +126,24 @@ class Descriptor(_Strict):
     def limits(self) -> tuple[RateLimit, ...]:
         if self.rate_limit is not None:
             return (self.rate_limit,)
-        return self.rate_limits or ()
+        return tuple(self.rate_limits or ())
 
 
 class DomainConfig(_Strict):
     """One config file (or YAML document): a domain and its descriptor tree."""
 
-    domain: str = Field(default="", description="The domain Envoy names in its requests.")
-    descriptors: tuple[Descriptor, ...] = ()
+    domain: str = Field(
+        default="", validate_default=True, description="The domain Envoy names in its requests."
+    )
+    descriptors: list[Descriptor] = Field(default_factory=list)
     algorithm: Algorithm = Field(default="sliding_window", description="Extension: default algorithm.")
 
-    @model_validator(mode="after")
-    def _named(self) -> DomainConfig:
-        if not self.domain:
+    @field_validator("domain")
+    @classmethod
+    def _named(cls, domain: str) -> str:
+        if not domain:
             raise ValueError("config file cannot have empty domain")
-        return self
+        return domain
 
 
 @dataclass(frozen=True)
