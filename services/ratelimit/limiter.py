@@ -188,13 +188,7 @@ class Limiter:
         start = loop.time()
         self._inflight += 1
         try:
-            async with asyncio.timeout(self._timeout):
-                outcome = await self._backend.apply(ops, checks)
-        except TimeoutError as exc:
-            self._observer.backend(loop.time() - start, "timeout")
-            raise LimiterUnavailable(
-                "timeout", f"backend did not answer within {self._timeout * 1000:.0f} ms"
-            ) from exc
+            outcome = await self._backend.apply(ops, checks, timeout=self._timeout)
         except BackendError as exc:
             self._observer.backend(loop.time() - start, exc.reason)
             raise LimiterUnavailable(exc.reason, str(exc)) from exc

@@ -238,7 +238,9 @@ class FailingBackend:
     def __init__(self, reason: str = "connection") -> None:
         self.reason = reason
 
-    async def apply(self, counters: Sequence[CounterOp], checks: Sequence[Check]) -> Outcome:
+    async def apply(
+        self, counters: Sequence[CounterOp], checks: Sequence[Check], *, timeout: float
+    ) -> Outcome:
         raise BackendError(self.reason, "redis connection failed: refused")
 
     async def ping(self) -> None:

@@ -54,8 +54,11 @@ class Outcome:
 
 
 class CounterBackend(Protocol):
-    async def apply(self, counters: Sequence[CounterOp], checks: Sequence[Check]) -> Outcome:
-        """Check and (if every enforced check passes) count, atomically. Raises BackendError."""
+    async def apply(
+        self, counters: Sequence[CounterOp], checks: Sequence[Check], *, timeout: float
+    ) -> Outcome:
+        """Check and (if every enforced check passes) count, atomically, within `timeout`
+        seconds. Raises BackendError (reason "timeout" when out of time)."""
         ...
 
     async def ping(self) -> None:

@@ -38,7 +38,10 @@ class MemoryBackend:
     def __len__(self) -> int:
         return len(self._counters)
 
-    async def apply(self, counters: Sequence[CounterOp], checks: Sequence[Check]) -> Outcome:
+    async def apply(
+        self, counters: Sequence[CounterOp], checks: Sequence[Check], *, timeout: float = 0
+    ) -> Outcome:
+        # Never waits: the timeout has nothing to bound.
         if self._sweeper is None:
             self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
         now = int(self._clock() * 1000)

@@ -34,7 +34,8 @@ log = logging.getLogger("legation.ratelimit.redis")
 
 SCRIPT = resources.files("services.ratelimit.backends").joinpath("window.lua").read_text()
 
-_CONNECTION_ERRORS = (rexc.ConnectionError, rexc.TimeoutError, OSError)
+# Refused or reset: Redis is down, fail fast until it answers. A redis-py timeout only means slow.
+_CONNECTION_ERRORS = (rexc.ConnectionError, OSError)
 
 
 class RedisBackend:
@@ -50,7 +51,9 @@ class RedisBackend:
     def available(self) -> bool:
         return not self._down
 
-    async def apply(self, counters: Sequence[CounterOp], checks: Sequence[Check]) -> Outcome:
+    async def apply(
+        self, counters: Sequence[CounterOp], checks: Sequence[Check], *, timeout: float
+    ) -> Outcome:
         if self._down:
             raise BackendError("unavailable", "redis is unavailable")
         args: list[int] = []
@@ -58,8 +61,19 @@ class RedisBackend:
             args += (op.bucket_ms, op.span, op.addend)
         for check in checks:
             args += (check.counter + 1, check.limit, 1 if check.enforce else 0)
+        # The call runs as its own task and is abandoned (cancelled, not awaited) at the deadline:
+        # redis-py does not always give up promptly when cancelled mid-read, and the answer to
+        # Envoy must not wait for it.
+        call = asyncio.ensure_future(self._script(keys=[op.key for op in counters], args=args))
+        done, _ = await asyncio.wait((call,), timeout=timeout)
+        if not done:
+            call.cancel()
+            call.add_done_callback(_discard)
+            raise BackendError("timeout", f"redis did not answer within {timeout * 1000:.0f} ms")
         try:
-            reply = await self._script(keys=[op.key for op in counters], args=args)
+            reply = call.result()
+        except rexc.TimeoutError as exc:
+            raise BackendError("timeout", f"redis timed out: {exc}") from exc
         except _CONNECTION_ERRORS as exc:
             self._mark_down(exc)
             raise BackendError("connection", f"redis connection failed: {exc}") from exc
@@ -108,10 +122,21 @@ class RedisBackend:
             await self._client.aclose()
 
 
-def connect(url: str, *, connect_timeout: float = 0.5, max_connections: int = 64) -> RedisBackend:
-    """Build a backend for `url` without connecting: the service starts even while Redis is down."""
+def _discard(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # retrieved, so asyncio does not log "exception never retrieved"
+
+
+def connect(
+    url: str, *, connect_timeout: float = 0.5, socket_timeout: float = 1.0, max_connections: int = 64
+) -> RedisBackend:
+    """Build a backend for `url` without connecting: the service starts even while Redis is down.
+
+    The decision timeout (the limiter's) is much shorter than these; they only make sure that a
+    connection to a hung server is eventually dropped."""
     common: dict[str, Any] = {
         "socket_connect_timeout": connect_timeout,
+        "socket_timeout": socket_timeout,
         "socket_keepalive": True,
         "retry": Retry(NoBackoff(), 0),
     }
@@ -125,7 +150,12 @@ def connect(url: str, *, connect_timeout: float = 0.5, max_connections: int = 64
     elif scheme in ("redis+sentinel", "rediss+sentinel"):
         client = _sentinel_master(parts, common, ssl=scheme.startswith("rediss"))
     elif scheme in ("redis", "rediss", "unix"):
-        client = aioredis.Redis.from_url(url, max_connections=max_connections, **common)
+        # Blocking pool: at the connection cap a call waits (within the decision timeout)
+        # instead of failing as if Redis were down.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=max_connections, timeout=None, **common
+        )
+        client = aioredis.Redis(connection_pool=pool)
     else:
         raise ValueError(f"unsupported Redis URL scheme '{parts.scheme}' in {url!r}")
     return RedisBackend(client)
