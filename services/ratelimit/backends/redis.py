@@ -152,6 +152,8 @@ def connect(
     elif scheme in ("redis", "rediss", "unix"):
         # Blocking pool: at the connection cap a call waits (within the decision timeout)
         # instead of failing as if Redis were down.
+        if scheme == "unix":  # no TCP keepalive on a unix socket
+            common.pop("socket_keepalive")
         pool = aioredis.BlockingConnectionPool.from_url(
             url, max_connections=max_connections, timeout=None, **common
         )
