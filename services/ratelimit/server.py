@@ -28,6 +28,7 @@ _OVER = rls_pb2.RateLimitResponse.OVER_LIMIT
 _Request = rls_pb2.RateLimitRequest
 _Response = rls_pb2.RateLimitResponse
 _Header = base_pb2.HeaderValue
+_UNITS = frozenset(v for v in rls_pb2.RateLimitResponse.RateLimit.Unit.values() if v != 0)
 
 
 class RateLimitServicer:
@@ -52,6 +53,10 @@ class RateLimitServicer:
                 grpc.StatusCode.INVALID_ARGUMENT, "rate limit descriptor list must not be empty"
             )
         descriptors = [_descriptor(d) for d in request.descriptors]
+        if any(d.override is not None and d.override[1] not in _UNITS for d in descriptors):
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "descriptor limit override has an unknown unit"
+            )
         try:
             decision = await self.limiter.should_rate_limit(request.domain, descriptors, request.hits_addend)
         except LimiterUnavailable as exc:
