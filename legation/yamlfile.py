@@ -8,13 +8,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
 import yaml
+from pydantic import BaseModel, ValidationError
 
-from legation.errors import ConfigError
+from legation.errors import ConfigError, ConfigErrors
 
-__all__ = ["Document", "load_documents"]
+__all__ = ["Document", "load_documents", "read_config_files"]
 
 
 class _Loader(yaml.SafeLoader):
@@ -59,6 +61,34 @@ class Document:
     def error(self, path: Sequence[str | int], reason: str) -> ConfigError:
         return ConfigError(file=self.file, line=self.line_of(path), path=tuple(path), reason=reason)
 
+    def validate(self, model: type[M], errors: list[ConfigError]) -> M | None:
+        """The document as `model`, or None with every problem appended to `errors`."""
+        if not isinstance(self.data, dict):
+            errors.append(self.error((), f"a {model.__name__} document must be a mapping"))
+            return None
+        try:
+            return model.model_validate(self.data)
+        except ValidationError as exc:
+            for err in exc.errors():
+                errors.append(self.error(_clean_loc(err["loc"]), _message(err)))
+            return None
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _clean_loc(loc: Sequence[Any]) -> tuple[str | int, ...]:
+    # pydantic adds pseudo-segments for unions, tagged models and validators: not YAML keys.
+    return tuple(
+        p for p in loc if isinstance(p, int) or not str(p).startswith(("function-", "union", "tagged-union"))
+    )
+
+
+def _message(err: Any) -> str:
+    if err["type"] == "extra_forbidden":
+        return "unknown key"
+    return str(err["msg"]).removeprefix("Value error, ")
+
 
 def _child(node: yaml.Node, part: str | int) -> tuple[yaml.Node, int] | None:
     if isinstance(node, yaml.MappingNode) and isinstance(part, str):
@@ -98,3 +128,28 @@ def _documents(text: str, file: str) -> Iterator[Document]:
             index += 1
     finally:
         loader.dispose()
+
+
+def read_config_files(path: str | Path) -> list[tuple[str, str]]:
+    """(file name, text) of a YAML file, or of every `*.yaml`/`*.yml` in a directory, sorted.
+
+    Hidden entries are skipped, which also skips Kubernetes ConfigMap mounts' `..data` links.
+    Raises ConfigErrors if the path is missing or a file cannot be read."""
+    root = Path(path)
+    if root.is_dir():
+        files = sorted(
+            p
+            for p in root.iterdir()
+            if p.suffix in (".yaml", ".yml") and not p.name.startswith(".") and p.is_file()
+        )
+    elif root.is_file():
+        files = [root]
+    else:
+        raise ConfigErrors([ConfigError(file=str(root), reason="no such file or directory")])
+    texts = []
+    for file in files:
+        try:
+            texts.append((str(file), file.read_text(encoding="utf-8")))
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigErrors([ConfigError(file=str(file), reason=f"cannot read: {exc}")]) from exc
+    return texts

@@ -11,15 +11,15 @@ controller builds configs with them. Extensions over the reference format:
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from legation.errors import ConfigError, ConfigErrors
-from legation.yamlfile import Document, load_documents
+from legation.yamlfile import Document, load_documents, read_config_files
 from services.ratelimit.rules import Limit, Node, RuleSet, make_limit, wildcard_pattern
 
 __all__ = [
@@ -161,24 +161,7 @@ def load_config(path: str | Path) -> LoadedConfig:
 
     Raises ConfigErrors listing every problem with file, line and field.
     """
-    root = Path(path)
-    if root.is_dir():
-        files = sorted(
-            p
-            for p in root.iterdir()
-            if p.suffix in (".yaml", ".yml") and not p.name.startswith(".") and p.is_file()
-        )
-    elif root.is_file():
-        files = [root]
-    else:
-        raise ConfigErrors([ConfigError(file=str(root), reason="no such file or directory")])
-    texts = []
-    for file in files:
-        try:
-            texts.append((str(file), file.read_text(encoding="utf-8")))
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigErrors([ConfigError(file=str(file), reason=f"cannot read: {exc}")]) from exc
-    return load_config_texts(texts)
+    return load_config_texts(read_config_files(path))
 
 
 def load_config_texts(texts: Sequence[tuple[str, str]]) -> LoadedConfig:
@@ -216,25 +199,7 @@ def _validate(doc: Document, errors: list[ConfigError]) -> DomainConfig | None:
     if not isinstance(doc.data, dict):
         errors.append(doc.error((), "a config document must be a mapping with `domain:`"))
         return None
-    try:
-        return DomainConfig.model_validate(doc.data)
-    except ValidationError as exc:
-        for err in exc.errors():
-            path = _clean_loc(err["loc"])
-            errors.append(doc.error(path, _message(err)))
-        return None
-
-
-def _clean_loc(loc: Iterable[Any]) -> tuple[str | int, ...]:
-    # pydantic adds pseudo-segments for unions and nullable fields; they are not YAML keys.
-    return tuple(p for p in loc if isinstance(p, int) or not str(p).startswith(("function-", "union")))
-
-
-def _message(err: Any) -> str:
-    if err["type"] == "extra_forbidden":
-        return "unknown key"
-    msg = str(err["msg"])
-    return msg.removeprefix("Value error, ")
+    return doc.validate(DomainConfig, errors)
 
 
 def _cross_checks(parsed: list[tuple[Document, DomainConfig]]) -> list[ConfigError]:
