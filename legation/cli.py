@@ -15,6 +15,7 @@ __all__ = ["main"]
 # name → (module providing add_arguments(parser) and run(args) -> int, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "ratelimit": ("services.ratelimit.app", "the rate limit service (Envoy RLS, sliding windows)"),
+    "authz": ("services.authz.app", "the authorization service (Envoy ext_authz, JWT policies)"),
 }
 
 

@@ -1,0 +1,1 @@
+"""External authorization for Envoy (envoy.service.auth.v3): per-team JWT policies."""

@@ -1,0 +1,246 @@
+"""`legation authz`: settings, wiring, policy reload, key sources. The one place they are chosen."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from legation.errors import ConfigError, ConfigErrors
+from legation.grpc_runtime import Health, ServerSettings, run_server
+from legation.logs import setup_logging
+from legation.watch import watch_path
+from services.authz.authorizer import Authorizer
+from services.authz.config import LoadedPolicies, load_policies
+from services.authz.jwks import JwksError, KeySource, RemoteJwks, RemoteSettings, StaticKeySource
+from services.authz.metrics import CONFIG_INFO, CONFIG_LOADS, DecisionMetrics, register_cache
+from services.authz.policy import CompiledPolicy, compile_policy
+from services.authz.resources import Provider
+from services.authz.server import SERVICE, AuthorizationServicer
+from services.authz.tokens import TokenCache
+
+__all__ = ["Settings", "add_arguments", "run"]
+
+log = logging.getLogger("legation.authz")
+
+CONFIG_COMPONENT = "legation.authz.config"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    config: str
+    """A file or directory of JWTPolicy documents."""
+    listen: str = "127.0.0.1:9001"
+    """gRPC address."""
+    metrics_listen: str | None = None
+    """Operations HTTP address: /metrics, /healthz, /readyz."""
+    default_policy: str | None = None
+    """namespace/name used when a request names no policy; None = deny such requests."""
+    jwks_allow_insecure: bool = False
+    """Allow http:// and private or loopback JWKS addresses (local use and tests)."""
+    cache_size: int = 10_000
+    """Verified tokens kept (until their expiry) to skip repeated signature checks."""
+    grace: float = 10.0
+    """Seconds in-flight calls get to finish on SIGTERM."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    d = Settings(config="")
+    parser.add_argument("--config", required=True, metavar="PATH", help="JWTPolicy file or directory")
+    parser.add_argument(
+        "--listen", default=d.listen, metavar="HOST:PORT", help="gRPC address (default %(default)s)"
+    )
+    parser.add_argument(
+        "--metrics-listen", metavar="HOST:PORT", help="serve /metrics, /healthz and /readyz here"
+    )
+    parser.add_argument(
+        "--default-policy", metavar="NAMESPACE/NAME", help="policy for requests that name none"
+    )
+    parser.add_argument(
+        "--jwks-allow-insecure", action="store_true", help="permit http and private/loopback JWKS addresses"
+    )
+    parser.add_argument("--cache-size", type=int, default=d.cache_size, help="verified-token cache entries")
+    parser.add_argument("--shutdown-grace", type=float, default=d.grace, metavar="SECONDS")
+    parser.add_argument(
+        "--check", action="store_true", help="validate the policies, print problems, exit 1 if any"
+    )
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+
+def run(args: argparse.Namespace) -> int:
+    setup_logging("authz", args.log_level)
+    settings = Settings(
+        config=args.config,
+        listen=args.listen,
+        metrics_listen=args.metrics_listen,
+        default_policy=args.default_policy,
+        jwks_allow_insecure=args.jwks_allow_insecure,
+        cache_size=args.cache_size,
+        grace=args.shutdown_grace,
+    )
+    try:
+        loaded = load_policies(settings.config)
+        _standalone_checks(loaded)
+    except ConfigErrors as exc:
+        for err in exc.errors:
+            print(str(err), file=sys.stderr)
+        log.error("invalid policies, not starting", extra={"errors": [str(e) for e in exc.errors]})
+        return 1
+    if args.check:
+        print(f"ok: {len(loaded.policies)} JWTPolicy document(s), version {loaded.version}")
+        return 0
+    try:
+        import uvloop
+
+        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
+    except ImportError:  # pragma: no cover
+        runner = asyncio.Runner()
+    with runner:
+        try:
+            runner.run(serve(settings, loaded))
+        except OSError as exc:
+            log.error("cannot start", extra={"error": str(exc)})
+            return 1
+    return 0
+
+
+def _standalone_checks(loaded: LoadedPolicies) -> None:
+    errors = []
+    for policy in loaded.policies:
+        for i, provider in enumerate(policy.spec.providers):
+            if provider.jwks.secret_ref is not None:
+                errors.append(
+                    ConfigError(
+                        file=loaded.origin.get(policy.key, "?"),
+                        path=("spec", "providers", i, "jwks", "secretRef"),
+                        reason="secretRef is resolved by the controller; standalone, use inline or file",
+                    )
+                )
+    if errors:
+        raise ConfigErrors(errors)
+
+
+class KeySources:
+    """Key sources by provider, kept across reloads while their settings stay the same, so
+    caches stay warm and background refreshes keep running."""
+
+    def __init__(self, *, allow_insecure: bool) -> None:
+        self._allow_insecure = allow_insecure
+        self._sources: dict[tuple[str, str], KeySource] = {}
+        self._used: set[tuple[str, str]] = set()
+
+    def get(self, provider_id: str, provider: Provider, *, base: Path) -> KeySource:
+        signature = provider.jwks.model_dump_json() + "|" + ",".join(provider.algorithms) + "|" + str(base)
+        key = (provider_id, signature)
+        self._used.add(key)
+        source = self._sources.get(key)
+        if source is None:
+            try:
+                source = self._make(provider_id, provider, base)
+            except JwksError as exc:
+                exc.provider_name = provider.name
+                raise
+            self._sources[key] = source
+        return source
+
+    def _make(self, provider_id: str, provider: Provider, base: Path) -> KeySource:
+        jwks = provider.jwks
+        if jwks.uri is not None:
+            settings = RemoteSettings(
+                uri=jwks.uri, cache_duration=jwks.cache_duration, allow_insecure=self._allow_insecure
+            )
+            return RemoteJwks(settings, algorithms=provider.algorithms, source=provider_id)
+        if jwks.file is not None:
+            path = Path(jwks.file) if Path(jwks.file).is_absolute() else base / jwks.file
+            return StaticKeySource(path=str(path), algorithms=provider.algorithms, source=provider_id)
+        return StaticKeySource(data=jwks.inline, algorithms=provider.algorithms, source=provider_id)
+
+    async def begin(self) -> list[KeySource]:
+        """Start new sources; close those the last compile did not use. Returns the started."""
+        for key in [k for k in self._sources if k not in self._used]:
+            await self._sources.pop(key).close()
+        self._used = set()
+        for source in self._sources.values():
+            await source.start()
+        return list(self._sources.values())
+
+
+def compile_all(loaded: LoadedPolicies, sources: KeySources) -> dict[str, CompiledPolicy]:
+    """Compile every policy; key material that cannot be used (a bad inline JWKS, a missing
+    file, a refused URI) is a config error of that provider's `jwks` field."""
+    compiled = {}
+    errors = []
+    for policy in loaded.policies:
+        file = loaded.origin.get(policy.key, ".")
+        base = Path(file).parent
+        try:
+            compiled[policy.key] = compile_policy(policy, functools.partial(sources.get, base=base))
+        except JwksError as exc:
+            index = next((i for i, p in enumerate(policy.spec.providers) if exc.provider_name == p.name), 0)
+            errors.append(
+                ConfigError(
+                    file=file, path=("spec", "providers", index, "jwks"), reason=f"unusable keys: {exc}"
+                )
+            )
+    if errors:
+        raise ConfigErrors(errors)
+    return compiled
+
+
+async def serve(settings: Settings, loaded: LoadedPolicies) -> None:
+    sources = KeySources(allow_insecure=settings.jwks_allow_insecure)
+    cache = TokenCache(settings.cache_size)
+    register_cache(cache)
+    authorizer = Authorizer(compile_all(loaded, sources), default_policy=settings.default_policy, cache=cache)
+    await sources.begin()
+    recorder = DecisionMetrics(set(authorizer.policies))
+    servicer = AuthorizationServicer(authorizer, recorder=recorder)
+    health = Health([SERVICE])
+    await health.set_component(CONFIG_COMPONENT, True)
+    current = {"version": loaded.version}
+    CONFIG_LOADS.labels("ok").inc()
+    CONFIG_INFO.labels(loaded.version).set(1)
+    log.info("policies loaded", extra={"version": loaded.version, "policies": sorted(authorizer.policies)})
+
+    async def reload() -> None:
+        try:
+            new = load_policies(settings.config)
+            _standalone_checks(new)
+            compiled = compile_all(new, sources)
+        except ConfigErrors as exc:
+            CONFIG_LOADS.labels("error").inc()
+            for err in exc.errors:
+                log.error(
+                    "policies rejected, keeping version %s: %s", current["version"], err,
+                    extra={"file": err.file, "line": err.line, "reason": err.reason},
+                )  # fmt: skip
+            return
+        if new.version == current["version"]:
+            return
+        authorizer.policies = compiled
+        recorder.known_policies = set(compiled)
+        await sources.begin()
+        CONFIG_LOADS.labels("ok").inc()
+        CONFIG_INFO.remove(current["version"])
+        CONFIG_INFO.labels(new.version).set(1)
+        log.info("policies reloaded", extra={"version": new.version, "previous": current["version"]})
+        current["version"] = new.version
+
+    async def close_sources() -> None:
+        sources._used = set()
+        await sources.begin()
+
+    await run_server(
+        settings=ServerSettings(
+            listen=settings.listen, metrics_listen=settings.metrics_listen, grace=settings.grace
+        ),
+        handlers=[servicer.handler()],
+        health=health,
+        reflect=[SERVICE],
+        background=[watch_path(settings.config, reload)],
+        on_stop=close_sources,
+    )
