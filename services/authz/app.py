@@ -16,7 +16,8 @@ from legation.logs import setup_logging
 from legation.watch import watch_path
 from services.authz.authorizer import Authorizer
 from services.authz.config import LoadedPolicies, load_policies
-from services.authz.jwks import JwksError, KeySource, RemoteJwks, RemoteSettings, StaticKeySource
+from services.authz.jwks import JwksError, KeySource, StaticKeySource
+from services.authz.jwks_remote import RemoteJwks, RemoteSettings
 from services.authz.metrics import CONFIG_INFO, CONFIG_LOADS, DecisionMetrics, register_cache
 from services.authz.policy import CompiledPolicy, compile_policy
 from services.authz.resources import Provider

@@ -28,11 +28,10 @@ from services.authz.jwks import (
     JwksError,
     Key,
     KeySet,
-    RemoteJwks,
-    RemoteSettings,
     StaticKeySource,
     parse_jwks,
 )
+from services.authz.jwks_remote import RemoteJwks, RemoteSettings
 
 RSA = make_rsa_key("rsa")
 EC = make_ec_key("ec")
