@@ -6,9 +6,10 @@ Factories (call them in a test; every process is stopped at teardown, even on fa
 - ``envoy(bootstrap, values=..., extra_ports=...)`` -> EnvoyProcess (.port, .admin_port, .stats())
 - ``ratelimit_service(config, redis_url=..., extra_args=...)`` -> RateLimitProcess
   (.port, .metrics_port, .address, .proc, .metrics_text())
+- ``authz_service(config, extra_args=..., jwks_allow_insecure=True)`` -> AuthzProcess (same handles)
 
 ``module_launcher`` gives the same for module-scoped fixtures (``.redis()``, ``.envoy()``,
-``.ratelimit()``).
+``.ratelimit()``, ``.authz()``).
 """
 
 from __future__ import annotations
@@ -24,7 +25,14 @@ import pytest
 if str(Path(__file__).parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).parent))
 
-from fixtures.processes import EnvoyProcess, Launcher, RateLimitProcess, RedisProcess, launcher
+from fixtures.processes import (
+    AuthzProcess,
+    EnvoyProcess,
+    Launcher,
+    RateLimitProcess,
+    RedisProcess,
+    launcher,
+)
 
 FIXTURES_DIR = Path(__file__).parent / "fixtures"
 
@@ -78,6 +86,11 @@ def envoy(launch: Launcher) -> Callable[..., EnvoyProcess]:
 @pytest.fixture
 def ratelimit_service(launch: Launcher) -> Callable[..., RateLimitProcess]:
     return launch.ratelimit
+
+
+@pytest.fixture
+def authz_service(launch: Launcher) -> Callable[..., AuthzProcess]:
+    return launch.authz
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[Any]) -> None:

@@ -18,7 +18,7 @@ from services.authz.policy import (
     claim_values,
     normalize_path,
 )
-from services.authz.tokens import TokenCache, TokenError, find_token, parse_cookies, verify
+from services.authz.tokens import TokenCache, TokenError, find_token, parse_cookies, verify, without_cookies
 
 __all__ = ["Authorizer", "HttpRequest", "Verdict"]
 
@@ -42,6 +42,7 @@ class Verdict:
     www_authenticate: str | None = None
     set_headers: tuple[tuple[str, str], ...] = ()
     remove_headers: tuple[str, ...] = ()
+    remove_query: tuple[str, ...] = ()
     metadata: Mapping[str, str] = field(default_factory=dict)
     subject: str | None = None
 
@@ -75,7 +76,7 @@ class Authorizer:
         if rule is None:
             return _forbidden(policy.key, "no rule matches")
         if rule.public:
-            return _allow(policy, None, "public")
+            return _allow(policy, None, "public", request.headers)
         try:
             claims = await self._authenticate(rule, request.headers, query)
         except TokenError as exc:
@@ -85,7 +86,7 @@ class Authorizer:
         for claim, required in rule.claims:
             if not set(required) <= claim_values(claim_at(claims, claim)):
                 return _deny(policy.key, 403, "insufficient_scope", f"missing required {claim}")
-        return _allow(policy, claims, "allowed")
+        return _allow(policy, claims, "allowed", request.headers)
 
     async def _authenticate(
         self, rule: CompiledRule, headers: Mapping[str, str], query: str
@@ -157,13 +158,29 @@ def _token_denied(realm: str, exc: TokenError) -> Verdict:
     return _deny(realm, _STATUS[exc.kind], exc.kind, exc.description)
 
 
-def _allow(policy: CompiledPolicy, claims: Mapping[str, Any] | None, reason: str) -> Verdict:
+def _allow(
+    policy: CompiledPolicy, claims: Mapping[str, Any] | None, reason: str, request_headers: Mapping[str, str]
+) -> Verdict:
     remove = list(policy.identity_headers)
+    headers: list[tuple[str, str]] = []
+    remove_query: tuple[str, ...] = ()
     if not policy.forward_token:
+        # The token goes no further than the gateway, wherever it came from.
         remove += [h for h in policy.token_headers if h not in remove]
+        remove_query = policy.token_queries
+        cookie = request_headers.get("cookie")
+        if cookie and policy.token_cookies:
+            kept = without_cookies(cookie, policy.token_cookies)
+            if kept != cookie:
+                if kept:
+                    headers.append(("cookie", kept))
+                else:
+                    remove.append("cookie")
     if claims is None:
-        return Verdict(allow=True, status=200, policy=policy.key, reason=reason, remove_headers=tuple(remove))
-    headers = []
+        return Verdict(
+            allow=True, status=200, policy=policy.key, reason=reason, set_headers=tuple(headers),
+            remove_headers=tuple(remove), remove_query=remove_query,
+        )  # fmt: skip
     for claim, header in policy.claims_to_headers:
         value = claim_header_value(claim_at(claims, claim))
         if value is not None:
@@ -184,6 +201,7 @@ def _allow(policy: CompiledPolicy, claims: Mapping[str, Any] | None, reason: str
         reason=reason,
         set_headers=tuple(headers),
         remove_headers=tuple(h for h in remove if h not in set_names),
+        remove_query=remove_query,
         metadata=metadata,
         subject=subject if isinstance(subject, str) else None,
     )

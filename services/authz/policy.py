@@ -7,6 +7,7 @@ split once. Evaluation helpers here are pure; the decision flow is in authorizer
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -66,6 +67,8 @@ class CompiledPolicy:
     claims_to_headers: tuple[tuple[str, str], ...]  # (claim path, lowercase header)
     identity_headers: tuple[str, ...]  # always removed from the client's request
     token_headers: tuple[str, ...]  # removed unless forward_token
+    token_cookies: frozenset[str]  # likewise, cut out of the Cookie header
+    token_queries: tuple[str, ...]  # likewise, removed from the query string
     metadata_claims: tuple[str, ...]
     forward_token: bool
     namespace_default: bool
@@ -84,7 +87,8 @@ def compile_policy(policy: JWTPolicy, key_source: Callable[[str, Provider], KeyS
         p.name: _provider(f"{policy.key}/{p.name}", p, key_source(f"{policy.key}/{p.name}", p))
         for p in spec.providers
     }
-    token_headers = sorted({s.header.lower() for p in spec.providers for s in p.token_sources if s.header})
+    sources = [s for p in spec.providers for s in p.token_sources]
+    token_headers = sorted({s.header.lower() for s in sources if s.header})
     identity = sorted({h.lower() for h in spec.claims_to_headers.values()})
     return CompiledPolicy(
         key=policy.key,
@@ -92,6 +96,8 @@ def compile_policy(policy: JWTPolicy, key_source: Callable[[str, Provider], KeyS
         claims_to_headers=tuple((claim, header.lower()) for claim, header in spec.claims_to_headers.items()),
         identity_headers=tuple(identity),
         token_headers=tuple(token_headers),
+        token_cookies=frozenset(s.cookie for s in sources if s.cookie),
+        token_queries=tuple(sorted({s.query for s in sources if s.query})),
         metadata_claims=tuple(spec.metadata_claims),
         forward_token=spec.forward_token,
         namespace_default=spec.namespace_default,
@@ -99,8 +105,11 @@ def compile_policy(policy: JWTPolicy, key_source: Callable[[str, Provider], KeyS
 
 
 def _provider(provider_id: str, p: Provider, keys: KeySource) -> CompiledProvider:
+    # The id keys the verified-token cache: it changes with any setting that affects
+    # verification, so a reload that narrows a provider re-checks tokens already cached.
+    fingerprint = hashlib.sha256(p.model_dump_json().encode()).hexdigest()[:16]
     return CompiledProvider(
-        id=provider_id,
+        id=f"{provider_id}#{fingerprint}",
         name=p.name,
         issuer=p.issuer,
         audiences=tuple(p.audiences),

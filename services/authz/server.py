@@ -105,6 +105,7 @@ def response_for(verdict: Verdict) -> Any:
             _Option(header=_Header(key=k, value=v), append_action=_OVERWRITE) for k, v in verdict.set_headers
         )
         ok.headers_to_remove.extend(verdict.remove_headers)
+        ok.query_parameters_to_remove.extend(verdict.remove_query)
         if verdict.metadata:
             response.dynamic_metadata.update(dict(verdict.metadata))
         return response

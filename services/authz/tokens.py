@@ -52,7 +52,7 @@ class CompiledProvider:
 
 
 def find_token(
-    sources: Sequence[TokenSource], headers: Mapping[str, str], query: str, cookies: Mapping[str, str]
+    sources: Sequence[TokenSource], headers: Mapping[str, str], query: str, cookies: Mapping[str, str | None]
 ) -> str | None:
     """The token of the first source that has one; two sources with different tokens are refused."""
     found: str | None = None
@@ -67,7 +67,7 @@ def find_token(
 
 
 def _from_source(
-    source: TokenSource, headers: Mapping[str, str], query: str, cookies: Mapping[str, str]
+    source: TokenSource, headers: Mapping[str, str], query: str, cookies: Mapping[str, str | None]
 ) -> str | None:
     if source.header:
         value = headers.get(source.header.lower())
@@ -79,6 +79,8 @@ def _from_source(
             value = value[len(source.prefix) :]
         return value.strip() or None
     if source.cookie:
+        if source.cookie in cookies and cookies[source.cookie] is None:
+            raise TokenError("invalid_request", "more than one token in the request")
         return cookies.get(source.cookie) or None
     if source.query and query:
         values = [v for k, v in parse_qsl(query, keep_blank_values=True) if k == source.query]
@@ -88,13 +90,25 @@ def _from_source(
     return None
 
 
-def parse_cookies(header: str | None) -> dict[str, str]:
-    cookies: dict[str, str] = {}
+def parse_cookies(header: str | None) -> dict[str, str | None]:
+    """Cookies by name; None for a name sent twice with different values (ambiguous)."""
+    cookies: dict[str, str | None] = {}
     for part in (header or "").split(";"):
         name, sep, value = part.strip().partition("=")
-        if sep and name and name not in cookies:
-            cookies[name] = value.strip().strip('"')
+        if not (sep and name):
+            continue
+        value = value.strip().strip('"')
+        if name in cookies and cookies[name] != value:
+            cookies[name] = None
+        else:
+            cookies.setdefault(name, value)
     return cookies
+
+
+def without_cookies(header: str, names: frozenset[str]) -> str:
+    """The Cookie header minus the named cookies (token cookies are not forwarded)."""
+    kept = [p.strip() for p in header.split(";") if p.strip() and p.strip().partition("=")[0] not in names]
+    return "; ".join(kept)
 
 
 class TokenCache:
