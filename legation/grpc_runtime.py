@@ -1,7 +1,7 @@
 """One gRPC server runtime for every Legation service.
 
-What each service gets without writing it again: uvloop, health checking (overall and per
-component) and reflection, an interceptor that counts and times every call, the operations HTTP
+What each service gets without writing it again: health checking (overall and per component)
+and reflection, a handler wrapper that counts and times every call, the operations HTTP
 port, and a clean stop: SIGTERM/SIGINT flip health to NOT_SERVING, then in-flight calls get
 `grace` seconds to finish before the server stops.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import time
@@ -21,22 +22,22 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
-from prometheus_client import Counter, Histogram
 
+from legation.fastmetrics import FastCounter, FastHistogram
 from legation.http_endpoints import serve_endpoints
 
-__all__ = ["Health", "ServerSettings", "run_server", "split_host_port"]
+__all__ = ["Health", "ServerSettings", "observed", "run_server", "split_host_port", "unary_handler"]
 
 log = logging.getLogger("legation.grpc")
 
-GRPC_REQUESTS = Counter(
+GRPC_REQUESTS = FastCounter(
     "legation_grpc_requests_total", "gRPC calls handled, by method and status code.", ["method", "code"]
 )
-GRPC_SECONDS = Histogram(
+GRPC_SECONDS = FastHistogram(
     "legation_grpc_request_seconds",
     "Time spent in gRPC handlers, by method.",
-    ["method"],
-    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+    labels=["method"],
 )
 
 
@@ -93,57 +94,55 @@ def _status(ok: bool) -> Any:
     return health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
 
 
-class _Observe(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Counts and times unary calls; the wrapped handler is built once per method."""
+def observed(
+    method: str, handler: Callable[[Any, Any], Awaitable[Any]]
+) -> Callable[[Any, Any], Awaitable[Any]]:
+    """Wrap a unary handler so that every call is counted by status code and timed.
 
-    def __init__(self) -> None:
-        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        method: str = details.method
-        wrapped = self._wrapped.get(method)
-        if wrapped is not None:
-            return wrapped
-        handler = await continuation(details)
-        if handler is None or handler.unary_unary is None or method.startswith("/grpc."):
-            return handler
-        wrapped = _observed(method, handler)
-        self._wrapped[method] = wrapped
-        return wrapped
-
-
-def _observed(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-    inner = handler.unary_unary
-    seconds = GRPC_SECONDS.labels(method)
-    codes: dict[Any, Any] = {}
-
-    def count(code: Any) -> None:
-        counter = codes.get(code)
-        if counter is None:
-            counter = codes[code] = GRPC_REQUESTS.labels(method, code.name if code else "OK")
-        counter.inc()
+    A wrapper rather than a grpc.aio interceptor: an interceptor runs a coroutine per call just
+    to find the handler, measurable against a few tens of microseconds of real work."""
+    seconds = GRPC_SECONDS.child((method,))
+    ok = (method, "OK")
+    cancelled = (method, "CANCELLED")
+    now = time.perf_counter
 
     async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        start = time.perf_counter()
+        start = now()
         try:
-            response = await inner(request, context)
+            response = await handler(request, context)
+        except asyncio.CancelledError:
+            GRPC_REQUESTS.inc(cancelled)
+            raise
         except BaseException:
-            count(context.code() or grpc.StatusCode.UNKNOWN)
+            code = context.code()
+            GRPC_REQUESTS.inc((method, code.name if code is not None else "UNKNOWN"))
             raise
         finally:
-            seconds.observe(time.perf_counter() - start)
-        count(context.code())
+            seconds.observe(now() - start)
+        GRPC_REQUESTS.inc(ok)
         return response
 
-    return grpc.unary_unary_rpc_method_handler(
-        call,
-        request_deserializer=handler.request_deserializer,
-        response_serializer=handler.response_serializer,
+    return call
+
+
+def unary_handler(
+    service: str, method: str, handler: Callable[[Any, Any], Awaitable[Any]]
+) -> grpc.GenericRpcHandler:
+    """A generic handler for one raw-bytes unary method (no (de)serializers), observed."""
+    path = f"/{service}/{method}"
+    return grpc.method_handlers_generic_handler(
+        service, {method: grpc.unary_unary_rpc_method_handler(observed(path, handler))}
     )
+
+
+def _settle_garbage_collector() -> None:
+    """Move everything built at start-up (modules, config, protobuf descriptors) out of the
+    collector's way and collect young objects less often. Each request allocates a few dozen
+    short-lived objects; with the default threshold a gen0 pass ran every ~10 requests and full
+    passes walked the whole start-up heap (measured: ~5% of the per-call CPU in the RLS bench)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 20)
 
 
 async def run_server(
@@ -156,7 +155,7 @@ async def run_server(
     on_stop: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
     """Serve until SIGTERM/SIGINT, then drain. `background` tasks run for the server's life."""
-    server = grpc.aio.server(interceptors=[_Observe()], options=list(settings.options))
+    server = grpc.aio.server(options=list(settings.options))
     server.add_generic_rpc_handlers(tuple(handlers))
     health_pb2_grpc.add_HealthServicer_to_server(health.servicer, server)
     reflection.enable_server_reflection(
@@ -177,6 +176,7 @@ async def run_server(
         endpoints = await serve_endpoints(mhost, mport, ready=health.ready)
     await server.start()
     await health.publish()
+    _settle_garbage_collector()
     tasks = [loop.create_task(coro) for coro in background]
     log.info("serving", extra={"listen": settings.listen, "metrics": settings.metrics_listen})
     try:

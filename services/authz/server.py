@@ -20,6 +20,7 @@ from envoy.type.v3 import http_status_pb2
 from google.protobuf.message import DecodeError
 from google.rpc import code_pb2, status_pb2
 
+from legation.grpc_runtime import unary_handler
 from services.authz.authorizer import Authorizer, HttpRequest, Verdict
 
 __all__ = ["METHOD", "SERVICE", "AuthorizationServicer", "DecisionRecorder"]
@@ -51,9 +52,7 @@ class AuthorizationServicer:
         self._recorder = recorder or DecisionRecorder()
 
     def handler(self) -> grpc.GenericRpcHandler:
-        return grpc.method_handlers_generic_handler(
-            SERVICE, {METHOD: grpc.unary_unary_rpc_method_handler(self.check)}
-        )
+        return unary_handler(SERVICE, METHOD, self.check)
 
     async def check(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
         try:

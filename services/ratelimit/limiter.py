@@ -7,13 +7,12 @@ atomically in one call, and read every descriptor's status off the outcome.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal, NamedTuple, Protocol
 
-from services.ratelimit.backends import BackendError, Check, CounterBackend, CounterOp, Outcome
+from services.ratelimit.backends import BackendError, CounterBackend, Outcome
 from services.ratelimit.rules import Limit, RuleSet, make_limit
 
 __all__ = [
@@ -33,6 +32,8 @@ FailureMode = Literal["unavailable", "allow", "deny"]
 MAX_KEY_BODY = 160
 # No single request may add more than this; a bigger addend is over any limit anyway.
 MAX_ADDEND = 2**31
+# Descriptors whose limits and counter keys are remembered (cleared whole when full).
+PLAN_CACHE_SIZE = 50_000
 
 _UNIT_SECONDS = {1: 1, 2: 60, 3: 3600, 4: 86400, 5: 30 * 86400, 6: 365 * 86400, 7: 7 * 86400}
 
@@ -45,23 +46,20 @@ class LimiterUnavailable(Exception):
         self.reason = reason
 
 
-@dataclass(frozen=True, slots=True)
-class DescriptorRequest:
+class DescriptorRequest(NamedTuple):
     entries: tuple[tuple[str, str], ...]
     addend: int | None = None  # per-descriptor hits_addend; None = the request's
     override: tuple[int, int] | None = None  # (requests_per_unit, unit) sent by Envoy
 
 
-@dataclass(frozen=True, slots=True)
-class DescriptorStatus:
+class DescriptorStatus(NamedTuple):
     over: bool
     limit: Limit | None = None  # the limit reported back (the strictest), None = no limit
     remaining: int = 0
     reset_ms: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(NamedTuple):
     over: bool
     statuses: Sequence[DescriptorStatus]
 
@@ -114,43 +112,69 @@ class Limiter:
         self._inflight = 0
         self._observer: Observer = observer or _NullObserver()
         self._override_limits: dict[tuple[int, int], Limit] = {}
+        self._plans: dict[tuple[str, tuple[tuple[str, str], ...]], Sequence[tuple[Limit, str]]] = {}
+        self._plans_for: RuleSet | None = None
 
     async def should_rate_limit(
         self, domain: str, descriptors: Sequence[DescriptorRequest], hits_addend: int = 0
     ) -> Decision:
         rules = self.rules  # one RuleSet for the whole request, even if a reload lands meanwhile
-        matched = [self._limits(rules, domain, d) for d in descriptors]
+        plans = [self._plan(rules, domain, d) for d in descriptors]
         if rules.has_replaces:
-            matched = _apply_replaces(matched)
+            plans = _apply_replaces(plans)
         default_addend = min(hits_addend or 1, MAX_ADDEND)
-        ops: list[CounterOp] = []
+        keys: list[str] = []
+        params: list[int] = []
+        checks: list[int] = []
         index: dict[str, int] = {}
-        checks: list[Check] = []
-        plan: list[list[tuple[Limit, int]]] = []  # per descriptor: (limit, counter index)
-        for d, limits in zip(descriptors, matched, strict=True):
+        placed_all: list[list[tuple[Limit, int]]] = []
+        for d, plan in zip(descriptors, plans, strict=True):
             addend = default_addend if d.addend is None else min(d.addend, MAX_ADDEND)
             placed: list[tuple[Limit, int]] = []
-            for limit in limits:
+            for limit, key in plan:
                 if limit.unlimited:
                     continue
-                i = self._place(counter_key(domain, limit, d.entries), limit, addend, ops, index)
-                checks.append(Check(counter=i, limit=limit.requests, enforce=not limit.shadow))
+                i = index.get(key)
+                if i is None:
+                    i = index[key] = len(keys)
+                    keys.append(key)
+                    params += (limit.bucket_ms, limit.span, addend)
+                else:  # the same counter twice in one request: its hits add up
+                    params[3 * i + 2] = min(params[3 * i + 2] + addend, MAX_ADDEND)
+                checks += (i, limit.requests, 0 if limit.shadow else 1)
                 placed.append((limit, i))
-            plan.append(placed)
-        if not checks:
-            return Decision(over=False, statuses=[_OK] * len(descriptors))
+            placed_all.append(placed)
+        if not keys:
+            return Decision(False, [_OK] * len(descriptors))
         try:
-            outcome = await self._apply(ops, checks)
+            outcome = await self._apply(keys, params, checks)
         except LimiterUnavailable:
             if self._failure_mode == "unavailable":
                 raise
-            return self._failed(plan)
-        return self._decide(domain, descriptors, plan, ops, outcome)
+            return self._failed(placed_all)
+        return self._decide(domain, descriptors, placed_all, params, outcome)
 
-    def _limits(self, rules: RuleSet, domain: str, d: DescriptorRequest) -> tuple[Limit, ...]:
-        if d.override is not None and domain in rules.domains:
-            return (self._override(d.override),)
-        return rules.lookup(domain, d.entries) or ()
+    def _plan(self, rules: RuleSet, domain: str, d: DescriptorRequest) -> Sequence[tuple[Limit, str]]:
+        """The limits for a descriptor with their counter keys, cached per RuleSet: the same
+        descriptors recur (the same clients, users, routes), so lookup and key building are
+        done once, not per request."""
+        if d.override is not None:
+            if domain not in rules.domains:
+                return ()
+            limit = self._override(d.override)
+            return ((limit, counter_key(domain, limit, d.entries)),)
+        if self._plans_for is not rules:
+            self._plans.clear()
+            self._plans_for = rules
+        cache_key = (domain, d.entries)
+        plan = self._plans.get(cache_key)
+        if plan is None:
+            limits = rules.lookup(domain, d.entries) or ()
+            plan = tuple((limit, counter_key(domain, limit, d.entries)) for limit in limits)
+            if len(self._plans) >= PLAN_CACHE_SIZE:
+                self._plans.clear()
+            self._plans[cache_key] = plan
+        return plan
 
     def _override(self, override: tuple[int, int]) -> Limit:
         limit = self._override_limits.get(override)
@@ -167,79 +191,66 @@ class Limiter:
                 self._override_limits[override] = limit
         return limit
 
-    @staticmethod
-    def _place(key: str, limit: Limit, addend: int, ops: list[CounterOp], index: dict[str, int]) -> int:
-        i = index.get(key)
-        if i is None:
-            index[key] = i = len(ops)
-            ops.append(CounterOp(key=key, bucket_ms=limit.bucket_ms, span=limit.span, addend=addend))
-        else:  # the same counter twice in one request: its hits add up
-            op = ops[i]
-            ops[i] = CounterOp(
-                key=key, bucket_ms=op.bucket_ms, span=op.span, addend=min(op.addend + addend, MAX_ADDEND)
-            )
-        return i
-
-    async def _apply(self, ops: list[CounterOp], checks: list[Check]) -> Outcome:
+    async def _apply(self, keys: list[str], params: list[int], checks: list[int]) -> Outcome:
         if self._inflight >= self._max_inflight:
             self._observer.backend(0.0, "overloaded")
             raise LimiterUnavailable("overloaded", "too many rate limit decisions waiting on the backend")
-        loop = asyncio.get_running_loop()
-        start = loop.time()
+        start = time.perf_counter()
         self._inflight += 1
         try:
-            outcome = await self._backend.apply(ops, checks, timeout=self._timeout)
+            outcome = await self._backend.apply(keys, params, checks, timeout=self._timeout)
         except BackendError as exc:
-            self._observer.backend(loop.time() - start, exc.reason)
+            self._observer.backend(time.perf_counter() - start, exc.reason)
             raise LimiterUnavailable(exc.reason, str(exc)) from exc
         finally:
             self._inflight -= 1
-        self._observer.backend(loop.time() - start, None)
+        self._observer.backend(time.perf_counter() - start, None)
         return outcome
 
-    def _failed(self, plan: list[list[tuple[Limit, int]]]) -> Decision:
+    def _failed(self, placed_all: list[list[tuple[Limit, int]]]) -> Decision:
         over = self._failure_mode == "deny"
-        statuses = [DescriptorStatus(over=over, limit=placed[0][0]) if placed else _OK for placed in plan]
-        return Decision(over=over and any(plan), statuses=statuses)
+        statuses = [DescriptorStatus(over, placed[0][0]) if placed else _OK for placed in placed_all]
+        return Decision(over and any(placed_all), statuses)
 
     def _decide(
         self,
         domain: str,
         descriptors: Sequence[DescriptorRequest],
-        plan: list[list[tuple[Limit, int]]],
-        ops: list[CounterOp],
+        placed_all: list[list[tuple[Limit, int]]],
+        params: list[int],
         outcome: Outcome,
     ) -> Decision:
-        now = outcome.now_ms
+        now, admitted, used_all, oldest_all = outcome
+        decided = self._observer.decided
         statuses: list[DescriptorStatus] = []
-        for d, placed in zip(descriptors, plan, strict=True):
+        for d, placed in zip(descriptors, placed_all, strict=True):
             best: DescriptorStatus | None = None
             for limit, i in placed:
-                op = ops[i]
-                used = outcome.used[i]
-                over = used + (op.addend or 1) > limit.requests
-                if outcome.admitted:
-                    used += op.addend
-                code = ("shadow_over_limit" if limit.shadow else "over_limit") if over else "ok"
-                self._observer.decided(domain, limit, code, d.entries)
+                bucket_ms, span, addend = params[3 * i], params[3 * i + 1], params[3 * i + 2]
+                used = used_all[i]
+                over = used + (addend or 1) > limit.requests
+                if admitted:
+                    used += addend
+                decided(
+                    domain,
+                    limit,
+                    ("shadow_over_limit" if limit.shadow else "over_limit") if over else "ok",
+                    d.entries,
+                )
+                current = now // bucket_ms
+                oldest = oldest_all[i]
+                if oldest < 0 or (admitted and addend > 0 and current < oldest):
+                    oldest = current
                 status = DescriptorStatus(
-                    over=over and not limit.shadow,
-                    limit=limit,
-                    remaining=max(0, limit.requests - used),
-                    reset_ms=_reset_ms(op, outcome.oldest[i], now, counted=outcome.admitted),
+                    over and not limit.shadow,
+                    limit,
+                    max(0, limit.requests - used),
+                    max(0, (oldest + span + 1) * bucket_ms - now),  # when quota next comes back
                 )
                 if best is None or _stricter(status, best):
                     best = status
             statuses.append(best or _OK)
-        return Decision(over=not outcome.admitted, statuses=statuses)
-
-
-def _reset_ms(op: CounterOp, oldest: int, now: int, *, counted: bool) -> int:
-    """Time until the oldest counted bucket stops counting: when quota next comes back."""
-    current = now // op.bucket_ms
-    if oldest < 0 or (counted and op.addend > 0 and current < oldest):
-        oldest = current
-    return max(0, (oldest + op.span + 1) * op.bucket_ms - now)
+        return Decision(not admitted, statuses)
 
 
 def _stricter(a: DescriptorStatus, b: DescriptorStatus) -> bool:
@@ -250,8 +261,8 @@ def _stricter(a: DescriptorStatus, b: DescriptorStatus) -> bool:
     return a.reset_ms > b.reset_ms
 
 
-def _apply_replaces(matched: list[tuple[Limit, ...]]) -> list[tuple[Limit, ...]]:
-    replaced = {name for limits in matched for limit in limits for name in limit.replaces}
+def _apply_replaces(plans: list[Sequence[tuple[Limit, str]]]) -> list[Sequence[tuple[Limit, str]]]:
+    replaced = {name for plan in plans for limit, _ in plan for name in limit.replaces}
     if not replaced:
-        return matched
-    return [tuple(lim for lim in limits if not lim.name or lim.name not in replaced) for limits in matched]
+        return plans
+    return [tuple(p for p in plan if not p[0].name or p[0].name not in replaced) for plan in plans]

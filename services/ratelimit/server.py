@@ -14,6 +14,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.ratelimit.v3 import rls_pb2
 from google.protobuf.message import DecodeError
 
+from legation.grpc_runtime import unary_handler
 from services.ratelimit.limiter import Decision, DescriptorRequest, Limiter, LimiterUnavailable
 
 __all__ = ["METHOD", "SERVICE", "RateLimitServicer"]
@@ -37,9 +38,7 @@ class RateLimitServicer:
         self._response_headers = response_headers
 
     def handler(self) -> grpc.GenericRpcHandler:
-        return grpc.method_handlers_generic_handler(
-            SERVICE, {METHOD: grpc.unary_unary_rpc_method_handler(self.should_rate_limit)}
-        )
+        return unary_handler(SERVICE, METHOD, self.should_rate_limit)
 
     async def should_rate_limit(self, raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
         try:
@@ -77,7 +76,9 @@ class RateLimitServicer:
             if limit.name:
                 item.current_limit.name = limit.name
             item.limit_remaining = status.remaining
-            item.duration_until_reset.FromMilliseconds(status.reset_ms)
+            reset = item.duration_until_reset  # set directly: Duration.FromMilliseconds is slow Python
+            reset.seconds, reset.nanos = divmod(status.reset_ms, 1000)
+            reset.nanos *= 1_000_000
             if tightest is None or status.remaining < tightest.remaining:
                 tightest = status
         if self._response_headers and tightest is not None and tightest.limit is not None:
@@ -93,7 +94,7 @@ class RateLimitServicer:
 
 def _descriptor(d: Any) -> DescriptorRequest:
     return DescriptorRequest(
-        entries=tuple((e.key, e.value) for e in d.entries),
-        addend=d.hits_addend.value if d.HasField("hits_addend") else None,
-        override=(d.limit.requests_per_unit, d.limit.unit) if d.HasField("limit") else None,
+        tuple((e.key, e.value) for e in d.entries),
+        d.hits_addend.value if d.HasField("hits_addend") else None,
+        (d.limit.requests_per_unit, d.limit.unit) if d.HasField("limit") else None,
     )

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.ratelimit.backends import BackendError, Check, CounterOp, Outcome
+from services.ratelimit.backends import BackendError, Outcome
 from services.ratelimit.backends.memory import MemoryBackend
 from services.ratelimit.config import load_config_texts
 from services.ratelimit.limiter import (
@@ -239,7 +239,7 @@ class FailingBackend:
         self.reason = reason
 
     async def apply(
-        self, counters: Sequence[CounterOp], checks: Sequence[Check], *, timeout: float
+        self, keys: Sequence[str], params: Sequence[int], checks: Sequence[int], *, timeout: float
     ) -> Outcome:
         raise BackendError(self.reason, "redis connection failed: refused")
 

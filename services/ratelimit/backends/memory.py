@@ -6,19 +6,37 @@ import asyncio
 import contextlib
 import heapq
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 
-from services.ratelimit.backends import Check, CounterOp, Outcome
+from services.ratelimit.backends import Outcome
 
 __all__ = ["MemoryBackend"]
 
 
 class _Counter:
-    __slots__ = ("buckets", "expires_ms")
+    """Buckets oldest first, with their running total: counting is O(expired buckets)."""
+
+    __slots__ = ("buckets", "expires_ms", "total")
 
     def __init__(self) -> None:
-        self.buckets: dict[int, int] = {}
+        self.buckets: deque[list[int]] = deque()  # [bucket index, hits]
+        self.total = 0
         self.expires_ms = 0
+
+    def count(self, first: int) -> tuple[int, int]:
+        buckets = self.buckets
+        while buckets and buckets[0][0] < first:
+            self.total -= buckets.popleft()[1]
+        return self.total, buckets[0][0] if buckets else -1
+
+    def add(self, bucket: int, hits: int) -> None:
+        buckets = self.buckets
+        if buckets and buckets[-1][0] >= bucket:
+            buckets[-1][1] += hits  # same bucket (or a clock step back: count it in the newest)
+        else:
+            buckets.append([bucket, hits])
+        self.total += hits
 
 
 class MemoryBackend:
@@ -39,52 +57,41 @@ class MemoryBackend:
         return len(self._counters)
 
     async def apply(
-        self, counters: Sequence[CounterOp], checks: Sequence[Check], *, timeout: float = 0
+        self, keys: Sequence[str], params: Sequence[int], checks: Sequence[int], *, timeout: float = 0
     ) -> Outcome:
         # Never waits: the timeout has nothing to bound.
         if self._sweeper is None:
             self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
         now = int(self._clock() * 1000)
+        counters = self._counters
         used: list[int] = []
         oldest: list[int] = []
-        for op in counters:
-            total, first_seen = self._count(op, now)
-            used.append(total)
-            oldest.append(first_seen)
-        admitted = True
-        for check in checks:
-            need = counters[check.counter].addend or 1
-            if check.enforce and used[check.counter] + need > check.limit:
-                admitted = False
-                break
-        if admitted:
-            for op in counters:
-                if op.addend > 0:
-                    self._add(op, now)
-        return Outcome(now_ms=now, admitted=admitted, used=used, oldest=oldest)
-
-    def _count(self, op: CounterOp, now: int) -> tuple[int, int]:
-        counter = self._counters.get(op.key)
-        if counter is None:
-            return 0, -1
-        first = now // op.bucket_ms - op.span
-        total, first_seen = 0, -1
-        for index in list(counter.buckets):
-            if index < first:
-                del counter.buckets[index]
+        for i, key in enumerate(keys):
+            counter = counters.get(key)
+            if counter is None:
+                used.append(0)
+                oldest.append(-1)
             else:
-                total += counter.buckets[index]
-                if first_seen < 0 or index < first_seen:
-                    first_seen = index
-        return total, first_seen
+                total, first_seen = counter.count(now // params[3 * i] - params[3 * i + 1])
+                used.append(total)
+                oldest.append(first_seen)
+        for j in range(0, len(checks), 3):
+            i = checks[j]
+            if checks[j + 2] and used[i] + (params[3 * i + 2] or 1) > checks[j + 1]:
+                return Outcome(now, False, used, oldest)
+        for i, key in enumerate(keys):
+            addend = params[3 * i + 2]
+            if addend > 0:
+                self._add(key, params[3 * i], params[3 * i + 1], addend, now)
+        return Outcome(now, True, used, oldest)
 
-    def _add(self, op: CounterOp, now: int) -> None:
-        counter = self._counters.get(op.key)
+    def _add(self, key: str, bucket_ms: int, span: int, addend: int, now: int) -> None:
+        counter = self._counters.get(key)
         if counter is None:
-            counter = self._counters[op.key] = _Counter()
-        bucket = now // op.bucket_ms
-        counter.buckets[bucket] = counter.buckets.get(bucket, 0) + op.addend
-        expires = (bucket + op.span + 1) * op.bucket_ms
+            counter = self._counters[key] = _Counter()
+        bucket = now // bucket_ms
+        counter.add(bucket, addend)
+        expires = (bucket + span + 1) * bucket_ms
         if expires > counter.expires_ms:
             second = expires // 1000
             if second != counter.expires_ms // 1000:
@@ -92,7 +99,7 @@ class MemoryBackend:
                 if slot is None:
                     slot = self._wheel[second] = set()
                     heapq.heappush(self._seconds, second)
-                slot.add(op.key)
+                slot.add(key)
             counter.expires_ms = expires
 
     def sweep(self) -> None:

@@ -28,7 +28,7 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 
-from services.ratelimit.backends import BackendError, Check, CounterOp, Outcome
+from services.ratelimit.backends import BackendError, Outcome
 from services.ratelimit.backends.resp import ConnectionLost, Endpoint, PipelinedRedis, ReplyError
 
 __all__ = ["RedisBackend", "connect"]
@@ -43,7 +43,7 @@ class _Runner(Protocol):
     """Runs the window script once. Raises ConnectionError/OSError when Redis is unreachable,
     TimeoutError past the deadline, BackendError for anything else."""
 
-    async def run(self, keys: list[str], args: list[int], timeout: float) -> list[int]: ...
+    async def run(self, keys: Sequence[str], args: Sequence[int], timeout: float) -> list[int]: ...
 
     async def ping(self) -> None: ...
 
@@ -63,23 +63,22 @@ class RedisBackend:
         return not self._down
 
     async def apply(
-        self, counters: Sequence[CounterOp], checks: Sequence[Check], *, timeout: float
+        self, keys: Sequence[str], params: Sequence[int], checks: Sequence[int], *, timeout: float
     ) -> Outcome:
         if self._down:
             raise BackendError("unavailable", "redis is unavailable")
-        args: list[int] = []
-        for op in counters:
-            args += (op.bucket_ms, op.span, op.addend)
-        for check in checks:
-            args += (check.counter + 1, check.limit, 1 if check.enforce else 0)
+        # ARGV: the params as they are, then the checks with Lua's 1-based counter indexes.
+        args = list(params)
+        for j in range(0, len(checks), 3):
+            args += (checks[j] + 1, checks[j + 1], checks[j + 2])
         try:
-            reply = await self._runner.run([op.key for op in counters], args, timeout)
+            reply = await self._runner.run(keys, args, timeout)
         except TimeoutError as exc:
             raise BackendError("timeout", f"redis did not answer within {timeout * 1000:.0f} ms") from exc
         except (ConnectionError, OSError) as exc:
             self._mark_down(exc)
             raise BackendError("connection", f"redis connection failed: {exc}") from exc
-        return Outcome(now_ms=int(reply[0]), admitted=reply[1] == 1, used=reply[2::2], oldest=reply[3::2])
+        return Outcome(int(reply[0]), reply[1] == 1, reply[2::2], reply[3::2])
 
     def _mark_down(self, exc: BaseException) -> None:
         if self._down:
@@ -120,7 +119,7 @@ class _PipelinedRunner:
     def __init__(self, conn: PipelinedRedis) -> None:
         self._conn = conn
 
-    async def run(self, keys: list[str], args: list[int], timeout: float) -> list[int]:
+    async def run(self, keys: Sequence[str], args: Sequence[int], timeout: float) -> list[int]:
         async with asyncio.timeout(timeout):  # cancels only our wait: the reply is dropped in order
             reply = await self._conn.call("EVALSHA", SCRIPT_SHA, len(keys), *keys, *args)
             if isinstance(reply, ReplyError) and str(reply).startswith("NOSCRIPT"):
@@ -149,8 +148,8 @@ class _ClusterRunner:
         self._client = client
         self._script = client.register_script(SCRIPT)
 
-    async def run(self, keys: list[str], args: list[int], timeout: float) -> list[int]:
-        call = asyncio.ensure_future(self._script(keys=keys, args=args))
+    async def run(self, keys: Sequence[str], args: Sequence[int], timeout: float) -> list[int]:
+        call = asyncio.ensure_future(self._script(keys=list(keys), args=list(args)))
         done, _ = await asyncio.wait((call,), timeout=timeout)
         if not done:
             call.cancel()
