@@ -153,30 +153,20 @@ async def run_server(
     reflect: Sequence[str],
     background: Sequence[Coroutine[Any, Any, None]] = (),
     on_stop: Callable[[], Awaitable[None]] | None = None,
+    on_drain: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
-    """Serve until SIGTERM/SIGINT, then drain. `background` tasks run for the server's life."""
-    server = grpc.aio.server(options=list(settings.options))
-    server.add_generic_rpc_handlers(tuple(handlers))
-    health_pb2_grpc.add_HealthServicer_to_server(health.servicer, server)
-    reflection.enable_server_reflection(
-        (*reflect, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-        server,
-    )
-    host, port = split_host_port(settings.listen)
-    bound = server.add_insecure_port(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
-    if bound == 0:
-        raise OSError(f"cannot listen on {settings.listen}")
-    stop = asyncio.Event()
+    """Serve until SIGTERM/SIGINT, then drain. `background` tasks run for the server's life;
+    `on_drain` runs before in-flight calls are awaited, `on_stop` after the server stopped."""
+    try:
+        server, endpoints = await _start(settings=settings, handlers=handlers, health=health, reflect=reflect)
+    except BaseException:
+        for coro in background:  # never started: close them so nothing warns "never awaited"
+            coro.close()
+        raise
     loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    endpoints = None
-    if settings.metrics_listen:
-        mhost, mport = split_host_port(settings.metrics_listen)
-        endpoints = await serve_endpoints(mhost, mport, ready=health.ready)
-    await server.start()
-    await health.publish()
-    _settle_garbage_collector()
     tasks = [loop.create_task(coro) for coro in background]
     log.info("serving", extra={"listen": settings.listen, "metrics": settings.metrics_listen})
     try:
@@ -184,6 +174,8 @@ async def run_server(
     finally:
         log.info("draining", extra={"grace_seconds": settings.grace})
         await health.drain()
+        if on_drain is not None:  # e.g. end long-lived streams, which would hold stop() for the grace
+            await on_drain()
         await server.stop(settings.grace)
         for task in tasks:
             task.cancel()
@@ -195,3 +187,36 @@ async def run_server(
         if on_stop is not None:
             await on_stop()
         log.info("stopped")
+
+
+async def _start(
+    *,
+    settings: ServerSettings,
+    handlers: Sequence[grpc.GenericRpcHandler],
+    health: Health,
+    reflect: Sequence[str],
+) -> tuple[Any, asyncio.Server | None]:
+    # No SO_REUSEPORT (grpc's default on Linux): a second process on a taken port must fail,
+    # not silently share it.
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0), *settings.options])
+    server.add_generic_rpc_handlers(tuple(handlers))
+    health_pb2_grpc.add_HealthServicer_to_server(health.servicer, server)
+    reflection.enable_server_reflection(
+        (*reflect, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        server,
+    )
+    host, port = split_host_port(settings.listen)
+    try:
+        bound = server.add_insecure_port(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+    except RuntimeError as exc:  # grpcio's way of saying the address is taken
+        raise OSError(f"cannot listen on {settings.listen}: address in use or unavailable") from exc
+    if bound == 0:
+        raise OSError(f"cannot listen on {settings.listen}")
+    endpoints = None
+    if settings.metrics_listen:
+        mhost, mport = split_host_port(settings.metrics_listen)
+        endpoints = await serve_endpoints(mhost, mport, ready=health.ready)
+    await server.start()
+    await health.publish()
+    _settle_garbage_collector()
+    return server, endpoints
