@@ -111,7 +111,7 @@ _STATUS_RE = re.compile(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5
 
 def run_h2load(
     port: int,
-    bodies: Sequence[bytes],
+    bodies: Sequence[bytes | None],
     *,
     streams: int,
     duration: float,
@@ -119,21 +119,24 @@ def run_h2load(
     rps_per_client: int | None = None,
     cpu: int | None = None,
     host: str = "127.0.0.1",
+    path: str = RLS_PATH,
+    headers: Sequence[str] = GRPC_HEADERS,
+    extra_args: Sequence[str] = (),
 ) -> H2Result:
     """Run one h2load process per body (``-c 1 -t 1 -m streams``) at the same time.
 
-    ``bodies`` are gRPC-framed request messages; ``cpu`` pins every h2load process to that CPU
-    (``taskset -c``). ``rps_per_client`` paces each connection (h2load ``--rps``).
+    ``bodies`` are gRPC-framed request messages (``None``: no body, h2load sends a GET); ``cpu``
+    pins every h2load process to that CPU (``taskset -c``). ``rps_per_client`` paces each
+    connection (h2load ``--rps``). ``path`` and ``headers`` default to a gRPC call of the rate
+    limit service; ``extra_args`` go to h2load as they are (e.g. ``--h1``).
     """
-    url = f"http://{host}:{port}{RLS_PATH}"
+    url = f"http://{host}:{port}{path}"
     result = H2Result(procs=len(bodies), streams=streams, duration=duration, rps_per_client=rps_per_client)
     with tempfile.TemporaryDirectory(prefix="h2load-") as tmp:
         tmpdir = Path(tmp)
         procs: list[tuple[subprocess.Popen[str], Path]] = []
         try:
             for i, body in enumerate(bodies):
-                data = tmpdir / f"body{i}.bin"
-                data.write_bytes(body)
                 log = tmpdir / f"log{i}.tsv"
                 cmd = [
                     H2LOAD,
@@ -142,11 +145,15 @@ def run_h2load(
                     "-m", str(streams),
                     "-D", _dur(duration),
                     "--warm-up-time", _dur(warmup),
-                    "-d", str(data),
                     "--log-file", str(log),
                 ]  # fmt: skip
-                for header in GRPC_HEADERS:
+                if body is not None:
+                    data = tmpdir / f"body{i}.bin"
+                    data.write_bytes(body)
+                    cmd += ["-d", str(data)]
+                for header in headers:
                     cmd += ["-H", header]
+                cmd += list(extra_args)
                 if rps_per_client is not None:
                     cmd += ["--rps", str(max(1, rps_per_client))]
                 cmd.append(url)
