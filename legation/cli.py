@@ -16,6 +16,7 @@ __all__ = ["main"]
 COMMANDS: dict[str, tuple[str, str]] = {
     "ratelimit": ("services.ratelimit.app", "the rate limit service (Envoy RLS, sliding windows)"),
     "authz": ("services.authz.app", "the authorization service (Envoy ext_authz, JWT policies)"),
+    "validate": ("controller.validate", "validate a directory of manifests offline; exit 1 on any problem"),
 }
 
 

@@ -1,0 +1,1 @@
+"""The route controller: resources from a source → validated models → IR → Envoy over ADS."""
