@@ -6,6 +6,7 @@ keeps those marks; the plain data is built from the same tree, so both always ag
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ from pydantic import BaseModel, ValidationError
 
 from legation.errors import ConfigError, ConfigErrors
 
-__all__ = ["Document", "load_documents", "read_config_files"]
+__all__ = ["Document", "content_version", "load_documents", "read_config_files"]
 
 
 class _Loader(yaml.SafeLoader):
@@ -153,3 +154,11 @@ def read_config_files(path: str | Path) -> list[tuple[str, str]]:
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigErrors([ConfigError(file=str(file), reason=f"cannot read: {exc}")]) from exc
     return texts
+
+
+def content_version(texts: Sequence[tuple[str, str]]) -> str:
+    """A short digest of (file, text) pairs: equal inputs, equal version, on every replica."""
+    digest = hashlib.sha256()
+    for file, text in sorted(texts):
+        digest.update(f"{len(file)}:{file}{len(text)}:{text}".encode())
+    return digest.hexdigest()[:12]

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import functools
 import logging
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from legation.errors import ConfigError, ConfigErrors
 from legation.grpc_runtime import Health, ServerSettings, run_server
 from legation.logs import setup_logging
+from legation.service_main import add_common_arguments, refuse_config, run_until_stopped
 from legation.watch import watch_path
 from services.authz.authorizer import Authorizer
 from services.authz.config import LoadedPolicies, load_policies
@@ -52,12 +51,7 @@ class Settings:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = Settings(config="")
     parser.add_argument("--config", required=True, metavar="PATH", help="JWTPolicy file or directory")
-    parser.add_argument(
-        "--listen", default=d.listen, metavar="HOST:PORT", help="gRPC address (default %(default)s)"
-    )
-    parser.add_argument(
-        "--metrics-listen", metavar="HOST:PORT", help="serve /metrics, /healthz and /readyz here"
-    )
+    add_common_arguments(parser, listen=d.listen, grace=d.grace, what="policies")
     parser.add_argument(
         "--default-policy", metavar="NAMESPACE/NAME", help="policy for requests that name none"
     )
@@ -65,11 +59,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--jwks-allow-insecure", action="store_true", help="permit http and private/loopback JWKS addresses"
     )
     parser.add_argument("--cache-size", type=int, default=d.cache_size, help="verified-token cache entries")
-    parser.add_argument("--shutdown-grace", type=float, default=d.grace, metavar="SECONDS")
-    parser.add_argument(
-        "--check", action="store_true", help="validate the policies, print problems, exit 1 if any"
-    )
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 
 def run(args: argparse.Namespace) -> int:
@@ -87,26 +76,11 @@ def run(args: argparse.Namespace) -> int:
         loaded = load_policies(settings.config)
         _standalone_checks(loaded)
     except ConfigErrors as exc:
-        for err in exc.errors:
-            print(str(err), file=sys.stderr)
-        log.error("invalid policies, not starting", extra={"errors": [str(e) for e in exc.errors]})
-        return 1
+        return refuse_config(exc)
     if args.check:
         print(f"ok: {len(loaded.policies)} JWTPolicy document(s), version {loaded.version}")
         return 0
-    try:
-        import uvloop
-
-        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
-    except ImportError:  # pragma: no cover
-        runner = asyncio.Runner()
-    with runner:
-        try:
-            runner.run(serve(settings, loaded))
-        except OSError as exc:
-            log.error("cannot start", extra={"error": str(exc)})
-            return 1
-    return 0
+    return run_until_stopped(serve(settings, loaded))
 
 
 def _standalone_checks(loaded: LoadedPolicies) -> None:

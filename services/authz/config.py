@@ -6,13 +6,12 @@ two policies with the same namespace/name are an error.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from legation.errors import ConfigError, ConfigErrors
-from legation.yamlfile import load_documents, read_config_files
+from legation.yamlfile import content_version, load_documents, read_config_files
 from services.authz.resources import JWTPolicy
 
 __all__ = ["LoadedPolicies", "load_policies", "load_policy_texts"]
@@ -59,12 +58,9 @@ def load_policy_texts(texts: Sequence[tuple[str, str]]) -> LoadedPolicies:
             policies.append(policy)
     if errors:
         raise ConfigErrors(errors)
-    digest = hashlib.sha256()
-    for file, text in sorted(texts):
-        digest.update(f"{len(file)}:{file}{len(text)}:{text}".encode())
     return LoadedPolicies(
         policies=tuple(policies),
-        version=digest.hexdigest()[:12],
+        version=content_version(texts),
         files=tuple(f for f, _ in texts),
         origin=seen,
     )

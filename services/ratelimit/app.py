@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import sys
 from dataclasses import dataclass
 
 from legation.errors import ConfigErrors
 from legation.grpc_runtime import Health, ServerSettings, run_server
 from legation.logs import setup_logging
+from legation.service_main import add_common_arguments, refuse_config, run_until_stopped
 from legation.watch import watch_path
 from services.ratelimit.backends import CounterBackend
 from services.ratelimit.config import LoadedConfig, load_config
@@ -54,12 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help="config file or directory of *.yaml files (envoyproxy/ratelimit format)",
     )
-    parser.add_argument(
-        "--listen", default=d.listen, metavar="HOST:PORT", help="gRPC address (default %(default)s)"
-    )
-    parser.add_argument(
-        "--metrics-listen", metavar="HOST:PORT", help="serve /metrics, /healthz and /readyz here"
-    )
+    add_common_arguments(parser, listen=d.listen, grace=d.grace, what="config")
     parser.add_argument(
         "--redis-url",
         metavar="URL",
@@ -84,17 +79,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="add RateLimit-Limit/-Remaining/-Reset headers to responses",
     )
-    parser.add_argument(
-        "--shutdown-grace",
-        type=float,
-        default=d.grace,
-        metavar="SECONDS",
-        help="drain time on SIGTERM (default %(default)s)",
-    )
-    parser.add_argument(
-        "--check", action="store_true", help="validate the config, print problems, exit 1 if any"
-    )
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 
 def run(args: argparse.Namespace) -> int:
@@ -112,26 +96,11 @@ def run(args: argparse.Namespace) -> int:
     try:
         loaded = load_config(settings.config)
     except ConfigErrors as exc:
-        for err in exc.errors:
-            print(str(err), file=sys.stderr)
-        log.error("invalid config, not starting", extra={"errors": [str(e) for e in exc.errors]})
-        return 1
+        return refuse_config(exc)
     if args.check:
         print(f"ok: {len(loaded.domains)} domain(s) in {len(loaded.files)} file(s), version {loaded.version}")
         return 0
-    try:
-        import uvloop
-
-        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
-    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-        runner = asyncio.Runner()
-    with runner:
-        try:
-            runner.run(serve(settings, loaded))
-        except OSError as exc:
-            log.error("cannot start", extra={"error": str(exc)})
-            return 1
-    return 0
+    return run_until_stopped(serve(settings, loaded))
 
 
 def make_backend(settings: Settings) -> CounterBackend:

@@ -10,7 +10,6 @@ controller builds configs with them. Extensions over the reference format:
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from legation.errors import ConfigError, ConfigErrors
-from legation.yamlfile import Document, load_documents, read_config_files
+from legation.yamlfile import Document, content_version, load_documents, read_config_files
 from services.ratelimit.rules import Limit, Node, RuleSet, make_limit, wildcard_pattern
 
 __all__ = [
@@ -184,13 +183,10 @@ def load_config_texts(texts: Sequence[tuple[str, str]]) -> LoadedConfig:
     if errors:
         raise ConfigErrors(errors)
     domains = tuple(model for _, model in parsed)
-    digest = hashlib.sha256()
-    for file, text in sorted(texts):
-        digest.update(f"{len(file)}:{file}{len(text)}:{text}".encode())
     return LoadedConfig(
         rules=compile_rules(domains),
         domains=domains,
-        version=digest.hexdigest()[:12],
+        version=content_version(texts),
         files=tuple(f for f, _ in texts),
     )
 
