@@ -15,16 +15,34 @@ from __future__ import annotations
 
 import base64
 import binascii
-import http
-import ipaddress
 import re
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, NamedTuple
 
-import re2
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
+from controller.fields import (
+    API_VERSION,
+    DNS_LABEL,
+    DNS_NAME,
+    HTTP_METHODS,
+    MAX_REGEX_PROGRAM_SIZE,
+    HeaderName,
+    HeaderValue,
+    Hostname,
+    Method,
+    MutableHeader,
+    ServiceAddress,
+    Upstream,
+    UrlPath,
+    check_origin,
+    check_regex,
+    check_retry_on,
+    check_status,
+    parse_service,
+    unique,
+)
 from controller.ratelimit_annotation import (
     ANNOTATION,
     RateLimitAnnotationError,
@@ -66,177 +84,6 @@ __all__ = [
     "raw_id",
     "resource_id",
 ]
-
-API_VERSION = "legation.dev/v1alpha1"
-MAX_REGEX_PROGRAM_SIZE = 100
-"""Envoy's default `re2.max_program_size.error_level`: a bigger regex is NACKed."""
-
-HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT")
-_RE2_QUIET = re2.Options()
-_RE2_QUIET.log_errors = False
-_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
-_DNS_NAME = re.compile(rf"{_LABEL}(\.{_LABEL})*")
-_DNS_LABEL = re.compile(_LABEL)
-_HOSTNAME = re.compile(rf"(\*\.)?{_LABEL}(\.{_LABEL})*")
-_TOKEN = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")  # an HTTP header name (RFC 9110 token)
-_SERVICE = re.compile(
-    r"(?:(?P<scheme>[a-z]+)://)?(?P<host>\[[0-9a-fA-F:.]+\]|[^:/\[\]]+)(?::(?P<port>[^/]*))?"
-)
-_ORIGIN = re.compile(rf"https?://(\*\.)?{_LABEL}(\.{_LABEL})*(:\d{{1,5}})?")
-_FORMATTER = re.compile(r"%%|%[A-Z0-9_]+(\([^)]*\))?(:\d+)?%")  # Envoy header-value commands
-_RETRY_ON = frozenset((
-    "5xx", "gateway-error", "reset", "reset-before-request", "connect-failure", "envoy-ratelimited",
-    "retriable-4xx", "refused-stream", "retriable-status-codes", "retriable-headers",
-    "http3-post-connect-failure", "cancelled", "deadline-exceeded", "internal", "resource-exhausted",
-    "unavailable",
-))  # fmt: skip
-# Envoy's type.v3.StatusCode enum (a status outside it is NACKed): Python's list minus three.
-_ERROR_STATUSES = frozenset(s.value for s in http.HTTPStatus if 400 <= s.value <= 599) - {418, 425, 451}
-
-
-# --- field types -------------------------------------------------------------------------------
-
-
-def _hostname(value: str) -> str:
-    host = value.lower()
-    if host != "*" and (len(host) > 253 or not _HOSTNAME.fullmatch(host)):
-        raise ValueError(f"invalid hostname {value!r} (expected an exact name, *.example.com or *)")
-    return host
-
-
-def _path(value: str) -> str:
-    if not value.startswith("/"):
-        raise ValueError("must start with /")
-    if any(c.isspace() or c in "?#" for c in value):
-        raise ValueError("must not contain whitespace, ? or #")
-    return value
-
-
-def _regex(value: str) -> str:
-    # Compiled with RE2, the engine Envoy uses: what passes here compiles there too.
-    try:
-        size = int(re2.compile(value, options=_RE2_QUIET).programsize)
-    except re2.error as exc:
-        detail = exc.args[0].decode() if exc.args and isinstance(exc.args[0], bytes) else str(exc)
-        raise ValueError(f"invalid RE2 regex: {detail}") from None
-    if size > MAX_REGEX_PROGRAM_SIZE:
-        raise ValueError(f"regex too complex for Envoy (RE2 program size {size} > {MAX_REGEX_PROGRAM_SIZE})")
-    return value
-
-
-def _header_name(value: str) -> str:
-    if not _TOKEN.fullmatch(value):
-        raise ValueError(f"invalid header name {value!r}")
-    return value.lower()
-
-
-def _mutable_header(value: str) -> str:
-    name = _header_name(value)
-    if name == "host":
-        raise ValueError("the host header cannot be added or removed (Envoy refuses it)")
-    return name
-
-
-def _header_value(value: str) -> str:
-    if any(c in value for c in "\r\n\0"):
-        raise ValueError("a header value cannot contain CR, LF or NUL")
-    if "%" in _FORMATTER.sub("", value):
-        raise ValueError("a literal % must be written %% (Envoy reads %NAME% as a variable)")
-    return value
-
-
-def _method(value: str) -> str:
-    if value.upper() not in HTTP_METHODS:
-        raise ValueError(f"unknown HTTP method {value!r}")
-    return value.upper()
-
-
-def _origin(value: str) -> str:
-    if value != "*" and not _ORIGIN.fullmatch(value.lower()):
-        raise ValueError(
-            f"invalid origin {value!r} (expected *, or scheme://host[:port] like https://a.example.com)"
-        )
-    return value.lower()
-
-
-def _retry_on(value: str) -> str:
-    conditions = [c.strip() for c in value.split(",")]
-    unknown = [c for c in conditions if c not in _RETRY_ON]
-    if unknown:
-        raise ValueError(
-            f"unknown retry condition {unknown[0]!r} (expected e.g. 5xx, reset, connect-failure)"
-        )
-    return ",".join(conditions)
-
-
-def _status(value: int) -> int:
-    if value not in _ERROR_STATUSES:
-        raise ValueError("must be an HTTP error status (4xx or 5xx) that Envoy knows")
-    return value
-
-
-def _unique(values: list[str]) -> list[str]:
-    for i, value in enumerate(values):
-        if value in values[:i]:
-            raise ValueError(f"{value!r} is listed twice")
-    return values
-
-
-def _service(value: str) -> str:
-    parse_service(value)
-    return value
-
-
-Hostname = Annotated[str, AfterValidator(_hostname)]
-UrlPath = Annotated[str, AfterValidator(_path)]
-HeaderName = Annotated[str, AfterValidator(_header_name)]
-MutableHeader = Annotated[str, AfterValidator(_mutable_header)]
-HeaderValue = Annotated[str, AfterValidator(_header_value)]
-Method = Annotated[str, AfterValidator(_method)]
-ServiceAddress = Annotated[str, AfterValidator(_service)]
-
-
-@dataclass(frozen=True)
-class Upstream:
-    """A parsed `service`: where Envoy connects, and whether with TLS."""
-
-    scheme: Literal["http", "https"]
-    host: str
-    port: int
-
-    @property
-    def tls(self) -> bool:
-        return self.scheme == "https"
-
-
-def parse_service(value: str) -> Upstream:
-    """`host:port`, `http://host[:port]` or `https://host[:port]` (IPv6 in brackets).
-
-    Without a port, http means 80 and https 443. Raises ValueError with the reason."""
-    match = _SERVICE.fullmatch(value.strip())
-    expected = "expected host:port, http://host:port or https://host:port"
-    if match is None:
-        raise ValueError(f"invalid service {value!r} ({expected})")
-    scheme, host, port_text = match.group("scheme") or "http", match.group("host"), match.group("port")
-    if scheme not in ("http", "https"):
-        raise ValueError(f"invalid service {value!r}: scheme must be http or https")
-    if not (_ipv6(host) if host.startswith("[") else _DNS_NAME.fullmatch(host.lower())):
-        raise ValueError(f"invalid service {value!r}: {host!r} is not a host name or address")
-    if port_text is None:
-        port = 443 if scheme == "https" else 80
-    elif not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
-        raise ValueError(f"invalid service {value!r}: port must be a number from 1 to 65535")
-    else:
-        port = int(port_text)
-    return Upstream(scheme="https" if scheme == "https" else "http", host=host.lower().strip("[]"), port=port)
-
-
-def _ipv6(bracketed: str) -> bool:
-    try:
-        ipaddress.IPv6Address(bracketed[1:-1])
-    except ValueError:
-        return False
-    return True
 
 
 # --- metadata ----------------------------------------------------------------------------------
@@ -286,7 +133,7 @@ class Retries(_Spec):
     true; that key, and the string "true" it becomes in JSON, are taken as `on`."""
 
     attempts: int = Field(ge=1, le=10, description="Retries after the first try (1-10).")
-    on: Annotated[str, AfterValidator(_retry_on)] = Field(
+    on: Annotated[str, AfterValidator(check_retry_on)] = Field(
         default="5xx,reset,connect-failure",
         description="Envoy retry_on conditions, comma-separated (5xx, gateway-error, reset, connect-failure, "
         "retriable-4xx, refused-stream, …).",
@@ -308,18 +155,18 @@ class Retries(_Spec):
 class Cors(_Spec):
     """CORS answered by Envoy for the route."""
 
-    origins: list[Annotated[str, AfterValidator(_origin)]] = Field(
+    origins: list[Annotated[str, AfterValidator(check_origin)]] = Field(
         min_length=1,
         description="Allowed origins: exact `https://shop.example.com`, `https://*.example.com` (any "
         "subdomain) or `*` (any).",
     )
-    methods: Annotated[list[Method], AfterValidator(_unique)] = Field(
+    methods: Annotated[list[Method], AfterValidator(unique)] = Field(
         default_factory=list, description="Access-Control-Allow-Methods."
     )
-    headers: Annotated[list[HeaderName], AfterValidator(_unique)] = Field(
+    headers: Annotated[list[HeaderName], AfterValidator(unique)] = Field(
         default_factory=list, description="Access-Control-Allow-Headers."
     )
-    expose_headers: Annotated[list[HeaderName], AfterValidator(_unique)] = Field(
+    expose_headers: Annotated[list[HeaderName], AfterValidator(unique)] = Field(
         default_factory=list, description="Access-Control-Expose-Headers."
     )
     credentials: bool = Field(default=False, description="Access-Control-Allow-Credentials: true.")
@@ -345,7 +192,7 @@ class AuthRef(_Spec):
     def _own_namespace(cls, policy: str | None) -> str | None:
         if policy is not None and "/" in policy:
             raise ValueError("name a JWTPolicy of the Mapping's own namespace (no namespace/ prefix)")
-        if policy is not None and not _DNS_NAME.fullmatch(policy):
+        if policy is not None and not DNS_NAME.fullmatch(policy):
             raise ValueError(f"invalid policy name {policy!r}")
         return policy
 
@@ -375,10 +222,10 @@ class MappingSpec(_Spec):
         default=None, description="Path prefix match (one of prefix, path, regex)."
     )
     path: UrlPath | None = Field(default=None, description="Exact path match, query string excluded.")
-    regex: Annotated[str, AfterValidator(_regex)] | None = Field(
+    regex: Annotated[str, AfterValidator(check_regex)] | None = Field(
         default=None, description="RE2 regex matched against the whole path."
     )
-    methods: Annotated[list[Method], AfterValidator(_unique)] = Field(
+    methods: Annotated[list[Method], AfterValidator(unique)] = Field(
         default_factory=list, description="Methods matched; empty = any."
     )
     headers: dict[HeaderName, str] = Field(
@@ -401,7 +248,7 @@ class MappingSpec(_Spec):
         "without weight share what the weighted ones leave. 0 = none.",
     )
     cors: Cors | None = Field(default=None, description="CORS policy; absent = no CORS handling.")
-    allow_upgrade: Annotated[list[Literal["websocket"]], AfterValidator(_unique)] = Field(
+    allow_upgrade: Annotated[list[Literal["websocket"]], AfterValidator(unique)] = Field(
         default_factory=list, description="Connection upgrades passed to the upstream."
     )
     auth: AuthRef | None = Field(
@@ -412,13 +259,13 @@ class MappingSpec(_Spec):
         default_factory=dict,
         description="Set on the request to the upstream (overwriting client copies); Envoy %VARIABLES% work.",
     )
-    remove_request_headers: Annotated[list[MutableHeader], AfterValidator(_unique)] = Field(
+    remove_request_headers: Annotated[list[MutableHeader], AfterValidator(unique)] = Field(
         default_factory=list, description="Removed from the request before it goes upstream."
     )
     add_response_headers: dict[MutableHeader, HeaderValue] = Field(
         default_factory=dict, description="Set on the response to the client (overwriting the upstream's)."
     )
-    remove_response_headers: Annotated[list[MutableHeader], AfterValidator(_unique)] = Field(
+    remove_response_headers: Annotated[list[MutableHeader], AfterValidator(unique)] = Field(
         default_factory=list, description="Removed from the response before it goes to the client."
     )
     http2: bool = Field(
@@ -499,7 +346,7 @@ class AuthServiceSpec(_Spec):
     failure_mode_allow: bool = Field(
         default=False, description="Let requests through when the service fails (true) or deny (false)."
     )
-    status_on_error: Annotated[int, AfterValidator(_status)] = Field(
+    status_on_error: Annotated[int, AfterValidator(check_status)] = Field(
         default=503,
         description="Status sent when the service fails and failureModeAllow is false. Default 503 "
         "(Envoy's own default is 403, which blames the client).",
@@ -766,9 +613,9 @@ def _name_errors(metadata: Any) -> list[tuple[tuple[str | int, ...], str]]:
         return []
     name, namespace = metadata.get("name"), metadata.get("namespace", "default")
     errors: list[tuple[tuple[str | int, ...], str]] = []
-    if isinstance(name, str) and name and (len(name) > 253 or not _DNS_NAME.fullmatch(name)):
+    if isinstance(name, str) and name and (len(name) > 253 or not DNS_NAME.fullmatch(name)):
         errors.append((("metadata", "name"), "must be lowercase letters, digits, '-' and '.' (DNS-1123)"))
-    if isinstance(namespace, str) and (len(namespace) > 63 or not _DNS_LABEL.fullmatch(namespace)):
+    if isinstance(namespace, str) and (len(namespace) > 63 or not DNS_LABEL.fullmatch(namespace)):
         errors.append(
             (("metadata", "namespace"), "must be lowercase letters, digits and '-' (DNS-1123 label)")
         )

@@ -22,6 +22,7 @@ from pydantic import BaseModel
 
 import controller.resources as resources_module
 import controller.validate as validate_module
+from controller.fields import ERROR_STATUSES
 from controller.resources import (
     AuthService,
     Host,
@@ -326,7 +327,7 @@ def test_status_on_error_matches_envoys_status_codes() -> None:
     from envoy.type.v3 import http_status_pb2
 
     envoy_codes = set(http_status_pb2.StatusCode.values())
-    assert envoy_codes >= resources_module._ERROR_STATUSES
+    assert envoy_codes >= ERROR_STATUSES
 
 
 # --- Secrets -------------------------------------------------------------------------------------
