@@ -47,6 +47,9 @@ class Verdict:
     subject: str | None = None
 
 
+_VERDICT_MEMO_SIZE = 10_000
+_PATH_MEMO_SIZE = 10_000
+_AMBIGUOUS = ("", "")  # memo marker for paths normalize_path refuses
 _STATUS = {"invalid_token": 401, "invalid_request": 400, "insufficient_scope": 403, "unavailable": 503}
 # Which failure to report when several providers failed: the most informative one.
 _RANK = {"insufficient_scope": 0, "invalid_token": 1, "unavailable": 2, "invalid_request": 3}
@@ -59,6 +62,8 @@ class Authorizer:
         self.policies = policies
         self.default_policy = default_policy
         self.cache = cache
+        self._paths: dict[str, tuple[str, str]] = {}  # raw path -> normalised (paths recur)
+        self._verdicts: dict[tuple[int, int, int, str | None], tuple[CompiledPolicy, Any, Verdict]] = {}
 
     async def check(self, request: HttpRequest) -> Verdict:
         name = request.policy or self.default_policy
@@ -67,8 +72,13 @@ class Authorizer:
         policy = self.policies.get(name)
         if policy is None:
             return _forbidden(name, "unknown policy")
-        split = normalize_path(request.path)
+        split = self._paths.get(request.path)
         if split is None:
+            split = normalize_path(request.path) or _AMBIGUOUS
+            if len(self._paths) >= _PATH_MEMO_SIZE:
+                self._paths.clear()
+            self._paths[request.path] = split
+        if split is _AMBIGUOUS:
             return _deny(policy.key, 400, "invalid_request", "ambiguous path")
         path, query = split
         host = request.host.rpartition(":")[0] if request.host.rpartition(":")[2].isdigit() else request.host
@@ -83,10 +93,22 @@ class Authorizer:
             return _token_denied(policy.key, exc)
         if claims is None:
             return _missing(policy.key)
+        # The token cache hands back the same claims object for a repeated token, so the
+        # verdict (claim checks, identity headers, metadata) can be reused as long as the
+        # policy, the rule, the claims and the Cookie header are the very same.
+        cookie = request.headers.get("cookie")
+        memo_key = (id(policy), rule.index, id(claims), cookie)
+        memo = self._verdicts.get(memo_key)
+        if memo is not None and memo[0] is policy and memo[1] is claims:
+            return memo[2]
         for claim, required in rule.claims:
             if not set(required) <= claim_values(claim_at(claims, claim)):
                 return _deny(policy.key, 403, "insufficient_scope", f"missing required {claim}")
-        return _allow(policy, claims, "allowed", request.headers)
+        verdict = _allow(policy, claims, "allowed", request.headers)
+        if len(self._verdicts) >= _VERDICT_MEMO_SIZE:
+            self._verdicts.clear()
+        self._verdicts[memo_key] = (policy, claims, verdict)
+        return verdict
 
     async def _authenticate(
         self, rule: CompiledRule, headers: Mapping[str, str], query: str

@@ -50,6 +50,7 @@ class AuthorizationServicer:
     def __init__(self, authorizer: Authorizer, *, recorder: DecisionRecorder | None = None) -> None:
         self.authorizer = authorizer
         self._recorder = recorder or DecisionRecorder()
+        self._responses: dict[int, tuple[Verdict, bytes]] = {}
 
     def handler(self) -> grpc.GenericRpcHandler:
         return unary_handler(SERVICE, METHOD, self.check)
@@ -81,7 +82,14 @@ class AuthorizationServicer:
                     "reason": verdict.reason,
                 },
             )
+        cached = self._responses.get(id(verdict))
+        if cached is not None and cached[0] is verdict:  # a memoised verdict: same bytes
+            return cached[1]
         body: bytes = response_for(verdict).SerializeToString()
+        if verdict.allow:
+            if len(self._responses) >= 10_000:
+                self._responses.clear()
+            self._responses[id(verdict)] = (verdict, body)
         return body
 
 
