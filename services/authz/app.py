@@ -7,10 +7,12 @@ import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from legation.errors import ConfigError, ConfigErrors
 from legation.grpc_runtime import Health, ServerSettings, run_server
 from legation.logs import setup_logging
+from legation.reload import ConfigVersion
 from legation.service_main import add_common_arguments, refuse_config, run_until_stopped
 from legation.watch import watch_path
 from services.authz.authorizer import Authorizer
@@ -134,6 +136,10 @@ class KeySources:
             return StaticKeySource(path=str(path), algorithms=provider.algorithms, source=provider_id)
         return StaticKeySource(data=jwks.inline, algorithms=provider.algorithms, source=provider_id)
 
+    async def close_all(self) -> None:
+        self._used = set()
+        await self.begin()
+
     async def begin(self) -> list[KeySource]:
         """Start new sources; close those the last compile did not use. Returns the started."""
         for key in [k for k in self._sources if k not in self._used]:
@@ -142,6 +148,11 @@ class KeySources:
         for source in self._sources.values():
             await source.start()
         return list(self._sources.values())
+
+
+class _Compiled(NamedTuple):
+    version: str
+    policies: dict[str, CompiledPolicy]
 
 
 def compile_all(loaded: LoadedPolicies, sources: KeySources) -> dict[str, CompiledPolicy]:
@@ -172,42 +183,26 @@ async def serve(settings: Settings, loaded: LoadedPolicies) -> None:
     register_cache(cache)
     authorizer = Authorizer(compile_all(loaded, sources), default_policy=settings.default_policy, cache=cache)
     await sources.begin()
-    recorder = DecisionMetrics(set(authorizer.policies))
+    recorder = DecisionMetrics(authorizer)
     servicer = AuthorizationServicer(authorizer, recorder=recorder)
     health = Health([SERVICE])
     await health.set_component(CONFIG_COMPONENT, True)
-    current = {"version": loaded.version}
-    CONFIG_LOADS.labels("ok").inc()
-    CONFIG_INFO.labels(loaded.version).set(1)
-    log.info("policies loaded", extra={"version": loaded.version, "policies": sorted(authorizer.policies)})
+    version = ConfigVersion(
+        what="policies", version=loaded.version, loads=CONFIG_LOADS, info=CONFIG_INFO,
+        policies=sorted(authorizer.policies),
+    )  # fmt: skip
+
+    def load() -> _Compiled:
+        new = load_policies(settings.config)
+        _standalone_checks(new)
+        return _Compiled(new.version, compile_all(new, sources))
+
+    async def apply(new: _Compiled) -> None:
+        authorizer.policies = new.policies
+        await sources.begin()
 
     async def reload() -> None:
-        try:
-            new = load_policies(settings.config)
-            _standalone_checks(new)
-            compiled = compile_all(new, sources)
-        except ConfigErrors as exc:
-            CONFIG_LOADS.labels("error").inc()
-            for err in exc.errors:
-                log.error(
-                    "policies rejected, keeping version %s: %s", current["version"], err,
-                    extra={"file": err.file, "line": err.line, "reason": err.reason},
-                )  # fmt: skip
-            return
-        if new.version == current["version"]:
-            return
-        authorizer.policies = compiled
-        recorder.known_policies = set(compiled)
-        await sources.begin()
-        CONFIG_LOADS.labels("ok").inc()
-        CONFIG_INFO.remove(current["version"])
-        CONFIG_INFO.labels(new.version).set(1)
-        log.info("policies reloaded", extra={"version": new.version, "previous": current["version"]})
-        current["version"] = new.version
-
-    async def close_sources() -> None:
-        sources._used = set()
-        await sources.begin()
+        await version.reload(load, apply)
 
     await run_server(
         settings=ServerSettings(
@@ -217,5 +212,5 @@ async def serve(settings: Settings, loaded: LoadedPolicies) -> None:
         health=health,
         reflect=[SERVICE],
         background=[watch_path(settings.config, reload)],
-        on_stop=close_sources,
+        on_stop=sources.close_all,
     )

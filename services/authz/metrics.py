@@ -9,7 +9,7 @@ from prometheus_client import REGISTRY, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
-from services.authz.authorizer import Verdict
+from services.authz.authorizer import Authorizer, Verdict
 from services.authz.server import DecisionRecorder
 from services.authz.tokens import TokenCache
 
@@ -29,12 +29,12 @@ CONFIG_INFO = Gauge(
 
 
 class DecisionMetrics(DecisionRecorder):
-    def __init__(self, known_policies: set[str]) -> None:
-        self.known_policies = known_policies
+    def __init__(self, authorizer: Authorizer) -> None:
+        self._authorizer = authorizer  # its policies bound the `policy` label
         self._children: dict[tuple[str, bool, int, str], Counter] = {}
 
     def record(self, verdict: Verdict) -> None:
-        policy = verdict.policy if verdict.policy in self.known_policies else "-"
+        policy = verdict.policy if verdict.policy in self._authorizer.policies else "-"
         key = (policy, verdict.allow, verdict.status, verdict.reason)
         child = self._children.get(key)
         if child is None:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from legation.errors import ConfigErrors
 from legation.grpc_runtime import Health, ServerSettings, run_server
 from legation.logs import setup_logging
+from legation.reload import ConfigVersion
 from legation.service_main import add_common_arguments, refuse_config, run_until_stopped
 from legation.watch import watch_path
 from services.ratelimit.backends import CounterBackend
@@ -125,32 +126,15 @@ async def serve(settings: Settings, loaded: LoadedConfig) -> None:
     servicer = RateLimitServicer(limiter, response_headers=settings.response_headers)
     health = Health([SERVICE])
     await health.set_component(CONFIG_COMPONENT, True)
-    current = {"version": loaded.version}
-    CONFIG_LOADS.labels("ok").inc()
-    CONFIG_INFO.labels(loaded.version).set(1)
-    log.info("config loaded", extra={"version": loaded.version, "files": list(loaded.files)})
+    version = ConfigVersion(
+        what="config", version=loaded.version, loads=CONFIG_LOADS, info=CONFIG_INFO, files=list(loaded.files)
+    )
+
+    async def apply(new: LoadedConfig) -> None:
+        limiter.rules = new.rules
 
     async def reload() -> None:
-        try:
-            new = load_config(settings.config)
-        except ConfigErrors as exc:
-            CONFIG_LOADS.labels("error").inc()
-            for err in exc.errors:
-                log.error(
-                    "config rejected, keeping version %s: %s",
-                    current["version"],
-                    err,
-                    extra={"file": err.file, "line": err.line, "reason": err.reason},
-                )
-            return
-        if new.version == current["version"]:
-            return
-        limiter.rules = new.rules
-        CONFIG_LOADS.labels("ok").inc()
-        CONFIG_INFO.remove(current["version"])
-        CONFIG_INFO.labels(new.version).set(1)
-        log.info("config reloaded", extra={"version": new.version, "previous": current["version"]})
-        current["version"] = new.version
+        await version.reload(lambda: load_config(settings.config), apply)
 
     async def report_backend() -> None:
         while True:
