@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from legation.memo import Memo
 from services.authz.policy import (
     CompiledPolicy,
     CompiledRule,
@@ -47,8 +48,6 @@ class Verdict:
     subject: str | None = None
 
 
-_VERDICT_MEMO_SIZE = 10_000
-_PATH_MEMO_SIZE = 10_000
 _AMBIGUOUS = ("", "")  # memo marker for paths normalize_path refuses
 _STATUS = {"invalid_token": 401, "invalid_request": 400, "insufficient_scope": 403, "unavailable": 503}
 # Which failure to report when several providers failed: the most informative one.
@@ -62,8 +61,10 @@ class Authorizer:
         self.policies = policies
         self.default_policy = default_policy
         self.cache = cache
-        self._paths: dict[str, tuple[str, str]] = {}  # raw path -> normalised (paths recur)
-        self._verdicts: dict[tuple[int, int, int, str | None], tuple[CompiledPolicy, Any, Verdict]] = {}
+        self._paths: Memo[str, tuple[str, str]] = Memo(10_000)  # raw path -> normalised (paths recur)
+        self._verdicts: Memo[tuple[int, int, int, str | None], tuple[CompiledPolicy, Any, Verdict]] = Memo(
+            10_000
+        )
 
     async def check(self, request: HttpRequest) -> Verdict:
         name = request.policy or self.default_policy
@@ -74,10 +75,7 @@ class Authorizer:
             return _forbidden(name, "unknown policy")
         split = self._paths.get(request.path)
         if split is None:
-            split = normalize_path(request.path) or _AMBIGUOUS
-            if len(self._paths) >= _PATH_MEMO_SIZE:
-                self._paths.clear()
-            self._paths[request.path] = split
+            split = self._paths.put(request.path, normalize_path(request.path) or _AMBIGUOUS)
         if split is _AMBIGUOUS:
             return _deny(policy.key, 400, "invalid_request", "ambiguous path")
         path, query = split
@@ -86,28 +84,35 @@ class Authorizer:
         if rule is None:
             return _forbidden(policy.key, "no rule matches")
         if rule.public:
-            return _allow(policy, None, "public", request.headers)
+            return self._allowed(policy, rule, None, request.headers)
         try:
             claims = await self._authenticate(rule, request.headers, query)
         except TokenError as exc:
             return _token_denied(policy.key, exc)
         if claims is None:
             return _missing(policy.key)
-        # The token cache hands back the same claims object for a repeated token, so the
-        # verdict (claim checks, identity headers, metadata) can be reused as long as the
-        # policy, the rule, the claims and the Cookie header are the very same.
-        cookie = request.headers.get("cookie")
-        memo_key = (id(policy), rule.index, id(claims), cookie)
-        memo = self._verdicts.get(memo_key)
+        return self._allowed(policy, rule, claims, request.headers)
+
+    def _allowed(
+        self,
+        policy: CompiledPolicy,
+        rule: CompiledRule,
+        claims: dict[str, Any] | None,
+        headers: Mapping[str, str],
+    ) -> Verdict:
+        """The allow verdict, or the claims' denial. Verdicts are remembered: the token cache
+        hands back the same claims object for a repeated token, so a verdict is reused while
+        policy, rule, claims and Cookie header are the very same (public rules: claims None)."""
+        key = (id(policy), rule.index, id(claims), headers.get("cookie"))
+        memo = self._verdicts.get(key)
         if memo is not None and memo[0] is policy and memo[1] is claims:
             return memo[2]
-        for claim, required in rule.claims:
-            if not set(required) <= claim_values(claim_at(claims, claim)):
-                return _deny(policy.key, 403, "insufficient_scope", f"missing required {claim}")
-        verdict = _allow(policy, claims, "allowed", request.headers)
-        if len(self._verdicts) >= _VERDICT_MEMO_SIZE:
-            self._verdicts.clear()
-        self._verdicts[memo_key] = (policy, claims, verdict)
+        if claims is not None:
+            for claim, required in rule.claims:
+                if not set(required) <= claim_values(claim_at(claims, claim)):
+                    return _deny(policy.key, 403, "insufficient_scope", f"missing required {claim}")
+        verdict = _allow(policy, claims, "allowed" if claims is not None else "public", headers)
+        self._verdicts.put(key, (policy, claims, verdict))
         return verdict
 
     async def _authenticate(

@@ -21,6 +21,7 @@ from google.protobuf.message import DecodeError
 from google.rpc import code_pb2, status_pb2
 
 from legation.grpc_runtime import unary_handler
+from legation.memo import Memo
 from services.authz.authorizer import Authorizer, HttpRequest, Verdict
 
 __all__ = ["METHOD", "SERVICE", "AuthorizationServicer", "DecisionRecorder"]
@@ -50,7 +51,7 @@ class AuthorizationServicer:
     def __init__(self, authorizer: Authorizer, *, recorder: DecisionRecorder | None = None) -> None:
         self.authorizer = authorizer
         self._recorder = recorder or DecisionRecorder()
-        self._responses: dict[int, tuple[Verdict, bytes]] = {}
+        self._responses: Memo[int, tuple[Verdict, bytes]] = Memo(10_000)
 
     def handler(self) -> grpc.GenericRpcHandler:
         return unary_handler(SERVICE, METHOD, self.check)
@@ -83,13 +84,11 @@ class AuthorizationServicer:
                 },
             )
         cached = self._responses.get(id(verdict))
-        if cached is not None and cached[0] is verdict:  # a memoised verdict: same bytes
+        if cached is not None and cached[0] is verdict:  # allow verdicts are memoised: same bytes
             return cached[1]
         body: bytes = response_for(verdict).SerializeToString()
         if verdict.allow:
-            if len(self._responses) >= 10_000:
-                self._responses.clear()
-            self._responses[id(verdict)] = (verdict, body)
+            self._responses.put(id(verdict), (verdict, body))
         return body
 
 

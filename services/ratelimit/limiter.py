@@ -12,6 +12,7 @@ import time
 from collections.abc import Sequence
 from typing import Literal, NamedTuple, Protocol
 
+from legation.memo import Memo
 from services.ratelimit.backends import BackendError, CounterBackend, Outcome
 from services.ratelimit.rules import Limit, RuleSet, make_limit
 
@@ -112,13 +113,18 @@ class Limiter:
         self._inflight = 0
         self._observer: Observer = observer or _NullObserver()
         self._override_limits: dict[tuple[int, int], Limit] = {}
-        self._plans: dict[tuple[str, tuple[tuple[str, str], ...]], Sequence[tuple[Limit, str]]] = {}
+        self._plans: Memo[tuple[str, tuple[tuple[str, str], ...]], Sequence[tuple[Limit, str]]] = Memo(
+            PLAN_CACHE_SIZE
+        )
         self._plans_for: RuleSet | None = None
 
     async def should_rate_limit(
         self, domain: str, descriptors: Sequence[DescriptorRequest], hits_addend: int = 0
     ) -> Decision:
         rules = self.rules  # one RuleSet for the whole request, even if a reload lands meanwhile
+        if self._plans_for is not rules:
+            self._plans.clear()
+            self._plans_for = rules
         plans = [self._plan(rules, domain, d) for d in descriptors]
         if rules.has_replaces:
             plans = _apply_replaces(plans)
@@ -163,17 +169,13 @@ class Limiter:
                 return ()
             limit = self._override(d.override)
             return ((limit, counter_key(domain, limit, d.entries)),)
-        if self._plans_for is not rules:
-            self._plans.clear()
-            self._plans_for = rules
         cache_key = (domain, d.entries)
         plan = self._plans.get(cache_key)
         if plan is None:
             limits = rules.lookup(domain, d.entries) or ()
-            plan = tuple((limit, counter_key(domain, limit, d.entries)) for limit in limits)
-            if len(self._plans) >= PLAN_CACHE_SIZE:
-                self._plans.clear()
-            self._plans[cache_key] = plan
+            plan = self._plans.put(
+                cache_key, tuple((limit, counter_key(domain, limit, d.entries)) for limit in limits)
+            )
         return plan
 
     def _override(self, override: tuple[int, int]) -> Limit:

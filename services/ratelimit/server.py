@@ -15,6 +15,7 @@ from envoy.service.ratelimit.v3 import rls_pb2
 from google.protobuf.message import DecodeError
 
 from legation.grpc_runtime import unary_handler
+from legation.memo import Memo
 from services.ratelimit.limiter import Decision, DescriptorRequest, Limiter, LimiterUnavailable
 
 __all__ = ["METHOD", "SERVICE", "RateLimitServicer"]
@@ -30,7 +31,6 @@ _Request = rls_pb2.RateLimitRequest
 _Response = rls_pb2.RateLimitResponse
 _Header = base_pb2.HeaderValue
 _Parsed = tuple[str, tuple[DescriptorRequest, ...], int]
-_PARSED_ENTRIES = 10_000  # remembered requests (cleared whole when full)
 _PARSED_MAX_BYTES = 1024  # larger requests are rare and not worth the memory
 _UNITS = frozenset(v for v in rls_pb2.RateLimitResponse.RateLimit.Unit.values() if v != 0)
 
@@ -39,7 +39,7 @@ class RateLimitServicer:
     def __init__(self, limiter: Limiter, *, response_headers: bool = False) -> None:
         self.limiter = limiter
         self._response_headers = response_headers
-        self._parsed: dict[bytes, _Parsed] = {}
+        self._parsed: Memo[bytes, _Parsed] = Memo(10_000)  # remembered requests
 
     def handler(self) -> grpc.GenericRpcHandler:
         return unary_handler(SERVICE, METHOD, self.should_rate_limit)
@@ -77,9 +77,7 @@ class RateLimitServicer:
             )
         parsed = (request.domain, descriptors, request.hits_addend)
         if len(raw) <= _PARSED_MAX_BYTES:
-            if len(self._parsed) >= _PARSED_ENTRIES:
-                self._parsed.clear()
-            self._parsed[raw] = parsed
+            self._parsed.put(raw, parsed)
         return parsed
 
     def _response(self, decision: Decision) -> Any:
