@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
-from pydantic.alias_generators import to_camel
 
 from controller.fields import (
     API_VERSION,
@@ -51,6 +50,7 @@ from controller.ratelimit_annotation import (
 )
 from legation.durations import Duration
 from legation.errors import ConfigError, format_path
+from legation.models import SpecModel
 from legation.yamlfile import Document
 from services.authz.resources import JWTPolicy, Metadata
 
@@ -109,16 +109,6 @@ class ObjectMeta(Metadata):
         return {} if value is None else value
 
 
-class _Spec(BaseModel):
-    model_config = ConfigDict(
-        extra="forbid",
-        frozen=True,
-        alias_generator=to_camel,
-        populate_by_name=True,
-        coerce_numbers_to_str=True,
-    )
-
-
 class _Object(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -126,7 +116,7 @@ class _Object(BaseModel):
 # --- Mapping -----------------------------------------------------------------------------------
 
 
-class Retries(_Spec):
+class Retries(SpecModel):
     """Envoy retry policy for the route.
 
     YAML 1.1 (PyYAML, and Kubernetes' own YAML reader) reads an unquoted `on:` key as the boolean
@@ -152,7 +142,7 @@ class Retries(_Spec):
         return data
 
 
-class Cors(_Spec):
+class Cors(SpecModel):
     """CORS answered by Envoy for the route."""
 
     origins: list[Annotated[str, AfterValidator(check_origin)]] = Field(
@@ -179,7 +169,7 @@ class Cors(_Spec):
         return self
 
 
-class AuthRef(_Spec):
+class AuthRef(SpecModel):
     """Authorization of the route: a JWTPolicy of the Mapping's namespace, or none at all."""
 
     policy: str | None = Field(default=None, description="Name of a JWTPolicy in the Mapping's namespace.")
@@ -203,7 +193,7 @@ class AuthRef(_Spec):
         return self
 
 
-class CircuitBreakers(_Spec):
+class CircuitBreakers(SpecModel):
     """Envoy circuit-breaker thresholds of the upstream cluster; absent = Envoy's defaults (1024)."""
 
     max_connections: int | None = Field(default=None, ge=1, description="Connections to the upstream.")
@@ -214,7 +204,7 @@ class CircuitBreakers(_Spec):
     max_retries: int | None = Field(default=None, ge=1, description="Retries in flight.")
 
 
-class MappingSpec(_Spec):
+class MappingSpec(SpecModel):
     """One route: what it matches, where it goes, and what Envoy does on the way."""
 
     hostname: Hostname = Field(default="*", description="Exact host, `*.example.com`, or `*` (any host).")
@@ -329,7 +319,7 @@ class Mapping(_Object):
 # --- AuthService ---------------------------------------------------------------------------------
 
 
-class IncludeBody(_Spec):
+class IncludeBody(SpecModel):
     """Send the request body to the authorization service."""
 
     max_bytes: int = Field(ge=1, le=2**32 - 1, description="Most body bytes buffered and sent.")
@@ -338,7 +328,7 @@ class IncludeBody(_Spec):
     )
 
 
-class AuthServiceSpec(_Spec):
+class AuthServiceSpec(SpecModel):
     """How Envoy calls the ext_authz service, gateway-wide."""
 
     service: ServiceAddress = Field(description="The authz gRPC service: `host:port` (https:// = TLS).")
@@ -373,13 +363,13 @@ class AuthService(_Object):
 # --- Host --------------------------------------------------------------------------------------
 
 
-class SecretName(_Spec):
+class SecretName(SpecModel):
     """A Secret in the referring resource's namespace."""
 
     name: str = Field(min_length=1, description="The Secret's name.")
 
 
-class Insecure(_Spec):
+class Insecure(SpecModel):
     """What plain-HTTP requests for the host get."""
 
     action: Literal["Redirect", "Reject", "Route"] = Field(
@@ -387,7 +377,7 @@ class Insecure(_Spec):
     )
 
 
-class HostSpec(_Spec):
+class HostSpec(SpecModel):
     """TLS termination for one hostname (SNI)."""
 
     hostname: Hostname = Field(description="Exact name, `*.example.com`, or `*` (the default certificate).")

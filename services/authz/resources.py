@@ -11,9 +11,9 @@ from typing import Any, Literal
 
 import re2
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-from pydantic.alias_generators import to_camel
 
 from legation.durations import Duration
+from legation.models import SpecModel
 
 __all__ = [
     "ASYMMETRIC_ALGORITHMS",
@@ -42,22 +42,12 @@ _RE2_QUIET = re2.Options()
 _RE2_QUIET.log_errors = False
 
 
-class _Spec(BaseModel):
-    model_config = ConfigDict(
-        extra="forbid",
-        frozen=True,
-        alias_generator=to_camel,
-        populate_by_name=True,
-        coerce_numbers_to_str=True,
-    )
-
-
-class SecretRef(_Spec):
+class SecretRef(SpecModel):
     name: str = Field(min_length=1, description="A Secret in the policy's namespace.")
     key: str = Field(min_length=1, description="The key in the Secret's data holding the JWKS.")
 
 
-class Jwks(_Spec):
+class Jwks(SpecModel):
     """Where the provider's keys come from: exactly one of uri, inline, file, secretRef."""
 
     uri: str | None = Field(default=None, description="HTTPS URL of a JWKS document.")
@@ -76,7 +66,7 @@ class Jwks(_Spec):
         return self
 
 
-class TokenSource(_Spec):
+class TokenSource(SpecModel):
     """Where a token is read from: one of header (with prefix), cookie, query."""
 
     header: str | None = Field(default=None, description="Header name, e.g. Authorization.")
@@ -97,7 +87,7 @@ class TokenSource(_Spec):
 DEFAULT_TOKEN_SOURCES = (TokenSource(header="Authorization", prefix="Bearer "),)
 
 
-class Provider(_Spec):
+class Provider(SpecModel):
     """An identity provider a policy trusts."""
 
     name: str = Field(min_length=1, description="Referenced by rules' requires.")
@@ -138,7 +128,7 @@ class Provider(_Spec):
         return self
 
 
-class Match(_Spec):
+class Match(SpecModel):
     """Which requests a rule covers; every given condition must hold. Empty = all requests."""
 
     path_prefix: str | None = None
@@ -182,7 +172,7 @@ class Match(_Spec):
         return upper
 
 
-class Requires(_Spec):
+class Requires(SpecModel):
     any_of: list[str] | None = Field(default=None, description="A valid token from any of these providers.")
     all_of: list[str] | None = Field(default=None, description="A valid token from each of these providers.")
 
@@ -202,7 +192,7 @@ class Requires(_Spec):
 ClaimRequirement = dict[str, list[str]]
 
 
-class Rule(_Spec):
+class Rule(SpecModel):
     match: Match = Field(default_factory=Match)
     public: bool = Field(default=False, description="No token needed.")
     requires: Requires | None = None
@@ -219,7 +209,7 @@ class Rule(_Spec):
         return self
 
 
-class PolicySpec(_Spec):
+class PolicySpec(SpecModel):
     namespace_default: bool = Field(
         default=False, description="Applies to the namespace's Mappings without auth."
     )
