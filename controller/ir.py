@@ -31,6 +31,7 @@ __all__ = [
     "ResourceStatus",
     "Route",
     "RouteMatch",
+    "TlsSecret",
 ]
 
 FieldPath = tuple[str | int, ...]
@@ -211,6 +212,18 @@ class HostIR:
 
 
 @dataclass(frozen=True)
+class TlsSecret:
+    """A certificate and its key, served to Envoy over SDS under `name`.
+
+    The key never appears in a repr, and dumps of the IR (HTTP API) must leave it out."""
+
+    name: str
+    """"namespace/name" of the kubernetes.io/tls Secret."""
+    certificate_chain: str = field(repr=False)
+    private_key: str = field(repr=False)
+
+
+@dataclass(frozen=True)
 class AuthServiceIR:
     """The gateway-wide ext_authz settings."""
 
@@ -230,6 +243,8 @@ class IR:
     clusters: tuple[Cluster, ...] = ()
     """Sorted by name; includes the AuthService's cluster."""
     hosts: tuple[HostIR, ...] = ()
+    tls_secrets: tuple[TlsSecret, ...] = ()
+    """The Secrets of accepted Hosts, sorted by name."""
     auth_service: AuthServiceIR | None = None
 
 
