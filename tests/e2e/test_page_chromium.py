@@ -1,0 +1,188 @@
+"""The diagnostics page in a real headless Chromium (Debian's `chromium`), served by uvicorn.
+
+The app serves a real pipeline run (a good Mapping, a bad one) and a real XdsServer that an
+Envoy-like client fed a NACK. Chromium loads the page and dumps its DOM; the test reads what a
+user would see: the rejected resource's reason, the route, the NACK. A second test checks that
+the page's own script follows the controller: a run recorded after the first page was served
+appears in the DOM without a reload."""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+from envoy.config.core.v3 import base_pb2
+from envoy.service.discovery.v3 import discovery_pb2
+from google.rpc import status_pb2
+
+from controller.api import create_app
+from controller.envoy import EnvoyOptions
+from controller.pipeline import ControllerState, Stages, build
+from controller.snapshot import LISTENER
+from controller.sources.directory import DirectorySource
+from controller.xds import XdsServer
+
+pytestmark = pytest.mark.e2e
+
+MANIFESTS = """\
+apiVersion: legation.dev/v1alpha1
+kind: Mapping
+metadata: {name: orders, namespace: team-orders}
+spec: {prefix: /orders/, methods: [GET], service: orders.team-orders:8080}
+---
+apiVersion: legation.dev/v1alpha1
+kind: Mapping
+metadata: {name: lookbehind, namespace: team-orders}
+spec: {regex: '/(?<=a)b', service: a:80}
+"""
+REASON = "invalid RE2 regex"
+NACK_ERROR = "Proto constraint validation failed (listener <http>: port out of range)"
+
+
+def chromium() -> str:
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert found, "the page tests need Debian's chromium (apt-get install chromium)"
+    return found
+
+
+def dump_dom(url: str, profile: Path, *, budget_ms: int | None = None) -> str:
+    args = [chromium(), "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run"]
+    args += [f"--user-data-dir={profile}", "--disable-extensions", "--disable-background-networking"]
+    if budget_ms is not None:
+        args.append(f"--virtual-time-budget={budget_ms}")
+    done = subprocess.run([*args, "--dump-dom", url], capture_output=True, text=True, timeout=90)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def stages_of(root: Path, text: str) -> Stages:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "manifests.yaml").write_text(text)
+    return build(DirectorySource(root).load(), EnvoyOptions())
+
+
+async def nack_once(xds: XdsServer) -> None:
+    """An Envoy asks for listeners and rejects them, then goes away (the NACK stays on record).
+    Requests in through a queue; a task drains the servicer's responses, as grpc would."""
+    requests: asyncio.Queue[Any] = asyncio.Queue()
+    responses: asyncio.Queue[Any] = asyncio.Queue()
+
+    async def feed() -> Any:
+        while (item := await requests.get()) is not None:
+            yield item
+
+    async def pump() -> None:
+        async for response in xds.stream(feed(), context=None):
+            await responses.put(response)
+
+    pumping = asyncio.get_running_loop().create_task(pump())
+    node = base_pb2.Node(id="edge-chromium", cluster="edge")
+    await requests.put(discovery_pb2.DiscoveryRequest(node=node, type_url=LISTENER))
+    sent = await asyncio.wait_for(responses.get(), 5)
+    error = status_pb2.Status(code=3, message=NACK_ERROR)
+    await requests.put(
+        discovery_pb2.DiscoveryRequest(
+            node=node, type_url=LISTENER, response_nonce=sent.nonce, error_detail=error
+        )
+    )
+    deadline = time.monotonic() + 5
+    while not xds.nacks:
+        assert time.monotonic() < deadline, "the NACK was not recorded"
+        await asyncio.sleep(0.01)
+    await requests.put(None)
+    await asyncio.wait_for(pumping, 5)
+
+
+class Served:
+    """uvicorn serving `app` on a free loopback port, in a thread."""
+
+    def __init__(self, app: Any) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/"
+        config = uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+
+    def __enter__(self) -> Served:
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            assert self.thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+        self.sock.close()
+
+
+@pytest.fixture
+def controller(tmp_path: Path) -> Iterator[tuple[Served, ControllerState]]:
+    state = ControllerState(source_description=f"directory {tmp_path / 'm'}")
+    stages = stages_of(tmp_path / "m", MANIFESTS)
+    state.record(stages)
+    xds = XdsServer()
+    xds.set_snapshot(stages.envoy)
+    asyncio.run(nack_once(xds))
+    with Served(create_app(state, xds)) as served:
+        yield served, state
+
+
+def test_page_in_chromium_shows_the_rejection_reason_the_route_and_the_nack(
+    controller: tuple[Served, ControllerState], tmp_path: Path
+) -> None:
+    served, state = controller
+    dom = dump_dom(served.url, tmp_path / "profile")
+    assert "<title>Legation controller</title>" in dom
+    rejected = dom[dom.index('id="rejected"') :]
+    assert "team-orders/lookbehind" in rejected
+    assert REASON in rejected
+    assert "spec.regex" in rejected
+    routes = dom[dom.index('id="routes"') :]
+    assert "/orders/" in routes
+    assert "methods GET" in routes
+    assert "orders.team-orders" in routes
+    nacks = dom[dom.index('id="nacks"') :]
+    assert "edge-chromium" in nacks
+    assert html.escape(NACK_ERROR, quote=False) in nacks
+    assert state.stages is not None and state.stages.envoy.version in dom
+
+
+def test_page_follows_new_runs_without_a_reload(tmp_path: Path) -> None:
+    state = ControllerState()
+    state.record(stages_of(tmp_path / "m", MANIFESTS))
+    fixed = stages_of(tmp_path / "fixed", MANIFESTS.replace("'/(?<=a)b'", "'/b+'"))
+    app = AfterFirstPage(create_app(state, XdsServer()), lambda: state.record(fixed))
+    with Served(app) as served:
+        dom = dump_dom(served.url, tmp_path / "profile", budget_ms=12_000)
+    # The first page had the rejection; only the page's own refresh can have brought this run.
+    assert app.pages >= 2
+    assert REASON not in dom
+    assert "regex <code>/b+</code>" in dom
+    assert fixed.envoy.version in dom
+
+
+class AfterFirstPage:
+    """ASGI wrapper: runs `then` once the first page has been served, and counts pages."""
+
+    def __init__(self, app: Any, then: Any) -> None:
+        self.app, self.then, self.pages = app, then, 0
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await self.app(scope, receive, send)
+        if scope["type"] == "http" and scope["path"] == "/":
+            self.pages += 1
+            if self.pages == 1:
+                self.then()
