@@ -68,6 +68,7 @@ class Health:
         self.servicer = health_aio.HealthServicer()
         self._services = tuple(services)
         self._required: dict[str, bool] = {}
+        self._details: dict[str, Callable[[], str]] = {}
         self.draining = False
 
     async def set_component(self, name: str, ok: bool, *, required: bool = True) -> None:
@@ -79,6 +80,17 @@ class Health:
 
     def ready(self) -> bool:
         return not self.draining and all(self._required.values())
+
+    def add_detail(self, name: str, describe: Callable[[], str]) -> None:
+        """Show `name: describe()` on /readyz, e.g. the config version a component runs (and
+        why it is not ready), so that an operator need not dig through logs for it."""
+        self._details[name] = describe
+
+    def describe(self) -> str:
+        """The /readyz body after its first line: one line per detail."""
+        lines = ["draining"] if self.draining else []
+        lines += [f"{name}: {describe()}" for name, describe in sorted(self._details.items())]
+        return "".join(f"{line}\n" for line in lines)
 
     async def publish(self) -> None:
         ok = self.ready()
@@ -215,7 +227,7 @@ async def _start(
     endpoints = None
     if settings.metrics_listen:
         mhost, mport = split_host_port(settings.metrics_listen)
-        endpoints = await serve_endpoints(mhost, mport, ready=health.ready)
+        endpoints = await serve_endpoints(mhost, mport, ready=health.ready, detail=health.describe)
     await server.start()
     await health.publish()
     _settle_garbage_collector()

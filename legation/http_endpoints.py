@@ -17,14 +17,18 @@ __all__ = ["serve_endpoints"]
 _REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}
 
 
-async def serve_endpoints(host: str, port: int, *, ready: Callable[[], bool]) -> asyncio.Server:
+async def serve_endpoints(
+    host: str, port: int, *, ready: Callable[[], bool], detail: Callable[[], str] | None = None
+) -> asyncio.Server:
+    """`detail()` is appended to the /readyz body (after `ready` or `not ready`)."""
+
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             async with asyncio.timeout(5):
                 request_line = await reader.readline()
                 while (await reader.readline()) not in (b"\r\n", b"\n", b""):
                     pass
-            status, ctype, body = _route(request_line, ready)
+            status, ctype, body = _route(request_line, ready, detail)
             head = (
                 f"HTTP/1.1 {status} {_REASONS[status]}\r\nContent-Type: {ctype}\r\n"
                 f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
@@ -41,7 +45,9 @@ async def serve_endpoints(host: str, port: int, *, ready: Callable[[], bool]) ->
     return await asyncio.start_server(handle, host, port)
 
 
-def _route(request_line: bytes, ready: Callable[[], bool]) -> tuple[int, str, bytes]:
+def _route(
+    request_line: bytes, ready: Callable[[], bool], detail: Callable[[], str] | None = None
+) -> tuple[int, str, bytes]:
     parts = request_line.decode("latin-1").split()
     if len(parts) < 2:
         return 404, "text/plain", b"not found\n"
@@ -53,5 +59,7 @@ def _route(request_line: bytes, ready: Callable[[], bool]) -> tuple[int, str, by
     if path == "/healthz":
         return 200, "text/plain", b"ok\n"
     if path == "/readyz":
-        return (200, "text/plain", b"ready\n") if ready() else (503, "text/plain", b"not ready\n")
+        extra = detail().encode() if detail is not None else b""
+        ok = ready()
+        return (200 if ok else 503), "text/plain", (b"ready\n" if ok else b"not ready\n") + extra
     return 404, "text/plain", b"not found\n"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -13,10 +14,15 @@ from legation.errors import ConfigError, ConfigErrors
 from legation.grpc_runtime import Health, ServerSettings, run_server
 from legation.logs import setup_logging
 from legation.reload import ConfigVersion
-from legation.service_main import add_common_arguments, refuse_config, run_until_stopped
-from legation.watch import watch_path
+from legation.service_main import (
+    add_common_arguments,
+    add_config_arguments,
+    keep_config,
+    refuse_config,
+    run_until_stopped,
+)
 from services.authz.authorizer import Authorizer
-from services.authz.config import LoadedPolicies, load_policies
+from services.authz.config import LoadedPolicies, load_policies, load_policy_texts
 from services.authz.jwks import JwksError, KeySource, StaticKeySource
 from services.authz.jwks_remote import RemoteJwks, RemoteSettings
 from services.authz.metrics import CONFIG_INFO, CONFIG_LOADS, DecisionMetrics, register_cache
@@ -34,8 +40,10 @@ CONFIG_COMPONENT = "legation.authz.config"
 
 @dataclass(frozen=True, kw_only=True)
 class Settings:
-    config: str
+    config: str | None = None
     """A file or directory of JWTPolicy documents."""
+    config_url: str | None = None
+    """The controller's authz feed, followed instead of `config`."""
     listen: str = "127.0.0.1:9001"
     """gRPC address."""
     metrics_listen: str | None = None
@@ -51,8 +59,8 @@ class Settings:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    d = Settings(config="")
-    parser.add_argument("--config", required=True, metavar="PATH", help="JWTPolicy file or directory")
+    d = Settings()
+    add_config_arguments(parser, file_help="JWTPolicy file or directory", feed="authz")
     add_common_arguments(parser, listen=d.listen, grace=d.grace, what="policies")
     parser.add_argument(
         "--default-policy", metavar="NAMESPACE/NAME", help="policy for requests that name none"
@@ -67,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
     setup_logging("authz", args.log_level)
     settings = Settings(
         config=args.config,
+        config_url=args.config_url,
         listen=args.listen,
         metrics_listen=args.metrics_listen,
         default_policy=args.default_policy,
@@ -74,6 +83,11 @@ def run(args: argparse.Namespace) -> int:
         cache_size=args.cache_size,
         grace=args.shutdown_grace,
     )
+    if settings.config is None:  # a feed: the service starts without policies and waits for them
+        if args.check:
+            print("--check validates a --config file or directory, not a feed", file=sys.stderr)
+            return 2
+        return run_until_stopped(serve(settings, None))
     try:
         loaded = load_policies(settings.config)
         _standalone_checks(loaded)
@@ -97,6 +111,24 @@ def _standalone_checks(loaded: LoadedPolicies) -> None:
                         reason="secretRef is resolved by the controller; standalone, use inline or file",
                     )
                 )
+    if errors:
+        raise ConfigErrors(errors)
+
+
+def _feed_checks(loaded: LoadedPolicies) -> None:
+    """A feed has no directory: a relative `jwks.file` would resolve against whatever the
+    service's working directory happens to be, so it is refused rather than guessed."""
+    errors = [
+        ConfigError(
+            file=loaded.origin.get(policy.key, "?"),
+            path=("spec", "providers", i, "jwks", "file"),
+            reason="a relative jwks.file has no base directory in a config feed; use an absolute "
+            "path, inline or secretRef",
+        )
+        for policy in loaded.policies
+        for i, provider in enumerate(policy.spec.providers)
+        if provider.jwks.file is not None and not Path(provider.jwks.file).is_absolute()
+    ]
     if errors:
         raise ConfigErrors(errors)
 
@@ -177,32 +209,44 @@ def compile_all(loaded: LoadedPolicies, sources: KeySources) -> dict[str, Compil
     return compiled
 
 
-async def serve(settings: Settings, loaded: LoadedPolicies) -> None:
+async def serve(settings: Settings, loaded: LoadedPolicies | None) -> None:
+    """Serve `loaded`, following `settings.config`; or, with `loaded` None, start with no
+    policies (every request denied, not ready) and follow `settings.config_url`."""
     sources = KeySources(allow_insecure=settings.jwks_allow_insecure)
     cache = TokenCache(settings.cache_size)
     register_cache(cache)
-    authorizer = Authorizer(compile_all(loaded, sources), default_policy=settings.default_policy, cache=cache)
+    compiled = compile_all(loaded, sources) if loaded is not None else {}
+    authorizer = Authorizer(compiled, default_policy=settings.default_policy, cache=cache)
     await sources.begin()
     recorder = DecisionMetrics(authorizer)
     servicer = AuthorizationServicer(authorizer, recorder=recorder)
     health = Health([SERVICE])
-    await health.set_component(CONFIG_COMPONENT, True)
-    version = ConfigVersion(
-        what="policies", version=loaded.version, loads=CONFIG_LOADS, info=CONFIG_INFO,
-        policies=sorted(authorizer.policies),
-    )  # fmt: skip
+    await health.set_component(CONFIG_COMPONENT, loaded is not None)
+    if loaded is not None:
+        version = ConfigVersion(
+            what="policies", version=loaded.version, loads=CONFIG_LOADS, info=CONFIG_INFO,
+            policies=sorted(authorizer.policies),
+        )  # fmt: skip
+    else:
+        version = ConfigVersion(
+            what="policies", version=None, loads=CONFIG_LOADS, info=CONFIG_INFO, url=settings.config_url
+        )
 
-    def load() -> _Compiled:
-        new = load_policies(settings.config)
+    def load_file() -> _Compiled:
+        new = load_policies(settings.config or "")
         _standalone_checks(new)
         return _Compiled(new.version, compile_all(new, sources))
+
+    def load_feed(feed_version: str, content: str) -> _Compiled:
+        # The version is the feed's, so that the service reports what the controller published.
+        new = load_policy_texts([(f"{settings.config_url}@{feed_version}", content)])
+        _standalone_checks(new)
+        _feed_checks(new)
+        return _Compiled(feed_version, compile_all(new, sources))
 
     async def apply(new: _Compiled) -> None:
         authorizer.policies = new.policies
         await sources.begin()
-
-    async def reload() -> None:
-        await version.reload(load, apply)
 
     await run_server(
         settings=ServerSettings(
@@ -211,6 +255,17 @@ async def serve(settings: Settings, loaded: LoadedPolicies) -> None:
         handlers=[servicer.handler()],
         health=health,
         reflect=[SERVICE],
-        background=[watch_path(settings.config, reload)],
+        background=[
+            keep_config(
+                version,
+                health=health,
+                component=CONFIG_COMPONENT,
+                path=settings.config,
+                url=settings.config_url,
+                load_file=load_file,
+                load_feed=load_feed,
+                apply=apply,
+            )
+        ],
         on_stop=sources.close_all,
     )

@@ -4,17 +4,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
+import sys
 from dataclasses import dataclass
 
 from legation.errors import ConfigErrors
 from legation.grpc_runtime import Health, ServerSettings, run_server
 from legation.logs import setup_logging
 from legation.reload import ConfigVersion
-from legation.service_main import add_common_arguments, refuse_config, run_until_stopped
-from legation.watch import watch_path
+from legation.service_main import (
+    add_common_arguments,
+    add_config_arguments,
+    keep_config,
+    refuse_config,
+    run_until_stopped,
+)
 from services.ratelimit.backends import CounterBackend
-from services.ratelimit.config import LoadedConfig, load_config
+from services.ratelimit.config import LoadedConfig, compile_rules, load_config, load_config_texts
 from services.ratelimit.limiter import FailureMode, Limiter
 from services.ratelimit.metrics import CONFIG_INFO, CONFIG_LOADS, Metrics
 from services.ratelimit.server import SERVICE, RateLimitServicer
@@ -29,8 +36,10 @@ BACKEND_COMPONENT = "legation.ratelimit.backend"
 
 @dataclass(frozen=True, kw_only=True)
 class Settings:
-    config: str
+    config: str | None = None
     """Config file, or directory of *.yaml / *.yml files (one domain each)."""
+    config_url: str | None = None
+    """The controller's rate-limit feed, followed instead of `config`."""
     listen: str = "127.0.0.1:8081"
     """gRPC address."""
     metrics_listen: str | None = None
@@ -48,12 +57,11 @@ class Settings:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    d = Settings(config="")
-    parser.add_argument(
-        "--config",
-        required=True,
-        metavar="PATH",
-        help="config file or directory of *.yaml files (envoyproxy/ratelimit format)",
+    d = Settings()
+    add_config_arguments(
+        parser,
+        file_help="config file or directory of *.yaml files (envoyproxy/ratelimit format)",
+        feed="ratelimit",
     )
     add_common_arguments(parser, listen=d.listen, grace=d.grace, what="config")
     parser.add_argument(
@@ -86,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
     setup_logging("ratelimit", args.log_level)
     settings = Settings(
         config=args.config,
+        config_url=args.config_url,
         listen=args.listen,
         metrics_listen=args.metrics_listen,
         redis_url=args.redis_url,
@@ -94,6 +103,11 @@ def run(args: argparse.Namespace) -> int:
         response_headers=args.response_headers,
         grace=args.shutdown_grace,
     )
+    if settings.config is None:  # a feed: the service starts without config and waits for it
+        if args.check:
+            print("--check validates a --config file or directory, not a feed", file=sys.stderr)
+            return 2
+        return run_until_stopped(serve(settings, None))
     try:
         loaded = load_config(settings.config)
     except ConfigErrors as exc:
@@ -114,10 +128,18 @@ def make_backend(settings: Settings) -> CounterBackend:
     return MemoryBackend()
 
 
-async def serve(settings: Settings, loaded: LoadedConfig) -> None:
+def feed_config(source: str, version: str, content: str) -> LoadedConfig:
+    """The config in one version of the rate-limit feed; its version is the feed's, so that the
+    service reports the version the controller published."""
+    return dataclasses.replace(load_config_texts([(f"{source}@{version}", content)]), version=version)
+
+
+async def serve(settings: Settings, loaded: LoadedConfig | None) -> None:
+    """Serve `loaded`, following `settings.config`; or, with `loaded` None, start with no limits
+    (not ready) and follow `settings.config_url`."""
     backend = make_backend(settings)
     limiter = Limiter(
-        rules=loaded.rules,
+        rules=loaded.rules if loaded is not None else compile_rules(()),
         backend=backend,
         timeout=settings.backend_timeout,
         failure_mode=settings.failure_mode,
@@ -125,16 +147,18 @@ async def serve(settings: Settings, loaded: LoadedConfig) -> None:
     )
     servicer = RateLimitServicer(limiter, response_headers=settings.response_headers)
     health = Health([SERVICE])
-    await health.set_component(CONFIG_COMPONENT, True)
+    await health.set_component(CONFIG_COMPONENT, loaded is not None)
+    source = {"files": list(loaded.files)} if loaded is not None else {"url": settings.config_url}
     version = ConfigVersion(
-        what="config", version=loaded.version, loads=CONFIG_LOADS, info=CONFIG_INFO, files=list(loaded.files)
+        what="config",
+        version=loaded.version if loaded is not None else None,
+        loads=CONFIG_LOADS,
+        info=CONFIG_INFO,
+        **source,
     )
 
     async def apply(new: LoadedConfig) -> None:
         limiter.rules = new.rules
-
-    async def reload() -> None:
-        await version.reload(lambda: load_config(settings.config), apply)
 
     async def report_backend() -> None:
         while True:
@@ -149,6 +173,18 @@ async def serve(settings: Settings, loaded: LoadedConfig) -> None:
         handlers=[servicer.handler()],
         health=health,
         reflect=[SERVICE],
-        background=[watch_path(settings.config, reload), report_backend()],
+        background=[
+            keep_config(
+                version,
+                health=health,
+                component=CONFIG_COMPONENT,
+                path=settings.config,
+                url=settings.config_url,
+                load_file=lambda: load_config(settings.config or ""),
+                load_feed=lambda v, content: feed_config(settings.config_url or "", v, content),
+                apply=apply,
+            ),
+            report_backend(),
+        ],
         on_stop=backend.close,
     )
