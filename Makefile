@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 PYTHON ?= python3
 PYTEST_ARGS ?=
 
-.PHONY: all venv redis lint format test unit e2e up bench clean
+.PHONY: all venv redis lint format test unit e2e up bench crds clean
 
 all: test
 
@@ -45,10 +45,14 @@ e2e: venv redis
 	$(BIN)/pytest tests/e2e $(PYTEST_ARGS)
 
 up: venv
-	$(BIN)/legation ratelimit --config examples/ratelimit.yaml --metrics-listen 127.0.0.1:9091
+	$(BIN)/legation up examples
 
 bench: venv redis
 	$(PY) bench/ratelimit_bench.py
+
+# The chart's CRDs, generated from the pydantic models (tests/unit/test_crds.py fails when stale).
+crds: venv
+	$(PY) -m controller.crds charts/legation/templates/crds
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis *.egg-info

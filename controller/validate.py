@@ -30,6 +30,7 @@ from controller.resources import (
 )
 from controller.sources import SourceSnapshot
 from controller.sources.directory import DirectorySource
+from controller.sources.merged import merge
 from legation.errors import ConfigError
 from legation.yamlfile import Document
 
@@ -51,11 +52,13 @@ class Report:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("dir", metavar="DIR", help="directory (or file) of YAML manifests, read recursively")
+    parser.add_argument(
+        "dir", metavar="DIR", nargs="+", help="directories (or files) of YAML manifests, read recursively"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    report = validate_snapshot(DirectorySource(args.dir).load())
+    report = validate_snapshot(merge([DirectorySource(d).load() for d in args.dir]))
     for problem in report.problems:
         print(problem)
     if report.problems:

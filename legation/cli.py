@@ -17,6 +17,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ratelimit": ("services.ratelimit.app", "the rate limit service (Envoy RLS, sliding windows)"),
     "authz": ("services.authz.app", "the authorization service (Envoy ext_authz, JWT policies)"),
     "validate": ("controller.validate", "validate a directory of manifests offline; exit 1 on any problem"),
+    "controller": ("controller.app", "the route controller (resources -> Envoy over ADS, feeds, HTTP API)"),
+    "up": ("controller.up", "everything on one machine: controller, authz, ratelimit, demo upstream, Envoy"),
+    "envoy-bootstrap": ("controller.bootstrap", "print an Envoy bootstrap pointing at a controller"),
+    "token": ("legation.token", "mint a demo JWT signed with the local demo issuer's key"),
+    "echo": ("legation.echo", "a demo upstream that echoes each request (and identity headers) as JSON"),
 }
 
 

@@ -188,5 +188,5 @@ def test_version_changes_with_content_only() -> None:
 
 
 def test_example_config_is_valid() -> None:
-    config = load_config(Path(__file__).parents[2] / "examples" / "ratelimit.yaml")
+    config = load_config(Path(__file__).parents[2] / "standalone" / "ratelimit.yaml")
     assert "edge" in config.rules.domains

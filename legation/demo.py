@@ -1,0 +1,190 @@
+"""The demo's local secrets: an issuer key for `legation token`, and a self-signed certificate.
+
+Nothing here is committed: `legation up` creates them in its state directory (default
+`.legation/`) on first start, and writes two manifests next to them that the controller reads
+together with the user's directory — an Opaque Secret holding the issuer's JWKS (the example
+JWTPolicy references it with `jwks.secretRef`) and a `kubernetes.io/tls` Secret for the example
+Host. The private keys stay in files readable only by their owner.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import hashlib
+import json
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jwt
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+__all__ = ["DEMO_AUDIENCE", "DEMO_ISSUER", "DemoFiles"]
+
+DEMO_ISSUER = "https://demo-issuer.legation.localhost/"
+DEMO_AUDIENCE = "orders"
+JWKS_SECRET = ("team-orders", "demo-issuer-jwks", "jwks.json")
+"""(namespace, name, key) of the Secret the example JWTPolicy reads the issuer's keys from."""
+TLS_SECRET = ("team-catalog", "demo-tls")
+"""(namespace, name) of the example Host's certificate Secret."""
+TLS_HOSTNAMES = ("shop.localhost", "*.shop.localhost")
+_CERT_DAYS = 30
+
+
+def _b64url(value: int, size: int) -> str:
+    return base64.urlsafe_b64encode(value.to_bytes(size, "big")).rstrip(b"=").decode()
+
+
+@dataclass(frozen=True)
+class DemoFiles:
+    """The files under one state directory."""
+
+    root: Path
+
+    @property
+    def issuer_key(self) -> Path:
+        return self.root / "demo-issuer.pem"
+
+    @property
+    def certificate(self) -> Path:
+        """The self-signed certificate (also the CA to trust: `curl --cacert`)."""
+        return self.root / "demo-tls.crt"
+
+    @property
+    def manifests(self) -> Path:
+        """The generated manifests directory (a second controller source)."""
+        return self.root / "manifests"
+
+    def ensure(self) -> None:
+        """Create what is missing (and renew a certificate close to expiry); keep the rest, so
+        tokens minted earlier stay valid across restarts."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.manifests.mkdir(exist_ok=True)
+        if not self.issuer_key.exists():
+            key = ec.generate_private_key(ec.SECP256R1())
+            _write_private(self.issuer_key, _pem(key))
+        if not self.certificate.exists() or _expires_soon(self.certificate):
+            self._make_certificate()
+        self._write_manifests()
+
+    # --- issuer --------------------------------------------------------------------------------
+
+    def _key(self) -> ec.EllipticCurvePrivateKey:
+        key = serialization.load_pem_private_key(self.issuer_key.read_bytes(), password=None)
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise ValueError(f"{self.issuer_key} is not an EC private key")
+        return key
+
+    def jwk(self) -> dict[str, str]:
+        """The issuer's public key as a JWK, with its RFC 7638 thumbprint as `kid`."""
+        numbers = self._key().public_key().public_numbers()
+        jwk = {"crv": "P-256", "kty": "EC", "x": _b64url(numbers.x, 32), "y": _b64url(numbers.y, 32)}
+        canonical = json.dumps(jwk, separators=(",", ":"), sort_keys=True).encode()
+        thumbprint = base64.urlsafe_b64encode(hashlib.sha256(canonical).digest()).rstrip(b"=").decode()
+        return {**jwk, "kid": thumbprint, "alg": "ES256", "use": "sig"}
+
+    def token(
+        self,
+        *,
+        subject: str,
+        scopes: list[str] | None = None,
+        audience: str = DEMO_AUDIENCE,
+        lifetime: float = 3600,
+        claims: dict[str, Any] | None = None,
+    ) -> str:
+        """A token from the demo issuer."""
+        now = int(time.time())
+        payload: dict[str, Any] = {
+            "iss": DEMO_ISSUER,
+            "aud": audience,
+            "sub": subject,
+            "iat": now,
+            "nbf": now,
+            "exp": now + int(lifetime),
+            "jti": uuid.uuid4().hex,
+        }
+        if scopes:
+            payload["scope"] = " ".join(scopes)
+        payload.update(claims or {})
+        return jwt.encode(payload, self._key(), algorithm="ES256", headers={"kid": self.jwk()["kid"]})
+
+    # --- TLS -----------------------------------------------------------------------------------
+
+    def _make_certificate(self) -> None:
+        key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, TLS_HOSTNAMES[0])])
+        now = datetime.datetime.now(datetime.UTC)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=_CERT_DAYS))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(h) for h in TLS_HOSTNAMES]), False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256())
+        )
+        _write_private(self.root / "demo-tls.key", _pem(key))
+        self.certificate.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+
+    # --- manifests -----------------------------------------------------------------------------
+
+    def _write_manifests(self) -> None:
+        namespace, name, key = JWKS_SECRET
+        jwks = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": name, "namespace": namespace},
+            "type": "Opaque",
+            "stringData": {key: json.dumps({"keys": [self.jwk()]})},
+        }
+        tls_namespace, tls_name = TLS_SECRET
+        tls = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": tls_name, "namespace": tls_namespace},
+            "type": "kubernetes.io/tls",
+            "stringData": {
+                "tls.crt": self.certificate.read_text(),
+                "tls.key": (self.root / "demo-tls.key").read_text(),
+            },
+        }
+        header = "# Generated by `legation up` (demo keys; never commit this directory).\n"
+        text = header + yaml.safe_dump_all([jwks, tls], sort_keys=False)
+        target = self.manifests / "demo-secrets.yaml"
+        if not target.exists() or target.read_text() != text:
+            _write_private(target, text.encode())
+
+
+def _pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Write atomically (a watcher never sees half a file), readable by the owner only."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)
+    os.replace(tmp, path)
+
+
+def _expires_soon(path: Path) -> bool:
+    try:
+        cert = x509.load_pem_x509_certificate(path.read_bytes())
+    except ValueError:
+        return True
+    left = cert.not_valid_after_utc - datetime.datetime.now(datetime.UTC)
+    return left < datetime.timedelta(days=1)
