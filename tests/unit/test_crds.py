@@ -318,7 +318,9 @@ def crd_errors(document: dict[str, Any]) -> list[str]:
 
 
 def documents(path: Path) -> list[tuple[str, dict[str, Any]]]:
-    return [(f"{path.name}:{d.line}", d.data) for d in load_documents(path.read_text(), file=path.name)]
+    return [
+        (f"{path.name}:{d.line_of(())}", d.data) for d in load_documents(path.read_text(), file=path.name)
+    ]
 
 
 DESIGN_EXAMPLES = [
@@ -588,7 +590,7 @@ def readme_documents() -> list[tuple[str, dict[str, Any]]]:
                 if isinstance(doc.data, dict) and str(doc.data.get("apiVersion", "")).startswith(
                     "legation.dev/"
                 ):
-                    found.append((f"{readme.relative_to(ROOT)}:{offset + (doc.line or 1)}", doc.data))
+                    found.append((f"{readme.relative_to(ROOT)}:{offset + doc.line_of(())}", doc.data))
     return found
 
 
@@ -612,7 +614,7 @@ def example_documents() -> list[tuple[str, dict[str, Any]]]:
     for path in sorted((ROOT / "examples").rglob("*.y*ml")):
         for doc in load_documents(path.read_text(), file=path.name):
             if isinstance(doc.data, dict) and str(doc.data.get("apiVersion", "")).startswith("legation.dev/"):
-                found.append((f"{path.relative_to(ROOT)}:{doc.line}", doc.data))
+                found.append((f"{path.relative_to(ROOT)}:{doc.line_of(())}", doc.data))
     return found
 
 
