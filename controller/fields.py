@@ -8,6 +8,7 @@ than as a NACK later.
 
 from __future__ import annotations
 
+import functools
 import http
 import ipaddress
 import re
@@ -33,6 +34,9 @@ _SERVICE = re.compile(
     r"(?:(?P<scheme>[a-z]+)://)?(?P<host>\[[0-9a-fA-F:.]+\]|[^:/\[\]]+)(?::(?P<port>[^/]*))?"
 )
 _ORIGIN = re.compile(rf"https?://(\*\.)?{_LABEL}(\.{_LABEL})*(:\d{{1,5}})?")
+# \s in a str pattern is exactly str.isspace(); one search instead of a generator per character
+# (the generator was 10% of parsing 10k Mappings).
+_PATH_FORBIDDEN = re.compile(r"[\s?#]")
 _FORMATTER = re.compile(r"%%|%[A-Z0-9_]+(\([^)]*\))?(:\d+)?%")  # Envoy header-value commands
 _RETRY_ON = frozenset((
     "5xx", "gateway-error", "reset", "reset-before-request", "connect-failure", "envoy-ratelimited",
@@ -57,7 +61,7 @@ def _hostname(value: str) -> str:
 def _path(value: str) -> str:
     if not value.startswith("/"):
         raise ValueError("must start with /")
-    if any(c.isspace() or c in "?#" for c in value):
+    if _PATH_FORBIDDEN.search(value):
         raise ValueError("must not contain whitespace, ? or #")
     return value
 
@@ -159,10 +163,13 @@ class Upstream:
         return self.scheme == "https"
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_service(value: str) -> Upstream:
     """`host:port`, `http://host[:port]` or `https://host[:port]` (IPv6 in brackets).
 
     Without a port, http means 80 and https 443. Raises ValueError with the reason."""
+    # Cached: every Mapping's service is parsed when validated and again when compiled, and
+    # many Mappings name the same few services. An Upstream is immutable; errors are not cached.
     match = _SERVICE.fullmatch(value.strip())
     expected = "expected host:port, http://host:port or https://host:port"
     if match is None:

@@ -48,7 +48,7 @@ class Origin:
 
     @classmethod
     def of(cls, doc: Document) -> Origin:
-        return cls(file=doc.file, index=doc.index, line=doc.node.start_mark.line + 1)
+        return cls(file=doc.file, index=doc.index, line=doc.line)
 
     def __str__(self) -> str:
         return f"{self.file}:{self.line}" if self.line is not None else f"{self.file}#{self.index}"

@@ -15,6 +15,7 @@ Pure: no Envoy or rate-limit-service knowledge; the compiler turns rules into bo
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -104,8 +105,11 @@ class RateLimitAnnotationError(ValueError):
         super().__init__("; ".join(str(p) for p in problems))
 
 
+@functools.lru_cache(maxsize=1024)
 def parse_rate_limit(value: str) -> tuple[RateLimitRule, ...]:
     """The rules of an annotation value. Raises RateLimitAnnotationError listing every problem."""
+    # Cached: a Mapping's annotation is parsed when it is validated and again when compiled, and
+    # teams copy the same few values. The rules are immutable; errors are not cached.
     if not value.strip():
         problem = RateLimitProblem(1, "", "rule", "empty annotation (expected e.g. '100/m per ip')")
         raise RateLimitAnnotationError([problem])
