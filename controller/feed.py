@@ -138,9 +138,17 @@ def _resolve(future: asyncio.Future[None]) -> None:
 
 
 def _dump(documents: list[dict[str, Any]]) -> str:
-    # Block style, field order kept, no line folding: stable text, readable diffs.
-    return yaml.safe_dump_all(
-        documents, sort_keys=False, default_flow_style=False, allow_unicode=True, width=1 << 20
+    # Block style, field order kept, no line folding: stable text, readable diffs. The C dumper
+    # writes the same text ~3x faster (profile: the feeds were 60 of 124 ms of a one-file change
+    # with 1k Mappings, nearly all in PyYAML's pure-Python emitter).
+    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+    return yaml.dump_all(
+        documents,
+        Dumper=dumper,
+        sort_keys=False,
+        default_flow_style=False,
+        allow_unicode=True,
+        width=1 << 20,
     )
 
 
