@@ -15,7 +15,7 @@ import contextlib
 import logging
 import socket
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import uvicorn
 from fastapi import FastAPI
@@ -25,7 +25,7 @@ from controller.api import create_app
 from controller.envoy import EnvoyOptions
 from controller.feed import Feed
 from controller.parse_cache import ParseCache
-from controller.pipeline import ControllerState, build
+from controller.pipeline import ControllerState, Stages, build
 from controller.sources import Source
 from controller.sources.directory import DirectorySource
 from controller.sources.merged import MergedSource
@@ -58,6 +58,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--namespace", action="append", metavar="NS", help="with --kubernetes: only these namespaces"
     )
+    kube = parser.add_argument_group("with --kubernetes")
+    kube.add_argument(
+        "--kubeconfig",
+        metavar="PATH",
+        help="kubeconfig file (default: KUBECONFIG, ~/.kube/config, then the pod's service account)",
+    )
+    kube.add_argument("--no-status", action="store_true", help="do not write status back to the objects")
+    kube.add_argument(
+        "--leader-elect",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="write status only while holding the Lease (default); --no-leader-elect: a single replica",
+    )
+    kube.add_argument("--lease-name", default="legation-controller", help="the coordination.k8s.io Lease")
+    kube.add_argument(
+        "--lease-namespace",
+        metavar="NS",
+        help="namespace of the Lease (default: the pod's own namespace, else legation-system)",
+    )
+    kube.add_argument("--lease-duration", type=float, default=15.0, metavar="SECONDS", help="lease duration")
+    kube.add_argument("--lease-renew", type=float, default=5.0, metavar="SECONDS", help="renew period")
     parser.add_argument("--xds-listen", default="127.0.0.1:18000", metavar="HOST:PORT", help="ADS (gRPC)")
     parser.add_argument(
         "--http-listen", default="127.0.0.1:8877", metavar="HOST:PORT", help="HTTP API, page, feeds"
@@ -87,12 +108,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     setup_logging("controller", args.log_level)
     if args.kubernetes:
-        print("legation controller: --kubernetes is not available yet (see the README)", file=sys.stderr)
-        return 2
+        from controller.sources.kubernetes import KubernetesOptions, KubernetesSource
+
+        if args.lease_renew <= 0 or args.lease_renew >= args.lease_duration:
+            print(
+                "legation controller: --lease-renew must be positive and below --lease-duration",
+                file=sys.stderr,
+            )
+            return 2
+        source: Source = KubernetesSource(
+            KubernetesOptions(
+                namespaces=tuple(args.namespace or ()),
+                kubeconfig=args.kubeconfig,
+                write_status=not args.no_status,
+                leader_elect=args.leader_elect,
+                lease_name=args.lease_name,
+                lease_namespace=args.lease_namespace,
+                lease_seconds=args.lease_duration,
+                renew_seconds=args.lease_renew,
+            )
+        )
+        description = "kubernetes " + (", ".join(args.namespace) if args.namespace else "(all namespaces)")
     else:
         dirs: Sequence[str] = args.source
         sources = [DirectorySource(d) for d in dirs]
-        source: Source = sources[0] if len(sources) == 1 else MergedSource(sources)
+        source = sources[0] if len(sources) == 1 else MergedSource(sources)
         description = "directory " + ", ".join(dirs)
     options = EnvoyOptions(
         listen_address=args.envoy_listen_address,
@@ -157,6 +197,8 @@ async def _follow(
     health: Health,
 ) -> None:
     cache = ParseCache()
+    # Sources that write verdicts back (Kubernetes status) take each run's statuses.
+    report: Callable[[Stages], None] | None = getattr(source, "report", None)
     async for snapshot in source.snapshots():
         try:
             stages = await asyncio.to_thread(build, snapshot, options, parse=cache.parse)
@@ -168,6 +210,8 @@ async def _follow(
         feeds["authz"].publish(stages.authz_feed)
         feeds["ratelimit"].publish(stages.ratelimit_feed)
         state.record(stages)
+        if report is not None:
+            report(stages)
         COMPILE_SECONDS.observe(stages.seconds)
         rejected = stages.rejected
         RESOURCES.labels("Accepted").set(len(stages.statuses) - len(rejected))

@@ -1,0 +1,331 @@
+"""Status written back (controller.kube.status) and leader election (controller.kube.leader),
+against the kmock emulator: conditions through the status subresource, unchanged ones skipped,
+only by the leader; one leader among replicas, takeover once its Lease lapses."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import kmock
+import pytest
+from fixtures.kube import LEASES, MAPPINGS, KubeEmulator, running_emulator, write_kubeconfig
+
+from controller.envoy import EnvoyOptions
+from controller.ir import Origin, Problem, ResourceStatus
+from controller.kube import client as kc
+from controller.kube.client import KubeClient
+from controller.kube.leader import LeaderElector
+from controller.kube.status import desired_statuses
+from controller.pipeline import build
+from controller.resources import ResourceId
+from controller.sources import SourceSnapshot
+from controller.sources.kubernetes import KubernetesOptions, KubernetesSource
+
+NS = "demo"
+
+
+def mapping(name: str, prefix: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "legation.dev/v1alpha1",
+        "kind": "Mapping",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {"prefix": prefix, "service": "127.0.0.1:8080"},
+    }
+
+
+async def eventually(predicate: Callable[[], Any], timeout: float = 5.0) -> Any:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not (value := predicate()):
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.02)
+    return value
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path) -> AsyncIterator[tuple[KubeEmulator, KubeClient, Path]]:
+    async with running_emulator() as (emulator, url):
+        kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", url)
+        client = await KubeClient.connect(str(kubeconfig))
+        yield emulator, client, kubeconfig
+        await client.close()
+
+
+def condition(emulator: KubeEmulator, name: str) -> dict[str, Any] | None:
+    obj = emulator.object(MAPPINGS, NS, name) or {}
+    conditions = (obj.get("status") or {}).get("conditions") or []
+    return next((c for c in conditions if c["type"] == "Accepted"), None)
+
+
+def status_patches(emulator: KubeEmulator) -> int:
+    return sum(1 for r in emulator if r.method == "PATCH" and r.subresource == "status")
+
+
+class Controller:
+    """A source whose snapshots go through the pipeline and back as statuses, as in the app."""
+
+    def __init__(self, kubeconfig: Path, **options: Any) -> None:
+        opts = {"kubeconfig": str(kubeconfig), "quiet_seconds": 0.05, "leader_elect": False, **options}
+        self.source = KubernetesSource(KubernetesOptions(**opts))
+        self.runs = 0
+        self.task = asyncio.create_task(self._follow())
+
+    async def _follow(self) -> None:
+        async for snapshot in self.source.snapshots():
+            self.source.report(build(snapshot, EnvoyOptions()))
+            self.runs += 1
+
+    async def stop(self) -> None:
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+
+
+@contextlib.asynccontextmanager
+async def controller(kubeconfig: Path, **options: Any) -> AsyncIterator[Controller]:
+    running = Controller(kubeconfig, **options)
+    try:
+        yield running
+    finally:
+        await running.stop()
+
+
+async def patch(client: KubeClient, path: str, body: dict[str, Any]) -> None:
+    await client.request("PATCH", path, body=body, content_type="application/merge-patch+json")
+
+
+async def test_verdicts_are_written_as_conditions_and_unchanged_ones_skipped(
+    cluster: tuple[KubeEmulator, KubeClient, Path],
+) -> None:
+    emulator, client, kubeconfig = cluster
+    await client.request("POST", kc.MAPPINGS.path(NS), body=mapping("good", "/good/"))
+    await client.request("POST", kc.MAPPINGS.path(NS), body=mapping("bad", "bad"))
+    await patch(
+        client, kc.MAPPINGS.path(NS, "good", "status"), {"status": {"conditions": [{"type": "Other"}]}}
+    )
+    async with controller(kubeconfig) as running:
+        bad = await eventually(lambda: condition(emulator, "bad"))
+        good = await eventually(lambda: condition(emulator, "good"))
+        assert (bad["status"], bad["reason"], bad["observedGeneration"]) == ("False", "Rejected", 1)
+        assert bad["message"].startswith("spec.prefix: ")
+        assert (good["status"], good["reason"], good["message"]) == (
+            "True",
+            "Accepted",
+            "Accepted by the controller",
+        )
+        other = emulator.object(MAPPINGS, NS, "good")["status"]["conditions"]  # type: ignore[index]
+        assert {"type": "Other"} in other, "conditions of other types are kept"
+        assert status_patches(emulator) == 3  # ours, and the two verdicts
+
+        # A change that leaves both verdicts as they were writes nothing.
+        await patch(client, kc.MAPPINGS.path(NS, "good"), {"metadata": {"labels": {"x": "y"}}})
+        await eventually(lambda: running.runs == 2)
+        await asyncio.sleep(0.5)
+        assert status_patches(emulator) == 3
+        assert running.source.status is not None and running.source.status.skipped >= 2
+
+        # Another reason, still rejected: the transition time stays; fixed: it moves.
+        await patch(client, kc.MAPPINGS.path(NS, "bad"), {"spec": {"prefix": "bad2", "timeout": "x"}})
+        again = await eventually(
+            lambda: (c := condition(emulator, "bad")) and c["observedGeneration"] == 2 and c
+        )
+        assert again["lastTransitionTime"] == bad["lastTransitionTime"]
+        assert "spec.timeout" in again["message"]
+        await patch(client, kc.MAPPINGS.path(NS, "bad"), {"spec": {"prefix": "/bad/", "timeout": None}})
+        fixed = await eventually(lambda: (c := condition(emulator, "bad")) and c["status"] == "True" and c)
+        assert fixed["observedGeneration"] == 3
+
+
+async def test_every_legation_kind_gets_its_condition(cluster: tuple[KubeEmulator, KubeClient, Path]) -> None:
+    emulator, client, kubeconfig = cluster
+    api = "legation.dev/v1alpha1"
+    objects = {
+        kc.MAPPINGS: {"kind": "Mapping", "spec": {"prefix": "/m/", "service": "127.0.0.1:80"}},
+        kc.AUTHSERVICES: {"kind": "AuthService", "spec": {"service": "127.0.0.1:9001"}},
+        kc.HOSTS: {"kind": "Host", "spec": {"hostname": "api.example.com", "tlsSecret": {"name": "none"}}},
+        kc.JWTPOLICIES: {"kind": "JWTPolicy", "spec": {"providers": [], "rules": []}},
+    }
+    for resource, obj in objects.items():
+        body = {"apiVersion": api, "metadata": {"name": "x", "namespace": NS}, **obj}
+        await client.request("POST", resource.path(NS), body=body)
+    async with controller(kubeconfig):
+
+        def conditions() -> dict[str, tuple[str, str]] | None:
+            found = {}
+            for resource in objects:
+                obj = stored(emulator, resource)
+                for c in (obj.get("status") or {}).get("conditions") or []:
+                    found[resource.kind] = (c["status"], c["message"])
+            return found if len(found) == 4 else None
+
+        found = await eventually(conditions)
+    assert found["Mapping"][0] == "True" and found["AuthService"][0] == "True"
+    assert found["Host"] == ("False", "spec.tlsSecret.name: no Secret 'none' in namespace demo")
+    assert found["JWTPolicy"][0] == "False" and found["JWTPolicy"][1].startswith("spec.rules: ")
+
+
+def stored(emulator: KubeEmulator, resource: kc.ResourceType) -> dict[str, Any]:
+    return emulator.object(kmock.resource(resource.group, resource.version, resource.plural), NS, "x") or {}
+
+
+async def test_only_the_leader_writes(cluster: tuple[KubeEmulator, KubeClient, Path]) -> None:
+    emulator, client, kubeconfig = cluster
+    await client.request("POST", kc.MAPPINGS.path(NS), body=mapping("m", "/m/"))
+    async with controller(kubeconfig) as running:
+        await eventually(lambda: running.runs == 1)
+        writer = running.source.status
+        assert writer is not None
+        leading = False
+        writer.is_leader = lambda: leading
+        writer.leadership_changed(False)
+        await client.request("POST", kc.MAPPINGS.path(NS), body=mapping("n", "n"))
+        await eventually(lambda: running.runs == 2)
+        await asyncio.sleep(0.5)
+        assert condition(emulator, "n") is None, "a follower writes nothing"
+        leading = True
+        writer.leadership_changed(True)
+        written = await eventually(lambda: condition(emulator, "n"))
+        assert written["status"] == "False"
+
+
+async def test_a_verdict_never_lands_on_a_recreated_object(
+    cluster: tuple[KubeEmulator, KubeClient, Path],
+) -> None:
+    emulator, client, kubeconfig = cluster
+    await client.request("POST", kc.MAPPINGS.path(NS), body=mapping("m", "/m/"))
+    async with controller(kubeconfig) as running:
+        await eventually(lambda: condition(emulator, "m"))
+        old_uid = emulator.object(MAPPINGS, NS, "m")["metadata"]["uid"]  # type: ignore[index]
+        # The verdict about the old object, written against the new one, must be refused.
+        with pytest.raises(kc.ApiError) as refused:
+            await client.request("DELETE", kc.MAPPINGS.path(NS, "m"))
+            await client.request("POST", kc.MAPPINGS.path(NS), body=mapping("m", "bad"))
+            await patch(
+                client,
+                kc.MAPPINGS.path(NS, "m", "status"),
+                {"metadata": {"uid": old_uid}, "status": {"conditions": []}},
+            )
+        assert refused.value.code == 409
+        new = await eventually(lambda: (c := condition(emulator, "m")) and c)
+        assert new["status"] == "False", "the new object gets its own verdict"
+        assert running.source.status is not None
+
+
+def test_desired_statuses_carry_generation_uid_and_every_problem() -> None:
+    from legation.yamlfile import load_documents
+
+    text = "kind: Mapping\nmetadata: {name: m, namespace: demo, generation: 4, uid: u-1}\n"
+    doc = load_documents(text, file="kubernetes:Mapping/demo/m")[0]
+    secret = load_documents("kind: Secret\nmetadata: {name: s}\n", file="kubernetes:Secret/demo/s")[0]
+    snapshot = SourceSnapshot(documents=(doc, secret), errors=(), origins=(), version="v")
+    statuses = [
+        ResourceStatus(
+            ResourceId("Mapping", "demo", "m"),
+            Origin.of(doc),
+            "Rejected",
+            (Problem(("spec", "prefix"), "must start with /"), Problem((), "conflicts with demo/n")),
+        ),
+        ResourceStatus(ResourceId("Secret", "demo", "s"), Origin.of(secret), "Accepted"),
+        ResourceStatus(ResourceId("Mapping", "demo", "f"), Origin("files/f.yaml"), "Accepted"),
+    ]
+    desired = desired_statuses(statuses, snapshot)
+    assert list(desired) == [("Mapping", "demo", "m")], "Secrets and files carry no status"
+    verdict = desired[("Mapping", "demo", "m")]
+    assert (verdict.uid, verdict.generation, verdict.accepted) == ("u-1", 4, False)
+    assert verdict.message == "spec.prefix: must start with /; conflicts with demo/n"
+
+
+# --- leader election -----------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def campaigning(client: KubeClient, identity: str, **options: Any) -> AsyncIterator[LeaderElector]:
+    opts = {
+        "namespace": "legation-system",
+        "name": "lease",
+        "lease_seconds": 1.0,
+        "renew_seconds": 0.2,
+        **options,
+    }
+    elector = LeaderElector(client, identity=identity, **opts)
+    task = asyncio.create_task(elector.run())
+    try:
+        yield elector
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def holder(emulator: KubeEmulator) -> str | None:
+    lease = emulator.object(LEASES, "legation-system", "lease") or {}
+    return (lease.get("spec") or {}).get("holderIdentity")
+
+
+async def test_one_leader_and_a_takeover_only_once_the_lease_lapsed(
+    cluster: tuple[KubeEmulator, KubeClient, Path],
+) -> None:
+    emulator, client, _ = cluster
+    changes: list[tuple[str, bool]] = []
+    async with campaigning(client, "a", on_change=lambda v: changes.append(("a", v))) as a:
+        await eventually(lambda: a.is_leader)
+        async with campaigning(client, "b", on_change=lambda v: changes.append(("b", v))) as b:
+            await asyncio.sleep(1.5)  # longer than the lease: a renews, so b must not take it
+            assert a.is_leader and not b.is_leader
+            assert holder(emulator) == "a"
+            # a stops renewing without releasing (a crash): b takes over after the lease lapses.
+            stopped = asyncio.get_running_loop().time()
+            a.renew_seconds = 3600  # its next renewal never comes
+            await eventually(lambda: holder(emulator) == "b", timeout=5)
+            waited = asyncio.get_running_loop().time() - stopped
+            assert waited >= 1.0 - 0.2, "taken over before the lease duration"
+            await eventually(lambda: b.is_leader)
+            lease = emulator.object(LEASES, "legation-system", "lease")
+            assert lease is not None and lease["spec"]["leaseTransitions"] == 1
+    assert ("a", True) in changes and ("b", True) in changes
+
+
+async def test_a_leader_that_sees_its_lease_taken_steps_down(
+    cluster: tuple[KubeEmulator, KubeClient, Path],
+) -> None:
+    _emulator, client, _ = cluster
+    async with campaigning(client, "a") as a:
+        await eventually(lambda: a.is_leader)
+        lease = await client.request("GET", kc.LEASES.path("legation-system", "lease"))
+        lease["spec"]["holderIdentity"] = "intruder"
+        await client.request("PUT", kc.LEASES.path("legation-system", "lease"), body=lease)
+        await eventually(lambda: not a.is_leader, timeout=2)
+
+
+async def test_a_released_lease_is_taken_at_the_next_look(
+    cluster: tuple[KubeEmulator, KubeClient, Path],
+) -> None:
+    emulator, client, _ = cluster
+    a = LeaderElector(client, namespace="legation-system", name="lease", identity="a", lease_seconds=30)
+    a_task = asyncio.create_task(a.run())
+    await eventually(lambda: a.is_leader)
+    async with campaigning(client, "b", lease_seconds=30, renew_seconds=0.2) as b:
+        await asyncio.sleep(0.3)
+        assert not b.is_leader
+        a_task.cancel()  # a clean stop, as the source does it: stop campaigning, then release
+        with contextlib.suppress(asyncio.CancelledError):
+            await a_task
+        assert not a.is_leader
+        await a.release()
+        await eventually(lambda: b.is_leader, timeout=2)  # not 30 s
+        assert holder(emulator) == "b"
+
+
+async def test_concurrent_campaigns_elect_exactly_one(cluster: tuple[KubeEmulator, KubeClient, Path]) -> None:
+    emulator, client, _ = cluster
+    async with contextlib.AsyncExitStack() as stack:
+        electors = [await stack.enter_async_context(campaigning(client, f"r{i}")) for i in range(4)]
+        await eventually(lambda: any(e.is_leader for e in electors))
+        for _ in range(10):
+            await asyncio.sleep(0.1)
+            leaders = [e.identity for e in electors if e.is_leader]
+            assert leaders == [holder(emulator)]
