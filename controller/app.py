@@ -206,6 +206,7 @@ async def _follow(
             log.exception("pipeline run failed; the previous configuration stays in force")
             state.last_error = f"{type(exc).__name__}: {exc}"
             continue
+        cache.retain(snapshot.documents)  # forget deleted files' resources
         xds.set_snapshot(stages.envoy)
         feeds["authz"].publish(stages.authz_feed)
         feeds["ratelimit"].publish(stages.ratelimit_feed)

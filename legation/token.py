@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="NAME=JSON",
-        help='an extra claim: JSON if it parses, else a string (e.g. plan=gold)',
+        help="an extra claim: JSON if it parses, else a string (e.g. plan=gold)",
     )
     parser.add_argument(
         "--state-dir",
