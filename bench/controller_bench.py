@@ -35,7 +35,6 @@ must be serving it. Exit status 2 if one is missed.
 from __future__ import annotations
 
 import argparse
-import datetime
 import gc
 import importlib.util
 import json
@@ -225,27 +224,9 @@ def _obj(
 
 
 def _tls_secret(name: str, ns: str) -> dict[str, Any]:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
+    from legation.demo import self_signed
 
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "api.example.com")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    pem_key = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
+    certificate, pem_key = self_signed("api.example.com")
     return _obj(
         "Secret",
         name,
@@ -253,8 +234,8 @@ def _tls_secret(name: str, ns: str) -> dict[str, Any]:
         None,
         type="kubernetes.io/tls",
         stringData={
-            "tls.crt": cert.public_bytes(serialization.Encoding.PEM).decode(),
-            "tls.key": pem_key.decode(),
+            "tls.crt": certificate,
+            "tls.key": pem_key,
         },
     )
 

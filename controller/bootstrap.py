@@ -9,12 +9,12 @@ Service is). `legation up` and the Helm chart use the same function.
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import json
 from typing import Any
 
 import yaml
 
+from controller.fields import is_ip_literal
 from legation.grpc_runtime import split_host_port
 
 __all__ = ["add_arguments", "bootstrap", "run"]
@@ -48,7 +48,7 @@ def bootstrap(
             "clusters": [
                 {
                     "name": XDS_CLUSTER,
-                    "type": "STATIC" if _is_ip(host) else "STRICT_DNS",
+                    "type": "STATIC" if is_ip_literal(host) else "STRICT_DNS",
                     "connect_timeout": "1s",
                     # Keepalive notices a controller that vanished without closing the stream
                     # (a node lost), so Envoy reconnects instead of waiting on a dead connection.
@@ -89,14 +89,6 @@ def bootstrap(
         admin_host, admin_port = split_host_port(admin)
         config["admin"] = {"address": {"socket_address": _address(admin_host, admin_port)}}
     return config
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 def _address(host: str, port: int) -> dict[str, Any]:

@@ -25,7 +25,6 @@ configurations that hold it (and clusters, if it brings or drops an upstream).
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,7 +53,7 @@ from controller.envoy_routes import (
     pack,
     route_configurations,
 )
-from controller.fields import parse_service
+from controller.fields import is_ip_literal, parse_service
 from controller.ir import IR, Cluster, HostIR, TlsSecret
 from controller.resources import AuthServiceSpec
 from controller.snapshot import CLUSTER, LISTENER, ROUTE, SECRET
@@ -297,7 +296,7 @@ def _cluster(spec: Cluster, options: EnvoyOptions) -> Any:
         _http2(cluster)
     if spec.tls:
         tls = tls_pb2.UpstreamTlsContext()
-        if not _is_ip(spec.host):  # SNI carries names only (RFC 6066)
+        if not is_ip_literal(spec.host):  # SNI carries names only (RFC 6066)
             tls.sni = spec.host
         tls.common_tls_context.alpn_protocols.append("h2" if spec.http2 else "http/1.1")
         cluster.transport_socket.name = "envoy.transport_sockets.tls"
@@ -327,7 +326,7 @@ def _service_cluster(name: str, address: str, options: EnvoyOptions) -> Any:
 
 def _endpoint_cluster(name: str, host: str, port: int, options: EnvoyOptions) -> Any:
     cluster = cluster_pb2.Cluster(name=name)
-    if _is_ip(host):
+    if is_ip_literal(host):
         cluster.type = cluster_pb2.Cluster.STATIC
     else:
         cluster.type = cluster_pb2.Cluster.STRICT_DNS
@@ -345,14 +344,6 @@ def _http2(cluster: Any) -> None:
     options = http_protocol_options_pb2.HttpProtocolOptions()
     options.explicit_http_config.http2_protocol_options.SetInParent()
     cluster.typed_extension_protocol_options[_HTTP_PROTOCOL_OPTIONS].CopyFrom(pack(options))
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 def _secret(secret: TlsSecret) -> Any:

@@ -188,6 +188,15 @@ def parse_service(value: str) -> Upstream:
     return Upstream(scheme="https" if scheme == "https" else "http", host=host.lower().strip("[]"), port=port)
 
 
+def is_ip_literal(host: str) -> bool:
+    """An IPv4 or IPv6 address (no brackets), as opposed to a name to resolve."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 def _ipv6(bracketed: str) -> bool:
     try:
         ipaddress.IPv6Address(bracketed[1:-1])

@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-__all__ = ["DEMO_AUDIENCE", "DEMO_ISSUER", "DemoFiles"]
+__all__ = ["DEMO_AUDIENCE", "DEMO_ISSUER", "DemoFiles", "self_signed"]
 
 DEMO_ISSUER = "https://demo-issuer.legation.localhost/"
 DEMO_AUDIENCE = "orders"
@@ -119,23 +119,9 @@ class DemoFiles:
     # --- TLS -----------------------------------------------------------------------------------
 
     def _make_certificate(self) -> None:
-        key = ec.generate_private_key(ec.SECP256R1())
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, TLS_HOSTNAMES[0])])
-        now = datetime.datetime.now(datetime.UTC)
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=_CERT_DAYS))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(h) for h in TLS_HOSTNAMES]), False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256())
-        )
-        _write_private(self.root / "demo-tls.key", _pem(key))
-        self.certificate.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        certificate, key = self_signed(*TLS_HOSTNAMES, days=_CERT_DAYS)
+        _write_private(self.root / "demo-tls.key", key.encode())
+        self.certificate.write_text(certificate)
 
     # --- manifests -----------------------------------------------------------------------------
 
@@ -164,6 +150,27 @@ class DemoFiles:
         target = self.manifests / "demo-secrets.yaml"
         if not target.exists() or target.read_text() != text:
             _write_private(target, text.encode())
+
+
+def self_signed(*names: str, days: float = 1) -> tuple[str, str]:
+    """(certificate PEM, key PEM): a self-signed ECDSA certificate for the DNS `names`, which is
+    its own CA (clients trust it with `--cacert`). For demos and tests only."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=days))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    return certificate.public_bytes(serialization.Encoding.PEM).decode(), _pem(key).decode()
 
 
 def _pem(key: ec.EllipticCurvePrivateKey) -> bytes:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 import json
 import time
 from collections.abc import AsyncIterator
@@ -18,10 +17,6 @@ from typing import Any
 
 import httpx
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
@@ -35,6 +30,7 @@ from controller.pipeline import ControllerState, Stages, build
 from controller.snapshot import CLUSTER, SECRET
 from controller.sources.directory import DirectorySource
 from controller.xds import XdsServer
+from legation.demo import self_signed
 from legation.fastmetrics import FastCounter
 
 ORDERS = """\
@@ -100,28 +96,13 @@ spec: {}
 
 
 def tls_secret(name: str, namespace: str) -> str:
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "api.example.com")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=30))
-        .sign(key, hashes.SHA256())
-    )
-    pem_key = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ).decode()
+    certificate, pem_key = self_signed("api.example.com", days=30)
     document = {
         "apiVersion": "v1",
         "kind": "Secret",
         "metadata": {"name": name, "namespace": namespace},
         "type": "kubernetes.io/tls",
-        "stringData": {"tls.crt": cert.public_bytes(serialization.Encoding.PEM).decode(), "tls.key": pem_key},
+        "stringData": {"tls.crt": certificate, "tls.key": pem_key},
     }
     return json.dumps(document)  # JSON is YAML
 
