@@ -145,7 +145,8 @@ def _rejected(stages: Stages) -> str:
     for error in stages.file_errors:
         where = f"{error.file}:{error.line}" if error.line is not None else error.file
         rows.append(["(file)", _e(where), f"<code>{_e(format_path(error.path))}</code>", _e(error.reason)])
-    title = f"<h2>Rejected resources ({len(rows)})</h2>"
+    count = len(stages.rejected) + len(stages.file_errors)  # resources, not problems (one row each)
+    title = f"<h2>Rejected resources ({count})</h2>"
     if not rows:
         return '<section id="rejected"><h2>Rejected resources</h2><p class="ok">None.</p></section>'
     table = _table(["Resource", "Origin", "Field", "Reason"], rows)

@@ -160,7 +160,7 @@ def _start_all(
 
     def wait(what: str, ready: Callable[[], bool], child: _Child) -> None:
         start = time.monotonic()
-        print(f"  {what:<24}", end="", flush=True)
+        print(f"  {what:<24} ", end="", flush=True)
         while not ready():
             if interrupted():
                 raise _Stopped("interrupted")
