@@ -29,14 +29,16 @@ def bootstrap(
     node_id: str = "envoy",
     node_cluster: str = "legation",
     admin: str | None = "127.0.0.1:9901",
+    delta: bool = False,
 ) -> dict[str, Any]:
-    """The bootstrap as plain data (dump it as YAML or JSON)."""
+    """The bootstrap as plain data (dump it as YAML or JSON). `delta`: incremental xDS
+    (DELTA_GRPC) instead of state of the world; the controller serves both."""
     host, port = split_host_port(xds)
     config: dict[str, Any] = {
         "node": {"id": node_id, "cluster": node_cluster},
         "dynamic_resources": {
             "ads_config": {
-                "api_type": "GRPC",
+                "api_type": "DELTA_GRPC" if delta else "GRPC",
                 "transport_api_version": "V3",
                 "set_node_on_first_message_only": True,
                 "grpc_services": [{"envoy_grpc": {"cluster_name": XDS_CLUSTER}}],
@@ -107,6 +109,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="HOST:PORT",
         help="Envoy's admin interface; 'none' for no admin listener",
     )
+    parser.add_argument(
+        "--delta",
+        action="store_true",
+        help="incremental (delta) xDS: only changed resources are sent (default: state of the world)",
+    )
     parser.add_argument("--format", choices=["yaml", "json"], default="yaml")
 
 
@@ -117,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
             node_id=args.node_id,
             node_cluster=args.node_cluster,
             admin=None if args.admin == "none" else args.admin,
+            delta=args.delta,
         )
     except ValueError as exc:
         print(f"legation envoy-bootstrap: {exc}")

@@ -1,12 +1,14 @@
-"""The ADS server: Envoy's AggregatedDiscoveryService (state of the world) over grpc.aio.
+"""The ADS server: Envoy's AggregatedDiscoveryService over grpc.aio, state of the world and
+incremental (delta); each Envoy's bootstrap chooses (`api_type` GRPC or DELTA_GRPC).
 
 Two layers. `AdsStream` is the protocol for one Envoy stream as a pure state machine: it takes
 DiscoveryRequests and snapshot changes and returns the DiscoveryResponses to send, keeping the
-ACK/NACK record as it goes (no I/O, so unit tests drive it with plain request sequences).
-`XdsServer` is the grpc.aio glue: it holds the snapshots (a default one, optionally one per node
-id), runs one `AdsStream` per connected Envoy and shows their records.
+ACK/NACK record as it goes (no I/O, so unit tests drive it with plain request sequences);
+`controller.xds_delta.DeltaStream` is the same for a delta stream. `XdsServer` is the grpc.aio
+glue: it holds the snapshots (a default one, optionally one per node id), runs one protocol per
+connected Envoy and shows their records, whichever protocol they speak.
 
-Protocol, per stream and type URL:
+State-of-the-world protocol (see xds_delta for the delta one), per stream and type URL:
 
 - A request with an empty `response_nonce` (Envoy's first for that type, also after it
   reconnects) is answered with the current snapshot at once.
@@ -35,7 +37,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import grpc
 from envoy.config.core.v3 import base_pb2
@@ -52,12 +54,16 @@ from controller.snapshot import (
     SnapshotStore,
 )
 
-__all__ = ["METHOD", "SERVICE", "AdsStream", "Nack", "NodeStatus", "TypeStatus", "XdsServer"]
+if TYPE_CHECKING:
+    from controller.xds_delta import DeltaRecord
+
+__all__ = ["DELTA_METHOD", "METHOD", "SERVICE", "AdsStream", "Nack", "NodeStatus", "TypeStatus", "XdsServer"]
 
 log = logging.getLogger("legation.xds")
 
 SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
 METHOD = "StreamAggregatedResources"
+DELTA_METHOD = "DeltaAggregatedResources"
 KEPT_SUFFIX = "+kept"
 """Appended to the version of the interim cluster response that still holds removed clusters."""
 
@@ -299,9 +305,20 @@ class _Wake:
 _END, _WAKE = _End(), _Wake()
 
 
+class _StreamProtocol(Protocol):
+    """What the server needs of a stream's protocol (AdsStream, DeltaStream)."""
+
+    status: NodeStatus
+    identified: bool
+
+    def on_request(self, request: Any) -> list[Any]: ...
+
+    def on_snapshot(self) -> list[Any]: ...
+
+
 @dataclass
 class _Session:
-    protocol: AdsStream
+    protocol: _StreamProtocol
     queue: asyncio.Queue[object] = field(default_factory=asyncio.Queue)
     woken: bool = False
 
@@ -331,6 +348,9 @@ class XdsServer:
         self._closed = False
         self.nacks: deque[Nack] = deque(maxlen=nack_history)
         """Every NACK since start (the newest `nack_history`), also from Envoys gone since."""
+        self.delta_responses: deque[DeltaRecord] = deque(maxlen=1000)
+        """What the newest delta responses carried, for diagnostics: which resources, which
+        removals (a state-of-the-world response always carries every resource of its type)."""
 
     def set_snapshot(self, snapshot: Snapshot, *, node_id: str | None = None) -> None:
         self.snapshots.set(snapshot, node_id=node_id)
@@ -364,7 +384,12 @@ class XdsServer:
                     self.stream,
                     request_deserializer=_Request.FromString,
                     response_serializer=_Response.SerializeToString,
-                )
+                ),
+                DELTA_METHOD: grpc.stream_stream_rpc_method_handler(
+                    self.delta_stream,
+                    request_deserializer=discovery_pb2.DeltaDiscoveryRequest.FromString,
+                    response_serializer=discovery_pb2.DeltaDiscoveryResponse.SerializeToString,
+                ),
             },
         )
 
@@ -377,10 +402,21 @@ class XdsServer:
 
     async def stream(self, requests: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
         """StreamAggregatedResources: one Envoy, until it goes away or the server closes."""
+        async for response in self._serve(requests, self._new_protocol):
+            yield response
+
+    async def delta_stream(self, requests: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
+        """DeltaAggregatedResources: one Envoy speaking incremental xDS, as long as `stream`."""
+        async for response in self._serve(requests, self._new_delta_protocol):
+            yield response
+
+    async def _serve(
+        self, requests: AsyncIterator[Any], protocol: Callable[[int], _StreamProtocol]
+    ) -> AsyncIterator[Any]:
         if self._closed:
             return
         stream_id = next(self._stream_ids)
-        session = _Session(self._new_protocol(stream_id))
+        session = _Session(protocol(stream_id))
         self._sessions[stream_id] = session
         reader = asyncio.get_running_loop().create_task(_read(requests, session.queue))
         try:
@@ -401,6 +437,20 @@ class XdsServer:
             nonces=self._nonces,
             on_nack=self._record_nack,
             on_accepted=self.snapshots.accepted,
+            control_plane=self._control_plane,
+        )
+
+    def _new_delta_protocol(self, stream_id: int) -> _StreamProtocol:
+        # Imported here: xds_delta builds on this module's records (Nack, NodeStatus, TypeStatus).
+        from controller.xds_delta import DeltaStream
+
+        return DeltaStream(
+            stream=stream_id,
+            lookup=self.snapshot_for,
+            nonces=self._nonces,
+            on_nack=self._record_nack,
+            on_accepted=self.snapshots.accepted,
+            on_response=self.delta_responses.append,
             control_plane=self._control_plane,
         )
 
