@@ -234,7 +234,10 @@ def _start_all(
     wait("ratelimit", lambda: _http_ok(f"http://{host}:{ratelimit_ops}/readyz"), ratelimit)
 
     config = bootstrap(
-        xds=f"{host}:{args.xds_port}", node_id="legation-up", admin=f"{host}:{args.envoy_admin_port}"
+        xds=f"{host}:{args.xds_port}",
+        node_id="legation-up",
+        admin=f"{host}:{args.envoy_admin_port}",
+        delta=True,  # incremental xDS: a change re-sends only the resources that changed
     )
     bootstrap_path = files.root / "envoy.yaml"
     bootstrap_path.write_text(yaml.safe_dump(config, sort_keys=False))
