@@ -15,9 +15,9 @@ import grpc
 import pytest
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import base_pb2
-from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+from fixtures.xds_resources import snap
 from google.rpc import status_pb2
 
 from controller.snapshot import CLUSTER, LISTENER, ROUTE, SECRET, Snapshot
@@ -25,45 +25,6 @@ from controller.xds import KEPT_SUFFIX, Nack, XdsServer
 from controller.xds_delta import DeltaRecord, DeltaStream, resource_version
 
 # --------------------------------------------------------------------------- helpers
-
-
-def cluster(name: str, timeout: int = 1) -> Any:
-    c = cluster_pb2.Cluster(name=name)
-    c.connect_timeout.seconds = timeout
-    return c
-
-
-def listener(name: str, port: int = 8080) -> Any:
-    item = listener_pb2.Listener(name=name)
-    item.address.socket_address.address = "127.0.0.1"
-    item.address.socket_address.port_value = port
-    return item
-
-
-def route(name: str, body: str = "ok") -> Any:
-    config = route_pb2.RouteConfiguration(name=name)
-    vhost = config.virtual_hosts.add(name="all", domains=["*"])
-    r = vhost.routes.add()
-    r.match.prefix = "/"
-    r.direct_response.status = 200
-    r.direct_response.body.inline_string = body
-    return config
-
-
-def snap(
-    clusters: dict[str, int] | None = None,
-    listeners: dict[str, int] | None = None,
-    routes: dict[str, str] | None = None,
-) -> Snapshot:
-    return Snapshot.build(
-        {
-            CLUSTER: {n: cluster(n, t) for n, t in ({"c1": 1} if clusters is None else clusters).items()},
-            LISTENER: {
-                n: listener(n, p) for n, p in ({"l1": 8080} if listeners is None else listeners).items()
-            },
-            ROUTE: {n: route(n, b) for n, b in ({"r1": "one"} if routes is None else routes).items()},
-        }
-    )
 
 
 def names(response: Any) -> list[str]:
