@@ -37,7 +37,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeVar
 
 import grpc
 from envoy.config.core.v3 import base_pb2
@@ -133,8 +133,13 @@ class _TypeState:
     sent: dict[str, bytes] | None = None
 
 
-class AdsStream:
-    """The ADS protocol for one stream: requests and snapshot changes in, responses out."""
+_State = TypeVar("_State")
+
+
+class StreamProtocol(Generic[_State]):
+    """What the state-of-the-world and the delta protocols share: the node's record, where
+    snapshots come from, nonces, what to tell about NACKs and accepted snapshots, and a state
+    per type URL (`_State`, the protocol's own)."""
 
     def __init__(
         self,
@@ -155,17 +160,28 @@ class AdsStream:
         self._snapshot: Snapshot | None = None
         self._control_plane = base_pb2.ControlPlane(identifier=control_plane)
         self._clock = clock
-        self._types: dict[str, _TypeState] = {}
+        self._types: dict[str, _State] = {}
         self.identified = False
 
-    def on_request(self, request: Any) -> list[Any]:
-        """Handle one DiscoveryRequest; return the responses to send, in order."""
+    def _type_of(self, request: Any) -> str | None:
+        """Record the node from the stream's first request; the request's type URL if served."""
         if not self.identified:
             self.identified = True
             self.status.node_id, self.status.cluster = request.node.id, request.node.cluster
         type_url: str = request.type_url
         if type_url not in ADS_ORDER:
             log.warning("unsupported xDS type requested", extra={"type_url": type_url})
+            return None
+        return type_url
+
+
+class AdsStream(StreamProtocol[_TypeState]):
+    """The ADS protocol for one stream: requests and snapshot changes in, responses out."""
+
+    def on_request(self, request: Any) -> list[Any]:
+        """Handle one DiscoveryRequest; return the responses to send, in order."""
+        type_url = self._type_of(request)
+        if type_url is None:
             return []
         state = self._types.get(type_url)
         initial = state is None or not request.response_nonce

@@ -34,18 +34,16 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import any_pb2
 
 from controller.snapshot import ADS_ORDER, CLUSTER, LISTENER, ROUTE, WILDCARD_TYPES, Snapshot
-from controller.xds import KEPT_SUFFIX, Nack, NodeStatus, TypeStatus
+from controller.xds import KEPT_SUFFIX, Nack, StreamProtocol, TypeStatus
 
 __all__ = ["DeltaRecord", "DeltaStream", "resource_version"]
 
@@ -122,41 +120,19 @@ class _Change:
     suffix: str = ""
 
 
-class DeltaStream:
+class DeltaStream(StreamProtocol["_DeltaType"]):
     """The delta ADS protocol for one stream: requests and snapshot changes in, responses out."""
 
     def __init__(
-        self,
-        *,
-        stream: int,
-        lookup: Callable[[str], Snapshot | None],
-        nonces: Iterator[int],
-        on_nack: Callable[[Nack], None] = lambda nack: None,
-        on_accepted: Callable[[str, Snapshot], None] = lambda node_id, snapshot: None,
-        on_response: Callable[[DeltaRecord], None] = lambda record: None,
-        control_plane: str = "legation",
-        clock: Callable[[], float] = time.time,
+        self, *, on_response: Callable[[DeltaRecord], None] = lambda record: None, **common: Any
     ) -> None:
-        self.status = NodeStatus(stream=stream, connected_at=clock())
-        self._lookup = lookup
-        self._nonces = nonces
-        self._on_nack = on_nack
-        self._on_accepted = on_accepted
+        super().__init__(**common)
         self._on_response = on_response
-        self._snapshot: Snapshot | None = None
-        self._control_plane = base_pb2.ControlPlane(identifier=control_plane)
-        self._clock = clock
-        self._types: dict[str, _DeltaType] = {}
-        self.identified = False
 
     def on_request(self, request: Any) -> list[Any]:
         """Handle one DeltaDiscoveryRequest; return the responses to send, in order."""
-        if not self.identified:
-            self.identified = True
-            self.status.node_id, self.status.cluster = request.node.id, request.node.cluster
-        type_url: str = request.type_url
-        if type_url not in ADS_ORDER:
-            log.warning("unsupported xDS type requested", extra={"type_url": type_url})
+        type_url = self._type_of(request)
+        if type_url is None:
             return []
         state = self._types.get(type_url)
         first = state is None
