@@ -111,7 +111,7 @@ def _specificity(pattern: str) -> tuple[int, int, str]:
 
 def route_configurations(ir: IR, options: RouteOptions, names: Mapping[str, bool]) -> dict[str, Any]:
     """Route configurations by name; `names` maps each name to whether it serves the plain-HTTP
-    listener (where Hosts' insecure actions apply) or the TLS one (everything served)."""
+    listener (where Hosts' insecure actions apply) or the TLS one (the hostnames Hosts cover)."""
     by_hostname: dict[str, list[Any]] = {}
     for route in ir.routes:  # each route built once, copied into every virtual host it serves
         message = rc.Route()
@@ -124,6 +124,13 @@ def route_configurations(ir: IR, options: RouteOptions, names: Mapping[str, bool
         config = configs[name] = route_pb2.RouteConfiguration(name=name)
         for hostname in hostnames:
             candidates = _candidates(hostname)
+            if not plain_http and not any(p in hosts for p in candidates):
+                # A TLS connection only exists for a Host's SNI names, so a hostname no Host
+                # covers is never legitimately asked for here: leaving it out refuses Host
+                # headers that differ from SNI (domain fronting) and keeps the TLS route
+                # configuration as small as the Hosts (profile: it duplicated every route, +30 MB
+                # of the peak RSS at 10k Mappings).
+                continue
             host = next((hosts[p] for p in candidates if p in hosts), None) if plain_http else None
             if host is not None and host.insecure != "Route":
                 vhost = config.virtual_hosts.add(name=hostname, domains=[hostname])

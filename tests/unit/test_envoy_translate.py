@@ -456,6 +456,23 @@ def test_plain_http_follows_each_hosts_insecure_action(certificates: dict[str, t
     assert redirect.routes[0].redirect.port_redirect == 0
 
 
+def test_tls_routes_hold_only_the_hostnames_a_host_covers(certificates: dict[str, tuple[str, str]]) -> None:
+    # Without a `*` Host, TLS connections exist only for the Hosts' SNI names; a Host header
+    # naming another hostname over such a connection must not reach that hostname's routes.
+    text = (
+        tls_secret("api-tls", *certificates["api.example.com"])
+        + resource("Host", "api", {"hostname": "api.example.com", "tlsSecret": {"name": "api-tls"}})
+        + mapping("app", prefix="/app/")
+        + mapping("api", hostname="api.example.com", prefix="/v1/")
+        + mapping("other", hostname="other.example.com", prefix="/other/")
+    )
+    out = translated(text)
+    https, http = out[ROUTE][HTTPS_ROUTES], out[ROUTE][HTTP_ROUTES]
+    assert [v.name for v in https.virtual_hosts] == ["api.example.com"]
+    assert route_names(https, "api.example.com") == ["demo/api", "demo/app"]  # `*` routes included
+    assert route_names(http, "other.example.com") == ["demo/other", "demo/app"]  # plain HTTP as before
+
+
 def test_without_hosts_there_is_no_https_listener() -> None:
     out = translated(mapping("a"))
     assert HTTPS_LISTENER not in out[LISTENER] and HTTPS_ROUTES not in out[ROUTE]
