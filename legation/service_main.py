@@ -21,6 +21,7 @@ __all__ = [
     "add_config_arguments",
     "keep_config",
     "refuse_config",
+    "run_service",
     "run_until_stopped",
 ]
 
@@ -116,6 +117,31 @@ def refuse_config(exc: ConfigErrors) -> int:
         print(str(err), file=sys.stderr)
     log.error("invalid config, not starting", extra={"errors": [str(e) for e in exc.errors]})
     return 1
+
+
+def run_service(
+    args: argparse.Namespace,
+    *,
+    load: Callable[[str], C],
+    summary: Callable[[C], str],
+    serve: Callable[[C | None], Coroutine[Any, Any, None]],
+) -> int:
+    """A service's `run(args)` after its settings: with --config-url, serve nothing yet and follow
+    the feed; with --config, `load(path)` first (exit 1 on problems), then with --check print
+    "ok: `summary(loaded)`" and exit, else serve it."""
+    if args.config is None:
+        if args.check:
+            print("--check validates a --config file or directory, not a feed", file=sys.stderr)
+            return 2
+        return run_until_stopped(serve(None))
+    try:
+        loaded = load(args.config)
+    except ConfigErrors as exc:
+        return refuse_config(exc)
+    if args.check:
+        print(f"ok: {summary(loaded)}")
+        return 0
+    return run_until_stopped(serve(loaded))
 
 
 def run_until_stopped(main: Coroutine[Any, Any, None]) -> int:

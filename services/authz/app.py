@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import logging
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -18,8 +16,7 @@ from legation.service_main import (
     add_common_arguments,
     add_config_arguments,
     keep_config,
-    refuse_config,
-    run_until_stopped,
+    run_service,
 )
 from services.authz.authorizer import Authorizer
 from services.authz.config import LoadedPolicies, load_policies, load_policy_texts
@@ -33,7 +30,6 @@ from services.authz.tokens import TokenCache
 
 __all__ = ["Settings", "add_arguments", "run"]
 
-log = logging.getLogger("legation.authz")
 
 CONFIG_COMPONENT = "legation.authz.config"
 
@@ -83,20 +79,19 @@ def run(args: argparse.Namespace) -> int:
         cache_size=args.cache_size,
         grace=args.shutdown_grace,
     )
-    if settings.config is None:  # a feed: the service starts without policies and waits for them
-        if args.check:
-            print("--check validates a --config file or directory, not a feed", file=sys.stderr)
-            return 2
-        return run_until_stopped(serve(settings, None))
-    try:
-        loaded = load_policies(settings.config)
-        _standalone_checks(loaded)
-    except ConfigErrors as exc:
-        return refuse_config(exc)
-    if args.check:
-        print(f"ok: {len(loaded.policies)} JWTPolicy document(s), version {loaded.version}")
-        return 0
-    return run_until_stopped(serve(settings, loaded))
+    return run_service(
+        args,
+        load=_load_standalone,
+        summary=lambda loaded: f"{len(loaded.policies)} JWTPolicy document(s), version {loaded.version}",
+        serve=functools.partial(serve, settings),
+    )
+
+
+def _load_standalone(path: str) -> LoadedPolicies:
+    """The policies in a file or directory, refusing what only the controller can resolve."""
+    loaded = load_policies(path)
+    _standalone_checks(loaded)
+    return loaded
 
 
 def _standalone_checks(loaded: LoadedPolicies) -> None:
@@ -233,8 +228,7 @@ async def serve(settings: Settings, loaded: LoadedPolicies | None) -> None:
         )
 
     def load_file() -> _Compiled:
-        new = load_policies(settings.config or "")
-        _standalone_checks(new)
+        new = _load_standalone(settings.config or "")
         return _Compiled(new.version, compile_all(new, sources))
 
     def load_feed(feed_version: str, content: str) -> _Compiled:

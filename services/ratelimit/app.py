@@ -5,11 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import logging
-import sys
+import functools
 from dataclasses import dataclass
 
-from legation.errors import ConfigErrors
 from legation.grpc_runtime import Health, ServerSettings, run_server
 from legation.logs import setup_logging
 from legation.reload import ConfigVersion
@@ -17,8 +15,7 @@ from legation.service_main import (
     add_common_arguments,
     add_config_arguments,
     keep_config,
-    refuse_config,
-    run_until_stopped,
+    run_service,
 )
 from services.ratelimit.backends import CounterBackend
 from services.ratelimit.config import LoadedConfig, compile_rules, load_config, load_config_texts
@@ -28,7 +25,6 @@ from services.ratelimit.server import SERVICE, RateLimitServicer
 
 __all__ = ["Settings", "add_arguments", "run"]
 
-log = logging.getLogger("legation.ratelimit")
 
 CONFIG_COMPONENT = "legation.ratelimit.config"
 BACKEND_COMPONENT = "legation.ratelimit.backend"
@@ -103,19 +99,14 @@ def run(args: argparse.Namespace) -> int:
         response_headers=args.response_headers,
         grace=args.shutdown_grace,
     )
-    if settings.config is None:  # a feed: the service starts without config and waits for it
-        if args.check:
-            print("--check validates a --config file or directory, not a feed", file=sys.stderr)
-            return 2
-        return run_until_stopped(serve(settings, None))
-    try:
-        loaded = load_config(settings.config)
-    except ConfigErrors as exc:
-        return refuse_config(exc)
-    if args.check:
-        print(f"ok: {len(loaded.domains)} domain(s) in {len(loaded.files)} file(s), version {loaded.version}")
-        return 0
-    return run_until_stopped(serve(settings, loaded))
+    return run_service(
+        args,
+        load=load_config,
+        summary=lambda loaded: (
+            f"{len(loaded.domains)} domain(s) in {len(loaded.files)} file(s), version {loaded.version}"
+        ),
+        serve=functools.partial(serve, settings),
+    )
 
 
 def make_backend(settings: Settings) -> CounterBackend:
