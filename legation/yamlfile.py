@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -29,7 +29,7 @@ __all__ = ["Document", "content_version", "load_documents", "read_config_files"]
 
 
 def _unique_mapping(
-    loader: yaml.constructor.SafeConstructor, node: yaml.MappingNode, deep: bool
+    loader: yaml.constructor.SafeConstructor, node: yaml.MappingNode, deep: bool = False
 ) -> dict[Any, Any]:
     seen: set[Any] = set()
     for key_node, _ in node.value:
@@ -45,7 +45,7 @@ def _unique_mapping(
     return mapping
 
 
-def _interned_str(loader: yaml.constructor.SafeConstructor, node: yaml.ScalarNode) -> str:
+def _interned_str(loader: yaml.SafeLoader | yaml.CSafeLoader, node: yaml.ScalarNode) -> str:
     # Manifests repeat the same keys and many values (apiVersion, kind, namespaces, services):
     # 10,000 Mappings held 229k strings with 11k distinct values, 12 of the 24 MB their data
     # took. Interned, each value is one object, shared by the models built from it.
@@ -55,14 +55,10 @@ def _interned_str(loader: yaml.constructor.SafeConstructor, node: yaml.ScalarNod
 class _Loader(yaml.SafeLoader):
     """SafeLoader that refuses duplicate mapping keys instead of silently keeping the last."""
 
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        return _unique_mapping(self, node, deep)
-
-    def construct_yaml_str(self, node: yaml.ScalarNode) -> str:
-        return _interned_str(self, node)
+    construct_mapping = _unique_mapping
 
 
-_Loader.add_constructor("tag:yaml.org,2002:str", _Loader.construct_yaml_str)
+_Loader.add_constructor("tag:yaml.org,2002:str", _interned_str)
 
 
 _FastLoader: type[yaml.CSafeLoader] | None = None
@@ -71,13 +67,9 @@ if yaml.__with_libyaml__:  # pragma: no branch - the wheels ship libyaml
     class _CLoader(yaml.CSafeLoader):
         """The same, on libyaml's parser."""
 
-        def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-            return _unique_mapping(self, node, deep)
+        construct_mapping = _unique_mapping
 
-        def construct_yaml_str(self, node: yaml.ScalarNode) -> str:
-            return _interned_str(self, node)
-
-    _CLoader.add_constructor("tag:yaml.org,2002:str", _CLoader.construct_yaml_str)
+    _CLoader.add_constructor("tag:yaml.org,2002:str", _interned_str)
 
     _FastLoader = _CLoader
 
@@ -239,11 +231,11 @@ def load_documents(text: str, *, file: str) -> list[Document]:
     """Parse every document in `text`; a syntax error becomes a ConfigError with its line."""
     if _FastLoader is not None:
         try:
-            return _fast_documents(text, file, _FastLoader)
+            return _read_documents(file, _FastLoader(text), _Stream(text))
         except yaml.YAMLError:
             pass  # read again below: the pure loader's verdict and messages are the reference
     try:
-        return list(_documents(text, file))
+        return _read_documents(file, _Loader(text), None)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else None
@@ -253,40 +245,25 @@ def load_documents(text: str, *, file: str) -> list[Document]:
         raise ConfigError(file=file, reason=f"invalid YAML: {exc}") from exc
 
 
-def _fast_documents(text: str, file: str, loader_type: type[yaml.CSafeLoader]) -> list[Document]:
-    stream = _Stream(text)
+def _read_documents(file: str, loader: _Loader | yaml.CSafeLoader, stream: _Stream | None) -> list[Document]:
+    """The non-empty documents; each keeps its node tree, or with a `stream` composes it again
+    from there when asked (libyaml's trees are dropped: see the module docstring)."""
     documents = []
-    loader = loader_type(text)
     try:
         index = 0
-        while loader.check_node():
-            node = loader.get_node()
-            if node is None:
-                break
+        while loader.check_node() and (node := loader.get_node()) is not None:
             data = loader.construct_document(node)
             if data is not None:
                 line = int(node.start_mark.line) + 1
-                documents.append(Document(file, index, data, line=line, stream=stream))
+                documents.append(
+                    Document(file, index, data, node)
+                    if stream is None
+                    else Document(file, index, data, line=line, stream=stream)
+                )
             index += 1
     finally:
         loader.dispose()
     return documents
-
-
-def _documents(text: str, file: str) -> Iterator[Document]:
-    loader = _Loader(text)
-    try:
-        index = 0
-        while loader.check_node():
-            node = loader.get_node()
-            if node is None:
-                break
-            data = loader.construct_document(node)
-            if data is not None:
-                yield Document(file=file, index=index, data=data, node=node)
-            index += 1
-    finally:
-        loader.dispose()
 
 
 def read_config_files(path: str | Path) -> list[tuple[str, str]]:
