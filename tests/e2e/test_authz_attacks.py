@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
-from fixtures.authz_stack import AuthzStack, Decision, Team, b64url, forge, sign, start_stack, teams
+from fixtures.authz_stack import AuthzStack, Decision, Team, b64url, forge, sign, start_stack
 from fixtures.jwks_server import make_rsa_key, mint
 from fixtures.processes import Launcher
 
@@ -28,10 +28,8 @@ REALM = "team-a/orders"
 
 @pytest.fixture(scope="module")
 def stack(module_launcher: Launcher, tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthzStack]:
-    with teams() as (a, b):
-        gw = start_stack(module_launcher, tmp_path_factory.mktemp("authz-attacks"), a, b)
+    with start_stack(module_launcher, tmp_path_factory.mktemp("authz-attacks")) as gw:
         yield gw
-        gw.close()
 
 
 def _leak_markers(team: Team) -> list[str]:

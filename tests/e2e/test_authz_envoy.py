@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from fixtures.authz_stack import AuthzStack, Team, start_stack, teams
+from fixtures.authz_stack import AuthzStack, Team, start_stack
 from fixtures.probes import HttpResponse, metric_sum
 from fixtures.processes import Launcher, http_get
 
@@ -23,10 +23,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(60)]
 
 @pytest.fixture(scope="module")
 def stack(module_launcher: Launcher, tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthzStack]:
-    with teams() as (a, b):
-        gw = start_stack(module_launcher, tmp_path_factory.mktemp("authz-envoy"), a, b)
+    with start_stack(module_launcher, tmp_path_factory.mktemp("authz-envoy")) as gw:
         yield gw
-        gw.close()
 
 
 def _send(stack: AuthzStack, path: str, headers: dict[str, str] | None = None) -> tuple[HttpResponse, bool]:

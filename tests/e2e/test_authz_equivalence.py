@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 from cryptography.hazmat.primitives import serialization
-from fixtures.authz_stack import AuthzStack, Team, b64url, forge, sign, start_stack, teams
+from fixtures.authz_stack import AuthzStack, Team, b64url, forge, sign, start_stack
 from fixtures.jwks_server import make_rsa_key, mint
 from fixtures.processes import Launcher
 
@@ -28,10 +28,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(60)]
 
 @pytest.fixture(scope="module")
 def stack(module_launcher: Launcher, tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthzStack]:
-    with teams() as (a, b):
-        gw = start_stack(module_launcher, tmp_path_factory.mktemp("authz-equiv"), a, b)
+    with start_stack(module_launcher, tmp_path_factory.mktemp("authz-equiv")) as gw:
         yield gw
-        gw.close()
 
 
 def _hs256_pem(a: Team) -> str:
