@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -211,7 +211,3 @@ def normalize_path(raw: str) -> tuple[str, str] | None:
     if path.endswith("/") and out:
         normalized += "/"
     return normalized, query
-
-
-def policy_keys(policies: Sequence[CompiledPolicy]) -> list[str]:
-    return [p.key for p in policies]

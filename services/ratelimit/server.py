@@ -6,7 +6,6 @@ rather than an opaque error inside grpcio. Everything else is the limiter's job.
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import grpc
@@ -20,7 +19,6 @@ from services.ratelimit.limiter import Decision, DescriptorRequest, Limiter, Lim
 
 __all__ = ["METHOD", "SERVICE", "RateLimitServicer"]
 
-log = logging.getLogger("legation.ratelimit")
 
 SERVICE = "envoy.service.ratelimit.v3.RateLimitService"
 METHOD = "ShouldRateLimit"
