@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import itertools
 import logging
 import time
@@ -133,7 +134,11 @@ class _TypeState:
     sent: dict[str, bytes] | None = None
 
 
-_State = TypeVar("_State")
+class _TypeRecord(Protocol):
+    status: TypeStatus
+
+
+_State = TypeVar("_State", bound=_TypeRecord)
 
 
 class StreamProtocol(Generic[_State]):
@@ -163,6 +168,24 @@ class StreamProtocol(Generic[_State]):
         self._types: dict[str, _State] = {}
         self.identified = False
 
+    def on_request(self, request: Any) -> list[Any]:
+        """Handle one request; return the responses to send, in order."""
+        raise NotImplementedError
+
+    def on_snapshot(self) -> list[Any]:
+        """The snapshot for this node may have changed: push what changed, in ADS order."""
+        snapshot = self._lookup(self.status.node_id) if self.identified else None
+        if snapshot is None:
+            return []
+        responses = self._push(snapshot)
+        self._serving(snapshot)
+        self._settle()
+        return responses
+
+    def _push(self, snapshot: Snapshot) -> list[Any]:
+        """The responses that bring every subscribed type to `snapshot`."""
+        raise NotImplementedError
+
     def _type_of(self, request: Any) -> str | None:
         """Record the node from the stream's first request; the request's type URL if served."""
         if not self.identified:
@@ -173,6 +196,48 @@ class StreamProtocol(Generic[_State]):
             log.warning("unsupported xDS type requested", extra={"type_url": type_url})
             return None
         return type_url
+
+    def _track(self, state: _State) -> _State:
+        """Start serving a type: its state here, its record in the node's."""
+        type_url = state.status.type_url
+        self._types[type_url] = state
+        self.status.types[type_url] = state.status
+        return state
+
+    def _serving(self, snapshot: Snapshot) -> None:
+        self._snapshot, self.status.snapshot_version = snapshot, snapshot.version
+
+    def _sending(self, status: TypeStatus, version: str) -> str:
+        """A nonce for a new response of `status`'s type, which stays pending until answered."""
+        nonce = str(next(self._nonces))
+        status.state, status.sent_version, status.sent_nonce = "pending", version, nonce
+        status.sent_at = self._clock()
+        return nonce
+
+    def _nacked(self, status: TypeStatus, version: str, request: Any, at: float) -> None:
+        """Record and report that `request` rejects the response (of `version`) it answers."""
+        nack = Nack(
+            node_id=self.status.node_id,
+            type_url=status.type_url,
+            version=version,
+            nonce=request.response_nonce,
+            error=request.error_detail.message,
+            at=at,
+        )
+        status.last_nack = self.status.last_nack = nack
+        self._on_nack(nack)
+
+    def _settle(self) -> None:
+        """The node's state from its types'; a snapshot it accepted whole is reported."""
+        states = {t.status.state for t in self._types.values()}
+        if "pending" in states:
+            self.status.state = "pending"
+        elif "nacked" in states:
+            self.status.state = "nacked"
+        elif "acked" in states and self._snapshot is not None:
+            self.status.state = "acked"
+            self.status.acked_version = self._snapshot.version
+            self._on_accepted(self.status.node_id, self._snapshot)
 
 
 class AdsStream(StreamProtocol[_TypeState]):
@@ -186,8 +251,7 @@ class AdsStream(StreamProtocol[_TypeState]):
         state = self._types.get(type_url)
         initial = state is None or not request.response_nonce
         if state is None:
-            state = self._types[type_url] = _TypeState(TypeStatus(type_url), None)
-            self.status.types[type_url] = state.status
+            state = self._track(_TypeState(TypeStatus(type_url), None))
         elif not initial and request.response_nonce != state.nonce:
             return []  # stale: answers an older response
         if not initial:
@@ -197,11 +261,7 @@ class AdsStream(StreamProtocol[_TypeState]):
         self._settle()
         return responses
 
-    def on_snapshot(self) -> list[Any]:
-        """The snapshot for this node may have changed: push what changed, in ADS order."""
-        snapshot = self._lookup(self.status.node_id) if self.identified else None
-        if snapshot is None:
-            return []
+    def _push(self, snapshot: Snapshot) -> list[Any]:
         plan: list[tuple[str, dict[str, bytes]]] = []
         for type_url in ADS_ORDER:
             state = self._types.get(type_url)
@@ -209,31 +269,19 @@ class AdsStream(StreamProtocol[_TypeState]):
                 resources = snapshot.select(type_url, state.names)
                 if _worth_sending(state, resources, initial=False):
                     plan.append((type_url, resources))
-        responses = [
+        return [
             self._respond(self._types[type_url], snapshot.version + suffix, resources)
             for type_url, resources, suffix in _make_before_break(self._types, plan)
         ]
-        self._snapshot, self.status.snapshot_version = snapshot, snapshot.version
-        self._settle()
-        return responses
 
     def _ack_or_nack(self, state: _TypeState, request: Any) -> None:
         status, now = state.status, self._clock()
         status.acked_version, status.acked_nonce, status.acked_at = request.version_info, state.nonce, now
-        if not request.HasField("error_detail"):
+        if request.HasField("error_detail"):
+            status.state = "nacked"
+            self._nacked(status, status.sent_version, request, now)
+        else:
             status.state = "acked"
-            return
-        status.state = "nacked"
-        nack = Nack(
-            node_id=self.status.node_id,
-            type_url=status.type_url,
-            version=status.sent_version,
-            nonce=state.nonce,
-            error=request.error_detail.message,
-            at=now,
-        )
-        status.last_nack = self.status.last_nack = nack
-        self._on_nack(nack)
 
     def _subscribe(self, state: _TypeState, request: Any) -> bool:
         """Take the request's resource names; True if the subscription changed."""
@@ -254,34 +302,19 @@ class AdsStream(StreamProtocol[_TypeState]):
         resources = snapshot.select(state.status.type_url, state.names)
         if not _worth_sending(state, resources, initial=force):
             return []
-        self._snapshot, self.status.snapshot_version = snapshot, snapshot.version
+        self._serving(snapshot)
         return [self._respond(state, snapshot.version, resources)]
 
     def _respond(self, state: _TypeState, version: str, resources: dict[str, bytes]) -> Any:
-        nonce = str(next(self._nonces))
         type_url = state.status.type_url
-        state.nonce, state.sent = nonce, resources
-        status = state.status
-        status.state, status.sent_version, status.sent_nonce = "pending", version, nonce
-        status.sent_at = self._clock()
+        state.nonce, state.sent = self._sending(state.status, version), resources
         return _Response(
             version_info=version,
             type_url=type_url,
-            nonce=nonce,
+            nonce=state.nonce,
             resources=[any_pb2.Any(type_url=type_url, value=value) for value in resources.values()],
             control_plane=self._control_plane,
         )
-
-    def _settle(self) -> None:
-        states = {t.status.state for t in self._types.values()}
-        if "pending" in states:
-            self.status.state = "pending"
-        elif "nacked" in states:
-            self.status.state = "nacked"
-        elif "acked" in states and self._snapshot is not None:
-            self.status.state = "acked"
-            self.status.acked_version = self._snapshot.version
-            self._on_accepted(self.status.node_id, self._snapshot)
 
 
 def _worth_sending(state: _TypeState, resources: dict[str, bytes], *, initial: bool) -> bool:
@@ -321,20 +354,9 @@ class _Wake:
 _END, _WAKE = _End(), _Wake()
 
 
-class _StreamProtocol(Protocol):
-    """What the server needs of a stream's protocol (AdsStream, DeltaStream)."""
-
-    status: NodeStatus
-    identified: bool
-
-    def on_request(self, request: Any) -> list[Any]: ...
-
-    def on_snapshot(self) -> list[Any]: ...
-
-
 @dataclass
 class _Session:
-    protocol: _StreamProtocol
+    protocol: StreamProtocol[Any]
     queue: asyncio.Queue[object] = field(default_factory=asyncio.Queue)
     woken: bool = False
 
@@ -418,21 +440,34 @@ class XdsServer:
 
     async def stream(self, requests: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
         """StreamAggregatedResources: one Envoy, until it goes away or the server closes."""
-        async for response in self._serve(requests, self._new_protocol):
+        async for response in self._serve(requests, AdsStream):
             yield response
 
     async def delta_stream(self, requests: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
         """DeltaAggregatedResources: one Envoy speaking incremental xDS, as long as `stream`."""
-        async for response in self._serve(requests, self._new_delta_protocol):
+        # Imported here: xds_delta builds on this module's records (Nack, NodeStatus, TypeStatus).
+        from controller.xds_delta import DeltaStream
+
+        protocol = functools.partial(DeltaStream, on_response=self.delta_responses.append)
+        async for response in self._serve(requests, protocol):
             yield response
 
     async def _serve(
-        self, requests: AsyncIterator[Any], protocol: Callable[[int], _StreamProtocol]
+        self, requests: AsyncIterator[Any], protocol: Callable[..., StreamProtocol[Any]]
     ) -> AsyncIterator[Any]:
         if self._closed:
             return
         stream_id = next(self._stream_ids)
-        session = _Session(protocol(stream_id))
+        session = _Session(
+            protocol(
+                stream=stream_id,
+                lookup=self.snapshot_for,
+                nonces=self._nonces,
+                on_nack=self._record_nack,
+                on_accepted=self.snapshots.accepted,
+                control_plane=self._control_plane,
+            )
+        )
         self._sessions[stream_id] = session
         reader = asyncio.get_running_loop().create_task(_read(requests, session.queue))
         try:
@@ -445,30 +480,6 @@ class XdsServer:
             del self._sessions[stream_id]
             status = session.protocol.status
             log.info("xds stream closed", extra={"stream": stream_id, "node": status.node_id})
-
-    def _new_protocol(self, stream_id: int) -> AdsStream:
-        return AdsStream(
-            stream=stream_id,
-            lookup=self.snapshot_for,
-            nonces=self._nonces,
-            on_nack=self._record_nack,
-            on_accepted=self.snapshots.accepted,
-            control_plane=self._control_plane,
-        )
-
-    def _new_delta_protocol(self, stream_id: int) -> _StreamProtocol:
-        # Imported here: xds_delta builds on this module's records (Nack, NodeStatus, TypeStatus).
-        from controller.xds_delta import DeltaStream
-
-        return DeltaStream(
-            stream=stream_id,
-            lookup=self.snapshot_for,
-            nonces=self._nonces,
-            on_nack=self._record_nack,
-            on_accepted=self.snapshots.accepted,
-            on_response=self.delta_responses.append,
-            control_plane=self._control_plane,
-        )
 
     def _record_nack(self, nack: Nack) -> None:
         self.nacks.append(nack)

@@ -43,7 +43,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import any_pb2
 
 from controller.snapshot import ADS_ORDER, CLUSTER, LISTENER, ROUTE, WILDCARD_TYPES, Snapshot
-from controller.xds import KEPT_SUFFIX, Nack, StreamProtocol, TypeStatus
+from controller.xds import KEPT_SUFFIX, StreamProtocol, TypeStatus
 
 __all__ = ["DeltaRecord", "DeltaStream", "resource_version"]
 
@@ -137,8 +137,7 @@ class DeltaStream(StreamProtocol["_DeltaType"]):
         state = self._types.get(type_url)
         first = state is None
         if state is None:
-            state = self._types[type_url] = _DeltaType(TypeStatus(type_url))
-            self.status.types[type_url] = state.status
+            state = self._track(_DeltaType(TypeStatus(type_url)))
             # An empty first request is the (legacy) wildcard; only these types are asked for whole.
             state.wildcard = type_url in WILDCARD_TYPES and not request.resource_names_subscribe
             state.held = dict(request.initial_resource_versions)
@@ -151,16 +150,12 @@ class DeltaStream(StreamProtocol["_DeltaType"]):
             if snapshot is not None:
                 change = self._diff(state, snapshot, missing=added or ())
                 if change.upserts or change.removed or not state.answered:
-                    self._snapshot, self.status.snapshot_version = snapshot, snapshot.version
+                    self._serving(snapshot)
                     responses.append(self._respond(state, snapshot.version, change))
         self._settle()
         return responses
 
-    def on_snapshot(self) -> list[Any]:
-        """The snapshot for this node may have changed: push what changed, in ADS order."""
-        snapshot = self._lookup(self.status.node_id) if self.identified else None
-        if snapshot is None:
-            return []
+    def _push(self, snapshot: Snapshot) -> list[Any]:
         plan: list[_Change] = []
         for type_url in ADS_ORDER:
             state = self._types.get(type_url)
@@ -168,13 +163,10 @@ class DeltaStream(StreamProtocol["_DeltaType"]):
                 change = self._diff(state, snapshot, missing=())
                 if change.upserts or change.removed or not state.answered:
                     plan.append(change)
-        responses = [
+        return [
             self._respond(self._types[change.type_url], snapshot.version + change.suffix, change)
             for change in _make_before_break(plan)
         ]
-        self._snapshot, self.status.snapshot_version = snapshot, snapshot.version
-        self._settle()
-        return responses
 
     def _subscribe(self, state: _DeltaType, request: Any) -> set[str] | None:
         """Apply the request's subscription changes. Returns the newly subscribed names, or None
@@ -217,7 +209,6 @@ class DeltaStream(StreamProtocol["_DeltaType"]):
         return _Change(type_url, upserts, sorted(gone))
 
     def _respond(self, state: _DeltaType, version: str, change: _Change) -> Any:
-        nonce = str(next(self._nonces))
         type_url = state.status.type_url
         sent: dict[str, str | None] = {name: v for name, (_, v) in change.upserts.items()}
         sent.update(dict.fromkeys(change.removed))
@@ -227,11 +218,9 @@ class DeltaStream(StreamProtocol["_DeltaType"]):
                 state.held.pop(name, None)
             else:
                 state.held[name] = resource
+        nonce = self._sending(state.status, version)
         state.in_flight[nonce] = _Sent(version, sent)
         state.answered = True
-        status = state.status
-        status.state, status.sent_version, status.sent_nonce = "pending", version, nonce
-        status.sent_at = self._clock()
         self._on_response(
             DeltaRecord(
                 stream=self.status.stream,
@@ -266,16 +255,7 @@ class DeltaStream(StreamProtocol["_DeltaType"]):
             for name, version in sent.resources.items():
                 if state.held.get(name) == version:
                     state.rejected[name] = version
-            nack = Nack(
-                node_id=self.status.node_id,
-                type_url=status.type_url,
-                version=sent.version,
-                nonce=request.response_nonce,
-                error=request.error_detail.message,
-                at=now,
-            )
-            status.last_nack = self.status.last_nack = nack
-            self._on_nack(nack)
+            self._nacked(status, sent.version, request, now)
         else:
             status.acked_version = sent.version
 
@@ -283,15 +263,7 @@ class DeltaStream(StreamProtocol["_DeltaType"]):
         for state in self._types.values():
             if state.answered and not state.in_flight:
                 state.status.state = "nacked" if state.rejected else "acked"
-        states = {t.status.state for t in self._types.values()}
-        if "pending" in states:
-            self.status.state = "pending"
-        elif "nacked" in states:
-            self.status.state = "nacked"
-        elif "acked" in states and self._snapshot is not None:
-            self.status.state = "acked"
-            self.status.acked_version = self._snapshot.version
-            self._on_accepted(self.status.node_id, self._snapshot)
+        super()._settle()
 
 
 def _make_before_break(plan: list[_Change]) -> list[_Change]:
