@@ -632,10 +632,6 @@ def cluster_name(upstream: Upstream, http2: bool = False, breakers: CircuitBreak
     return name
 
 
-def _cluster_of(spec: MappingSpec) -> str:
-    return cluster_name(spec.upstream, spec.http2, spec.circuit_breakers)
-
-
 def _cluster(upstream: Upstream, http2: bool, breakers: CircuitBreakers | None) -> Cluster:
     b = breakers or CircuitBreakers()
     return Cluster(

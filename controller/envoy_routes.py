@@ -210,17 +210,17 @@ def _match(out: Any, match: RouteMatch) -> None:
         else:  # methods are validated tokens from a fixed list: no escaping needed
             method.string_match.safe_regex.regex = "|".join(match.methods)
     for name, value in match.headers:
-        header = out.headers.add(name=name)
-        if value == "*":
-            header.present_match = True
-        else:
-            header.string_match.exact = value
+        _present_or_exact(out.headers.add(name=name), value)
     for name, value in match.query_parameters:
-        param = out.query_parameters.add(name=name)
-        if value == "*":
-            param.present_match = True
-        else:
-            param.string_match.exact = value
+        _present_or_exact(out.query_parameters.add(name=name), value)
+
+
+def _present_or_exact(matcher: Any, value: str) -> None:
+    """A header or query parameter matcher: `*` = present, anything else exactly that value."""
+    if value == "*":
+        matcher.present_match = True
+    else:
+        matcher.string_match.exact = value
 
 
 def _action(out: Any, route: Route) -> None:

@@ -18,18 +18,19 @@ from typing import Annotated, Literal
 import re2
 from pydantic import AfterValidator
 
+from services.authz.resources import HTTP_METHODS
+
 API_VERSION = "legation.dev/v1alpha1"
 MAX_REGEX_PROGRAM_SIZE = 100
 """Envoy's default `re2.max_program_size.error_level`: a bigger regex is NACKed."""
 
-HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT")
 _RE2_QUIET = re2.Options()
 _RE2_QUIET.log_errors = False
 _LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
 DNS_NAME = re.compile(rf"{_LABEL}(\.{_LABEL})*")
 DNS_LABEL = re.compile(_LABEL)
 _HOSTNAME = re.compile(rf"(\*\.)?{_LABEL}(\.{_LABEL})*")
-_TOKEN = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")  # an HTTP header name (RFC 9110 token)
+HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")  # an HTTP header name (RFC 9110 token)
 _SERVICE = re.compile(
     r"(?:(?P<scheme>[a-z]+)://)?(?P<host>\[[0-9a-fA-F:.]+\]|[^:/\[\]]+)(?::(?P<port>[^/]*))?"
 )
@@ -79,7 +80,7 @@ def check_regex(value: str) -> str:
 
 
 def _header_name(value: str) -> str:
-    if not _TOKEN.fullmatch(value):
+    if not HEADER_NAME.fullmatch(value):
         raise ValueError(f"invalid header name {value!r}")
     return value.lower()
 

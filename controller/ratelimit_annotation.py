@@ -21,6 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
+from controller.fields import HEADER_NAME
+
 __all__ = [
     "ANNOTATION",
     "MAX_MULTIPLIER",
@@ -46,7 +48,6 @@ _BARE_KEYS: dict[str, KeyKind] = {"ip": "ip", "path": "path", "method": "method"
 _UNITS: dict[str, Unit] = {"s": "second", "m": "minute", "h": "hour", "d": "day"}
 _UNIT_SECONDS: dict[Unit, int] = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
 _WINDOW = re.compile(r"(\d*)([a-zA-Z]*)")
-_HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
 _CLAIM_NAME = re.compile(r"[^\s,;]+")  # namespaced claims may be URLs
 
 
@@ -206,7 +207,7 @@ def _key(text: str, fail: _Fail) -> RateKey | None:
         fail(f"key '{text}'", f"'{kind}' takes no name")
     elif kind in ("header", "claim") and not name:
         fail(f"key '{text}'", f"needs a name, as in {kind}:{'x-api-key' if kind == 'header' else 'sub'}")
-    elif kind == "header" and _HEADER_NAME.fullmatch(name):
+    elif kind == "header" and HEADER_NAME.fullmatch(name):
         return RateKey("header", name.lower())
     elif kind == "header":
         fail(f"key '{text}'", f"'{name}' is not a valid header name")

@@ -25,7 +25,6 @@ from controller.fields import (
     API_VERSION,
     DNS_LABEL,
     DNS_NAME,
-    HTTP_METHODS,
     MAX_REGEX_PROGRAM_SIZE,
     HeaderName,
     HeaderValue,
@@ -52,7 +51,7 @@ from legation.durations import Duration
 from legation.errors import ConfigError, format_path
 from legation.models import SpecModel
 from legation.yamlfile import Document
-from services.authz.resources import JWTPolicy, Metadata
+from services.authz.resources import HTTP_METHODS, JWTPolicy, Metadata
 
 __all__ = [
     "API_VERSION",
@@ -111,6 +110,13 @@ class ObjectMeta(Metadata):
 
 class _Object(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+# The fields every legation.dev kind has besides kind, metadata and spec.
+_ApiVersion = Annotated[
+    Literal["legation.dev/v1alpha1"], Field(alias="apiVersion", description="legation.dev/v1alpha1")
+]
+_Status = Annotated[dict[str, Any] | None, Field(description="Written by the controller; ignored on input.")]
 
 
 # --- Mapping -----------------------------------------------------------------------------------
@@ -299,15 +305,11 @@ class MappingSpec(SpecModel):
 class Mapping(_Object):
     """One route (or one canary share of a route)."""
 
-    api_version: Literal["legation.dev/v1alpha1"] = Field(
-        alias="apiVersion", description="legation.dev/v1alpha1"
-    )
+    api_version: _ApiVersion
     kind: Literal["Mapping"] = Field(description="Mapping")
     metadata: ObjectMeta = Field(description="Name, namespace, and the rate-limit annotation.")
     spec: MappingSpec = Field(description="The route.")
-    status: dict[str, Any] | None = Field(
-        default=None, description="Written by the controller; ignored on input."
-    )
+    status: _Status = None
 
     @property
     def rate_limits(self) -> tuple[RateLimitRule, ...]:
@@ -349,15 +351,11 @@ class AuthServiceSpec(SpecModel):
 class AuthService(_Object):
     """Gateway-wide ext_authz settings."""
 
-    api_version: Literal["legation.dev/v1alpha1"] = Field(
-        alias="apiVersion", description="legation.dev/v1alpha1"
-    )
+    api_version: _ApiVersion
     kind: Literal["AuthService"] = Field(description="AuthService")
     metadata: ObjectMeta = Field(description="Name and namespace.")
     spec: AuthServiceSpec = Field(description="The ext_authz settings.")
-    status: dict[str, Any] | None = Field(
-        default=None, description="Written by the controller; ignored on input."
-    )
+    status: _Status = None
 
 
 # --- Host --------------------------------------------------------------------------------------
@@ -388,15 +386,11 @@ class HostSpec(SpecModel):
 class Host(_Object):
     """TLS termination for a hostname."""
 
-    api_version: Literal["legation.dev/v1alpha1"] = Field(
-        alias="apiVersion", description="legation.dev/v1alpha1"
-    )
+    api_version: _ApiVersion
     kind: Literal["Host"] = Field(description="Host")
     metadata: ObjectMeta = Field(description="Name and namespace.")
     spec: HostSpec = Field(description="The hostname and its certificate.")
-    status: dict[str, Any] | None = Field(
-        default=None, description="Written by the controller; ignored on input."
-    )
+    status: _Status = None
 
 
 # --- Secret ------------------------------------------------------------------------------------
