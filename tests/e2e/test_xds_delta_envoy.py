@@ -11,13 +11,12 @@ confirm what it applied.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
-import grpc
 import pytest
 from fixtures.processes import HOST, EnvoyProcess, free_port, http_get
+from fixtures.xds_resources import serving
 
 from controller.bootstrap import bootstrap
 from controller.snapshot import CLUSTER, LISTENER, ROUTE, Snapshot
@@ -58,19 +57,6 @@ def delta_bootstrap(xds_port: int) -> dict[str, Any]:
     assert config["dynamic_resources"]["ads_config"]["api_type"] == "DELTA_GRPC"
     config["admin"] = {"address": {"socket_address": {"address": HOST, "port_value": "${ADMIN_PORT}"}}}
     return config
-
-
-@contextlib.asynccontextmanager
-async def serving(xds: XdsServer, port: int) -> AsyncIterator[None]:
-    server = grpc.aio.server()
-    server.add_generic_rpc_handlers((xds.handler(),))
-    assert server.add_insecure_port(f"{HOST}:{port}") == port
-    await server.start()
-    try:
-        yield
-    finally:
-        await xds.close()
-        await server.stop(1)
 
 
 def records_since(xds: XdsServer, mark: int) -> list[tuple[str, tuple[str, ...], tuple[str, ...]]]:

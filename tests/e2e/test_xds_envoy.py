@@ -11,13 +11,11 @@ shares this event loop.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.listener.v3 import listener_pb2
@@ -25,6 +23,7 @@ from envoy.config.route.v3 import route_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm
 from fixtures.processes import HOST, EnvoyProcess, free_port, http_get
+from fixtures.xds_resources import serving
 
 from controller.snapshot import CLUSTER, LISTENER, ROUTE, Snapshot
 from controller.xds import NodeStatus, XdsServer
@@ -89,20 +88,6 @@ def gateway(envoy: EnvoyProcess, body: str, *, cluster: str = "admin", invalid: 
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-@contextlib.asynccontextmanager
-async def serving(xds: XdsServer, port: int) -> AsyncIterator[None]:
-    """`xds` on a grpc.aio server at `port`, closed the way the controller closes it."""
-    server = grpc.aio.server()
-    server.add_generic_rpc_handlers((xds.handler(),))
-    assert server.add_insecure_port(f"{HOST}:{port}") == port
-    await server.start()
-    try:
-        yield
-    finally:
-        await xds.close()
-        await server.stop(1)
 
 
 @pytest.fixture

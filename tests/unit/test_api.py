@@ -21,6 +21,8 @@ from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from fastapi import FastAPI
+from fixtures.manifests import self_signed, tls_secret
+from fixtures.xds_resources import wait_until
 from google.rpc import status_pb2
 
 from controller.api import REDACTED, create_app
@@ -30,7 +32,6 @@ from controller.pipeline import ControllerState, Stages, build
 from controller.snapshot import CLUSTER, SECRET
 from controller.sources.directory import DirectorySource
 from controller.xds import XdsServer
-from legation.demo import self_signed
 from legation.fastmetrics import FastCounter
 
 ORDERS = """\
@@ -95,23 +96,12 @@ spec: {}
 """
 
 
-def tls_secret(name: str, namespace: str) -> str:
-    certificate, pem_key = self_signed("api.example.com", days=30)
-    document = {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": name, "namespace": namespace},
-        "type": "kubernetes.io/tls",
-        "stringData": {"tls.crt": certificate, "tls.key": pem_key},
-    }
-    return json.dumps(document)  # JSON is YAML
-
-
 def write_manifests(root: Path) -> Path:
     (root / "team-orders").mkdir(parents=True)
     (root / "team-orders" / "orders.yaml").write_text(ORDERS)
     (root / "team-orders" / "host.yaml").write_text(HOST)
-    (root / "team-orders" / "api-tls.yaml").write_text(tls_secret("api-tls", "team-orders"))
+    api_tls = tls_secret("api-tls", *self_signed("api.example.com"), namespace="team-orders")
+    (root / "team-orders" / "api-tls.yaml").write_text(api_tls)
     (root / "team-orders" / "bad.yaml").write_text(BAD)
     (root / "evil.yaml").write_text(EVIL)
     return root
@@ -376,13 +366,6 @@ class FakeEnvoyStream:
     async def close(self) -> None:
         await self.requests.put(None)
         await asyncio.wait_for(self.pump, 5)
-
-
-async def wait_until(predicate: Any) -> None:
-    deadline = time.monotonic() + 5
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached"
-        await asyncio.sleep(0.01)
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import base_pb2
 from envoy.config.route.v3 import route_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
-from fixtures.xds_resources import snap
+from fixtures.xds_resources import serving, snap, wait_until
 from google.rpc import status_pb2
 
 from controller.snapshot import CLUSTER, LISTENER, ROUTE, SECRET, Snapshot
@@ -363,24 +363,8 @@ class Client:
 @pytest.fixture
 async def ads() -> AsyncIterator[tuple[XdsServer, grpc.aio.Channel]]:
     xds = XdsServer()
-    server = grpc.aio.server()
-    server.add_generic_rpc_handlers((xds.handler(),))
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-    try:
+    async with serving(xds) as port, grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         yield xds, channel
-    finally:
-        await channel.close()
-        await xds.close()
-        await server.stop(1)
-
-
-async def wait_until(predicate: Any, timeout: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        assert asyncio.get_running_loop().time() < deadline, "condition not reached"
-        await asyncio.sleep(0.01)
 
 
 def delta_request(type_url: str, **fields: Any) -> Any:

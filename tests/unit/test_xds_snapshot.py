@@ -19,7 +19,7 @@ from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
-from fixtures.xds_resources import cluster, route, snap
+from fixtures.xds_resources import cluster, route, serving, snap, wait_until
 from google.rpc import status_pb2
 
 from controller.snapshot import (
@@ -353,24 +353,8 @@ class Client:
 @pytest.fixture
 async def ads() -> AsyncIterator[tuple[XdsServer, grpc.aio.Channel]]:
     xds = XdsServer()
-    server = grpc.aio.server()
-    server.add_generic_rpc_handlers((xds.handler(),))
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-    try:
+    async with serving(xds) as port, grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         yield xds, channel
-    finally:
-        await channel.close()
-        await xds.close()
-        await server.stop(1)
-
-
-async def wait_until(predicate: Any, timeout: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        assert asyncio.get_running_loop().time() < deadline, "condition not reached"
-        await asyncio.sleep(0.01)
 
 
 async def test_servicer_serves_per_node_snapshots_and_pushes_changes(
