@@ -91,6 +91,7 @@ __all__ = [
     "compile",
     "descriptor_entry",
     "gc_paused",
+    "missing_policy",
 ]
 
 DOMAIN = "legation"
@@ -436,16 +437,7 @@ def _policy_of(
         policy = current.get(ResourceId("JWTPolicy", ns, auth.policy))
         path: FieldPath = ("spec", "auth", "policy")
         if policy is None:
-            elsewhere = sorted(
-                r.namespace for r in current if r.kind == "JWTPolicy" and r.name == auth.policy
-            )
-            hint = (
-                f" (JWTPolicy {elsewhere[0]}/{auth.policy} exists, but a Mapping may only use "
-                "its own namespace's)"
-                if elsewhere
-                else ""
-            )
-            entry.reject(path, f"no JWTPolicy {auth.policy!r} in namespace {ns}{hint}")
+            entry.reject(path, missing_policy(auth.policy, ns, current))
             return None
         if not policy.ok:
             entry.reject(path, f"{policy.id} is rejected: {_reason(policy)}")
@@ -462,6 +454,18 @@ def _policy_of(
         )
         return None
     return default.key
+
+
+def missing_policy(name: str, namespace: str, present: Iterable[ResourceId]) -> str:
+    """Why a Mapping of `namespace` cannot use the JWTPolicy `name`: none of `present` is it
+    (pointing at a JWTPolicy of that name in another namespace, the likely mistake)."""
+    elsewhere = sorted(r.namespace for r in present if r.kind == "JWTPolicy" and r.name == name)
+    hint = (
+        f" (JWTPolicy {elsewhere[0]}/{name} exists, but a Mapping may only use its own namespace's)"
+        if elsewhere
+        else ""
+    )
+    return f"no JWTPolicy {name!r} in namespace {namespace}{hint}"
 
 
 def _match(spec: MappingSpec) -> RouteMatch:

@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from controller.compile import missing_policy
 from controller.resources import (
     AuthService,
     Host,
@@ -148,15 +149,8 @@ def _duplicates(documents: Sequence[Document]) -> list[ResourceError]:
 def _check_policy_ref(
     name: str, rid: ResourceId, present: dict[ResourceId, Document], error: _Report
 ) -> None:
-    if ResourceId("JWTPolicy", rid.namespace, name) in present:
-        return
-    elsewhere = sorted(r.namespace for r in present if r.kind == "JWTPolicy" and r.name == name)
-    hint = (
-        f" (JWTPolicy {elsewhere[0]}/{name} exists, but a Mapping may only use its own namespace's)"
-        if elsewhere
-        else ""
-    )
-    error(("spec", "auth", "policy"), f"no JWTPolicy {name!r} in namespace {rid.namespace}{hint}")
+    if ResourceId("JWTPolicy", rid.namespace, name) not in present:
+        error(("spec", "auth", "policy"), missing_policy(name, rid.namespace, present))
 
 
 def _check_secret(
