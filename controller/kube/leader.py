@@ -61,8 +61,6 @@ class LeaderElector:
         self.renew_seconds = renew_seconds
         self.on_change = on_change
         self.is_leader = False
-        self.transitions = 0
-        """How often this replica became leader."""
         self._observed: tuple[str | None, float] = (None, 0.0)
         """(resourceVersion of the Lease as last seen, local time it was first seen so)."""
         self._renewed_at = 0.0
@@ -112,8 +110,6 @@ class LeaderElector:
         if leader == self.is_leader:
             return
         self.is_leader = leader
-        if leader:
-            self.transitions += 1
         log.info(
             "leadership acquired" if leader else "leadership lost",
             extra={"lease": self.path, "identity": self.identity},

@@ -132,9 +132,7 @@ class StatusWriter:
         self.pending: dict[ObjectRef, Desired] = {}
         self.desired: dict[ObjectRef, Desired] = {}
         """The latest verdict for every object: re-checked on becoming leader."""
-        self.writes = 0
         self.skipped = 0
-        self.failures = 0
         self._written: dict[ObjectRef, tuple[Desired, str | None]] = {}
         """What we wrote last, and the object's resourceVersion when we wrote it: until the watch
         shows a newer version, the cached object predates our write and must not trigger it again."""
@@ -189,10 +187,8 @@ class StatusWriter:
                         log.info("status not written", extra={"resource": "/".join(ref), "error": str(exc)})
                         return
                     failed[ref] = desired
-                    self.failures += 1
                 except KubeError:
                     failed[ref] = desired
-                    self.failures += 1
 
         await asyncio.gather(*(one(ref, desired) for ref, desired in batch.items()))
         return failed
@@ -233,4 +229,3 @@ class StatusWriter:
             content_type="application/merge-patch+json",
         )
         self._written[ref] = (desired, version)
-        self.writes += 1

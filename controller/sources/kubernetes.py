@@ -49,7 +49,7 @@ import yaml
 from controller.kube.client import KINDS, SECRETS, KubeClient, KubeError, ResourceType
 from controller.kube.informer import Backoff, Informer
 from controller.kube.leader import LeaderElector
-from controller.kube.status import StatusWriter
+from controller.kube.status import ORIGIN_PREFIX, StatusWriter
 from controller.sources import SourceSnapshot, content_version
 from legation import __version__
 from legation.yamlfile import Document, load_documents
@@ -61,7 +61,6 @@ __all__ = ["KubernetesOptions", "KubernetesSource", "default_lease_namespace", "
 
 log = logging.getLogger("legation.controller.source")
 
-ORIGIN_PREFIX = "kubernetes:"
 SECRET_TYPES = frozenset({"kubernetes.io/tls", "Opaque"})
 LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 SERVICE_ACCOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
@@ -244,9 +243,6 @@ class KubernetesSource:
             version=content_version(inputs),
         )
 
-    def _on_change(self) -> None:
-        self._changed.set()
-
     async def _debounced(self) -> None:
         """Until a change, and then until `quiet_seconds` without one (`max_batch_seconds` at most)."""
         await self._changed.wait()
@@ -272,9 +268,8 @@ class KubernetesSource:
                     client,
                     resource,
                     namespace,
-                    on_change=self._on_change,
+                    on_change=self._changed.set,
                     keep=_secret_kept if resource == SECRETS else lambda obj: True,
-                    backoff=Backoff(),
                     watch_seconds=self.options.watch_seconds,
                 )
         tasks = [
