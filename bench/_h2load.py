@@ -26,6 +26,13 @@ RLS_PATH = "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit"
 GRPC_HEADERS = ("content-type: application/grpc", "te: trailers")
 
 
+def pinned(cmd: list[str], cpu: int | None) -> list[str]:
+    """`cmd` run on CPU `cpu` only (taskset), when a CPU is given and taskset exists."""
+    if cpu is None or not shutil.which("taskset"):
+        return cmd
+    return ["taskset", "-c", str(cpu), *cmd]
+
+
 def grpc_frame(message: bytes) -> bytes:
     """A gRPC length-prefixed message: flag 0 (uncompressed), 4-byte big-endian length, bytes."""
     return b"\x00" + struct.pack(">I", len(message)) + message
@@ -157,9 +164,9 @@ def run_h2load(
                 if rps_per_client is not None:
                     cmd += ["--rps", str(max(1, rps_per_client))]
                 cmd.append(url)
-                if cpu is not None and shutil.which("taskset"):
-                    cmd = ["taskset", "-c", str(cpu), *cmd]
-                proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                proc = subprocess.Popen(
+                    pinned(cmd, cpu), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+                )
                 procs.append((proc, log))
             timeout = duration + warmup + 30
             for proc, log in procs:

@@ -83,8 +83,19 @@ from _authz_fixtures import (
     policy_document,
     subject,
 )
-from _h2load import H2Result, grpc_frame, run_h2load
-from ratelimit_bench import CheckFailed, Proc, cpu_busy, free_port, parse_sweep, pinned, started, wait_ready
+from _h2load import H2Result, grpc_frame, pinned, run_h2load
+from ratelimit_bench import (
+    CheckFailed,
+    Proc,
+    Settings,
+    cpu_busy,
+    free_port,
+    parse_sweep,
+    round1,
+    started,
+    sweep_text,
+    wait_ready,
+)
 
 HERE = Path(__file__).resolve().parent
 N_TOKENS = 1000
@@ -93,16 +104,8 @@ GOAL_P99_MS = 5.0
 STOP_CODES = {"UNKNOWN", "CANCELLED"}
 
 
-def _r(value: float | None) -> float | None:
-    return None if value is None else round(value, 1)
-
-
 def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.0f}%"
-
-
-def _settings(pairs: Sequence[tuple[int, int]]) -> str:
-    return ", ".join(f"{c}x{m}" for c, m in pairs)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -227,17 +230,6 @@ def http_get(port: int, token: str | None) -> tuple[int, dict[str, str]]:
 # measuring one target
 
 
-@dataclass
-class Settings:
-    duration: float
-    warmup: float
-    initial_warmup: float
-    sweep: list[tuple[int, int]]
-    half: tuple[int, int]
-    server_cpu: int | None
-    client_cpu: int | None
-
-
 def measure(t: Target, cfg: Settings) -> dict[str, Any]:
     errors: dict[str, float] = {}
     totals: dict[str, float] = {}
@@ -338,8 +330,8 @@ def measure(t: Target, cfg: Settings) -> dict[str, Any]:
         # CPU per request of each server process (Envoy and the service apart)
         by_proc = split_cpu(before, after, cpu_pct / 100.0 / max(1e-9, res.req_per_s) * 1e6)
         row = res.summary() | {"server_cpu_pct": round(cpu_pct, 1), "cpu_us_per_req_by_process": by_proc}
-        row["other_load_on_server_cpu_pct"] = _r(res.other_load_pct)
-        row["other_load_on_client_cpu_pct"] = _r(res.other_client_load_pct)
+        row["other_load_on_server_cpu_pct"] = round1(res.other_load_pct)
+        row["other_load_on_client_cpu_pct"] = round1(res.other_client_load_pct)
         sweep.append(row)
         print(
             f"    sat  -c {conns:>2} x -m {streams:>3}: {res.req_per_s:8.0f} req/s  "
@@ -373,14 +365,14 @@ def measure(t: Target, cfg: Settings) -> dict[str, Any]:
         "saturation_cpu_us_per_req": round(sat_cpu / 100.0 / sat.req_per_s * 1e6, 1),
         "saturation_cpu_us_per_req_by_process": sat_by_proc,
         "saturation_p99_ms": round(sat.latency_ms(0.99), 3),
-        "saturation_other_load_pct": _r(sat.other_load_pct),
-        "saturation_other_client_load_pct": _r(sat.other_client_load_pct),
+        "saturation_other_load_pct": round1(sat.other_load_pct),
+        "saturation_other_client_load_pct": round1(sat.other_client_load_pct),
         "half_req_per_s": round(half.req_per_s, 1),
         "half_p50_ms": round(half.latency_ms(0.5), 3),
         "half_p99_ms": round(half.latency_ms(0.99), 3),
         "half_max_ms": round(half.latency_ms(1.0), 3),
         "half_server_cpu_pct": round(half_cpu, 1),
-        "half_other_load_pct": _r(half.other_load_pct),
+        "half_other_load_pct": round1(half.other_load_pct),
         "errors": errors if (t.service or t.envoy_filter) else None,
         "cancelled_at_stop": cancelled_at_stop if t.service else None,
         "cache_hits": hits if t.service else None,
@@ -542,7 +534,7 @@ def main(argv: list[str] | None = None) -> int:
         f"# authz bench: {platform.node()} {len(cpus)} CPUs, python {platform.python_version()}, "
         f"grpcio {grpc.__version__}; server side on CPU {cfg.server_cpu}, h2load on CPU "
         f"{cfg.client_cpu}; {cfg.duration:g}s per run (+{cfg.warmup:g}s h2load warm-up), sweep "
-        f"{_settings(cfg.sweep)}, half-saturation run {_settings([cfg.half])}",
+        f"{sweep_text(cfg.sweep)}, half-saturation run {sweep_text([cfg.half])}",
         flush=True,
     )
     t_start = time.monotonic()
@@ -781,8 +773,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"\nSetup: server side pinned to CPU {cfg.server_cpu} (the Check server; or Envoy and the "
         f"Check server it calls), h2load (-t 1, one process per connection) on CPU {cfg.client_cpu}; "
-        f"saturation = best of {_settings(cfg.sweep)} (connections x streams); half saturation paced "
-        f"with h2load --rps on {_settings([cfg.half])}; {cfg.duration:g}s per run; total "
+        f"saturation = best of {sweep_text(cfg.sweep)} (connections x streams); half saturation paced "
+        f"with h2load --rps on {sweep_text([cfg.half])}; {cfg.duration:g}s per run; total "
         f"{time.monotonic() - t_start:.0f}s."
     )
     if args.json:

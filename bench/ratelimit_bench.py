@@ -68,7 +68,7 @@ from envoy.extensions.common.ratelimit.v3 import ratelimit_pb2
 from envoy.service.ratelimit.v3 import rls_pb2
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _h2load import RLS_PATH, H2Result, grpc_frame, grpc_unframe, run_h2load
+from _h2load import RLS_PATH, H2Result, grpc_frame, grpc_unframe, pinned, run_h2load
 
 HERE = Path(__file__).resolve().parent
 LIMIT = 1_000_000_000
@@ -133,12 +133,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def pinned(cmd: list[str], cpu: int | None) -> list[str]:
-    if cpu is None or not shutil.which("taskset"):
-        return cmd
-    return ["taskset", "-c", str(cpu), *cmd]
 
 
 class Proc:
@@ -241,7 +235,7 @@ def service_codes(metrics_port: int | None) -> dict[str, float] | None:
     return codes or None
 
 
-def _r(value: float | None) -> float | None:
+def round1(value: float | None) -> float | None:
     return None if value is None else round(value, 1)
 
 
@@ -425,8 +419,8 @@ def measure(
     for conns, streams in cfg.sweep:
         res, cpu_pct = run(conns, streams, cfg.duration, cfg.warmup, None)
         row = res.summary() | {"server_cpu_pct": round(cpu_pct, 1)}
-        row["other_load_on_server_cpu_pct"] = _r(res.other_load_pct)
-        row["other_load_on_client_cpu_pct"] = _r(res.other_client_load_pct)
+        row["other_load_on_server_cpu_pct"] = round1(res.other_load_pct)
+        row["other_load_on_client_cpu_pct"] = round1(res.other_client_load_pct)
         sweep.append(row)
         print(
             f"    sat  -c {conns:>2} x -m {streams:>3}: {res.req_per_s:8.0f} req/s  "
@@ -461,10 +455,10 @@ def measure(
         # server CPU time per request at saturation: unlike req/s, barely moved by other load
         "saturation_cpu_us_per_req": round(sat_cpu / 100.0 / sat.req_per_s * 1e6, 1),
         "saturation_p99_ms": round(sat.latency_ms(0.99), 3),
-        "saturation_other_load_pct": _r(sat.other_load_pct),
-        "saturation_other_client_load_pct": _r(sat.other_client_load_pct),
-        "half_other_load_pct": _r(half.other_load_pct),
-        "half_other_client_load_pct": _r(half.other_client_load_pct),
+        "saturation_other_load_pct": round1(sat.other_load_pct),
+        "saturation_other_client_load_pct": round1(sat.other_client_load_pct),
+        "half_other_load_pct": round1(half.other_load_pct),
+        "half_other_client_load_pct": round1(half.other_client_load_pct),
         # gRPC codes the service answered during all h2load runs (None: not observable)
         "grpc_calls_counted": grpc_counted if metrics_port is not None else None,
         "grpc_errors": grpc_errors if metrics_port is not None else None,
@@ -477,7 +471,7 @@ def measure(
         "half_server_cpu_pct": round(half_cpu, 1),
         "sweep": sweep,
         "half": half.summary()
-        | {"server_cpu_pct": round(half_cpu, 1), "other_load_on_server_cpu_pct": _r(half.other_load_pct)},
+        | {"server_cpu_pct": round(half_cpu, 1), "other_load_on_server_cpu_pct": round1(half.other_load_pct)},
     }
 
 
@@ -653,7 +647,7 @@ def verdicts(rows: list[dict[str, Any]], ceiling: float | None) -> list[str]:
 # main
 
 
-def _settings(pairs: Sequence[tuple[int, int]]) -> str:
+def sweep_text(pairs: Sequence[tuple[int, int]]) -> str:
     return ", ".join(f"{c}x{m}" for c, m in pairs)
 
 
@@ -712,7 +706,7 @@ def main(argv: list[str] | None = None) -> int:
         f"# ratelimit bench: {platform.node()} {ncpu} CPUs, python {platform.python_version()}, "
         f"grpcio {grpc.__version__}; server on CPU {cfg.server_cpu}, h2load/redis on CPU "
         f"{cfg.client_cpu}; {cfg.duration:g}s per run (+{cfg.warmup:g}s h2load warm-up), "
-        f"sweep {_settings(cfg.sweep)}, half-saturation run {_settings([cfg.half])}",
+        f"sweep {sweep_text(cfg.sweep)}, half-saturation run {sweep_text([cfg.half])}",
         flush=True,
     )
     rows: list[dict[str, Any]] = []
@@ -858,8 +852,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"\nSetup: server pinned to CPU {cfg.server_cpu}, h2load (-t 1, one process per "
         f"connection) and redis on CPU {cfg.client_cpu}; saturation = best of "
-        f"{_settings(cfg.sweep)} (connections x streams); half saturation paced with h2load "
-        f"--rps on {_settings([cfg.half])}; {cfg.duration:g}s per run."
+        f"{sweep_text(cfg.sweep)} (connections x streams); half saturation paced with h2load "
+        f"--rps on {sweep_text([cfg.half])}; {cfg.duration:g}s per run."
     )
     if args.json:
         args.json.write_text(
