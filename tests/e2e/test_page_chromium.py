@@ -21,8 +21,7 @@ from typing import Any
 
 import pytest
 import uvicorn
-from envoy.config.core.v3 import base_pb2
-from envoy.service.discovery.v3 import discovery_pb2
+from fixtures.xds_resources import FakeEnvoyStream, wait_until
 from google.rpc import status_pb2
 
 from controller.api import create_app
@@ -72,35 +71,14 @@ def stages_of(root: Path, text: str) -> Stages:
 
 
 async def nack_once(xds: XdsServer) -> None:
-    """An Envoy asks for listeners and rejects them, then goes away (the NACK stays on record).
-    Requests in through a queue; a task drains the servicer's responses, as grpc would."""
-    requests: asyncio.Queue[Any] = asyncio.Queue()
-    responses: asyncio.Queue[Any] = asyncio.Queue()
-
-    async def feed() -> Any:
-        while (item := await requests.get()) is not None:
-            yield item
-
-    async def pump() -> None:
-        async for response in xds.stream(feed(), context=None):
-            await responses.put(response)
-
-    pumping = asyncio.get_running_loop().create_task(pump())
-    node = base_pb2.Node(id="edge-chromium", cluster="edge")
-    await requests.put(discovery_pb2.DiscoveryRequest(node=node, type_url=LISTENER))
-    sent = await asyncio.wait_for(responses.get(), 5)
+    """An Envoy asks for listeners and rejects them, then goes away (the NACK stays on record)."""
+    envoy = FakeEnvoyStream(xds, "edge-chromium")
+    await envoy.send(type_url=LISTENER)
+    sent = await envoy.receive()
     error = status_pb2.Status(code=3, message=NACK_ERROR)
-    await requests.put(
-        discovery_pb2.DiscoveryRequest(
-            node=node, type_url=LISTENER, response_nonce=sent.nonce, error_detail=error
-        )
-    )
-    deadline = time.monotonic() + 5
-    while not xds.nacks:
-        assert time.monotonic() < deadline, "the NACK was not recorded"
-        await asyncio.sleep(0.01)
-    await requests.put(None)
-    await asyncio.wait_for(pumping, 5)
+    await envoy.send(type_url=LISTENER, response_nonce=sent.nonce, error_detail=error)
+    await wait_until(lambda: bool(xds.nacks))
+    await envoy.close()
 
 
 class Served:

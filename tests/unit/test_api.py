@@ -7,22 +7,18 @@ DiscoveryRequests as Envoy would, up to a NACK."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 from envoy.config.cluster.v3 import cluster_pb2
-from envoy.config.core.v3 import base_pb2
-from envoy.service.discovery.v3 import discovery_pb2
 from fastapi import FastAPI
 from fixtures.manifests import self_signed, tls_secret
-from fixtures.xds_resources import wait_until
+from fixtures.xds_resources import FakeEnvoyStream, wait_until
 from google.rpc import status_pb2
 
 from controller.api import REDACTED, create_app
@@ -337,35 +333,6 @@ async def test_new_stages_replace_what_was_cached(
 
 
 # --- connected Envoys --------------------------------------------------------------------------
-
-
-class FakeEnvoyStream:
-    """One ADS stream into the real XdsServer servicer, spoken the way Envoy speaks it. A task
-    drains the servicer's responses, as grpc does, so that requests are handled as they come."""
-
-    def __init__(self, xds: XdsServer, node_id: str) -> None:
-        self.node = base_pb2.Node(id=node_id, cluster="edge")
-        self.requests: asyncio.Queue[Any] = asyncio.Queue()
-        self.responses: asyncio.Queue[Any] = asyncio.Queue()
-        self.pump = asyncio.get_running_loop().create_task(self._pump(xds.stream(self._requests(), None)))
-
-    async def _requests(self) -> AsyncIterator[Any]:
-        while (item := await self.requests.get()) is not None:
-            yield item
-
-    async def _pump(self, responses: AsyncIterator[Any]) -> None:
-        async for response in responses:
-            await self.responses.put(response)
-
-    async def send(self, **fields: Any) -> None:
-        await self.requests.put(discovery_pb2.DiscoveryRequest(node=self.node, **fields))
-
-    async def receive(self) -> Any:
-        return await asyncio.wait_for(self.responses.get(), 5)
-
-    async def close(self) -> None:
-        await self.requests.put(None)
-        await asyncio.wait_for(self.pump, 5)
 
 
 @pytest.fixture

@@ -3,16 +3,12 @@ function of the resources."""
 
 from __future__ import annotations
 
-import datetime
 import random
 from typing import Any
 
 import pytest
 import yaml
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from fixtures.manifests import self_signed
 
 from controller.compile import DOMAIN, MAPPING_KEY, cluster_name, compile
 from controller.fields import parse_service
@@ -111,25 +107,8 @@ def auth_service(name: str = "default", ts: str | None = None) -> AuthService:
 
 @pytest.fixture(scope="module")
 def tls_pair() -> dict[str, str]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "api.example.com")])
-    now = datetime.datetime(2024, 1, 1, tzinfo=datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(days=3650))
-        .sign(key, hashes.SHA256())
-    )
-    return {
-        "tls.crt": cert.public_bytes(serialization.Encoding.PEM).decode(),
-        "tls.key": key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        ).decode(),
-    }
+    certificate, key = self_signed("api.example.com")
+    return {"tls.crt": certificate, "tls.key": key}
 
 
 def run(*resources: Resource) -> CompileResult:

@@ -4,7 +4,6 @@ and `legation validate` through the real CLI."""
 from __future__ import annotations
 
 import base64
-import datetime
 import shutil
 import subprocess
 import sys
@@ -14,10 +13,9 @@ from typing import Any
 
 import pytest
 import yaml
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from fixtures.manifests import self_signed
 from pydantic import BaseModel
 
 import controller.resources as resources_module
@@ -334,23 +332,8 @@ def test_status_on_error_matches_envoys_status_codes() -> None:
 
 
 def tls_pair(name: str = "api.example.com") -> tuple[bytes, bytes]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    return cert.public_bytes(serialization.Encoding.PEM), key_pem
+    certificate, key = self_signed(name)
+    return certificate.encode(), key.encode()
 
 
 def tls_secret(crt: bytes, key: bytes, *, name: str = "api-tls", namespace: str = "team-orders") -> str:
