@@ -6,13 +6,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import kmock
 import pytest
-from fixtures.kube import MAPPINGS, KubeEmulator, running_emulator, write_kubeconfig
+from fixtures.kube import (
+    MAPPINGS,
+    KubeEmulator,
+    connected_emulator,
+    eventually,
+    mapping,
+    merge_patch,
+    write_kubeconfig,
+)
 from fixtures.managed import free_port
 
 from controller.kube import client as kc
@@ -20,23 +28,6 @@ from controller.kube.client import KubeClient
 from controller.kube.informer import Backoff, Informer
 
 NS = "demo"
-
-
-def mapping(name: str, prefix: str = "/a/", namespace: str = NS) -> dict[str, Any]:
-    return {
-        "apiVersion": "legation.dev/v1alpha1",
-        "kind": "Mapping",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {"prefix": prefix, "service": "127.0.0.1:1"},
-    }
-
-
-async def eventually(predicate: Callable[[], Any], timeout: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.02)
 
 
 @contextlib.asynccontextmanager
@@ -56,19 +47,12 @@ async def informing(
 
 @pytest.fixture
 async def cluster(tmp_path: Path) -> AsyncIterator[tuple[KubeEmulator, KubeClient]]:
-    async with running_emulator(bookmark_seconds=0.1) as (emulator, url):
-        client = await KubeClient.connect(str(write_kubeconfig(tmp_path / "kubeconfig", url)))
+    async with connected_emulator(tmp_path, bookmark_seconds=0.1) as (emulator, client, _):
         yield emulator, client
-        await client.close()
 
 
 async def create(client: KubeClient, obj: dict[str, Any]) -> dict[str, Any]:
     return await client.request("POST", kc.MAPPINGS.path(obj["metadata"]["namespace"]), body=obj)
-
-
-async def patch(client: KubeClient, name: str, body: dict[str, Any]) -> dict[str, Any]:
-    path = kc.MAPPINGS.path(NS, name)
-    return await client.request("PATCH", path, body=body, content_type="application/merge-patch+json")
 
 
 def lists(emulator: KubeEmulator) -> int:
@@ -91,7 +75,7 @@ async def test_list_then_watch_follows_every_change_and_its_version(
         await eventually(lambda: (NS, "b") in informer.objects)
         assert informer.resource_version == b["metadata"]["resourceVersion"]
 
-        changed = await patch(client, "a", {"spec": {"prefix": "/changed/"}})
+        changed = await merge_patch(client, kc.MAPPINGS.path(NS, "a"), {"spec": {"prefix": "/changed/"}})
         await eventually(lambda: informer.objects[(NS, "a")]["spec"]["prefix"] == "/changed/")
         assert informer.objects[(NS, "a")]["metadata"]["generation"] == 2
         assert informer.resource_version == changed["metadata"]["resourceVersion"]
@@ -127,8 +111,7 @@ async def test_bookmarks_move_the_version_on_so_a_reconnect_needs_no_relist(
 
 async def test_without_bookmarks_the_same_reconnect_is_answered_410_and_relists(tmp_path: Path) -> None:
     # The counterpart of the test above: it shows that the bookmark is what avoided the relist.
-    async with running_emulator(bookmark_seconds=None) as (emulator, url):
-        client = await KubeClient.connect(str(write_kubeconfig(tmp_path / "kubeconfig", url)))
+    async with connected_emulator(tmp_path, bookmark_seconds=None) as (emulator, client, _):
         await create(client, mapping("a"))
         async with informing(client) as informer:
             await client.request(
@@ -152,7 +135,7 @@ async def test_a_410_relists_and_loses_no_change_made_meanwhile(
         emulator.hold_watches()
         emulator.drop_watches()
         await eventually(lambda: emulator.open_watches == 0 and informer.watches == 2)
-        await patch(client, "changed", {"spec": {"prefix": "/new/"}})
+        await merge_patch(client, kc.MAPPINGS.path(NS, "changed"), {"spec": {"prefix": "/new/"}})
         await client.request("DELETE", kc.MAPPINGS.path(NS, "deleted"))
         await create(client, mapping("created"))
         emulator.compact()
@@ -261,10 +244,5 @@ async def test_kept_filter_drops_objects_as_they_arrive(cluster: tuple[KubeEmula
     keep = lambda obj: obj.get("type") == "kubernetes.io/tls"  # noqa: E731
     async with informing(client, kc.SECRETS, keep=keep) as informer:
         assert set(informer.objects) == {(NS, "tls")}
-        await client.request(
-            "PATCH",
-            kc.SECRETS.path(NS, "tls"),
-            body={"type": "Opaque"},
-            content_type="application/merge-patch+json",
-        )
+        await merge_patch(client, kc.SECRETS.path(NS, "tls"), {"type": "Opaque"})
         await eventually(lambda: not informer.objects)

@@ -18,7 +18,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from fixtures.kube import KubeEmulator, running_emulator, write_kubeconfig
+from fixtures.kube import (
+    KubeEmulator,
+    connected_emulator,
+    mapping,
+    merge_patch,
+    running_emulator,
+    write_kubeconfig,
+)
 
 from controller.envoy import EnvoyOptions
 from controller.kube import client as kc
@@ -36,30 +43,14 @@ from controller.sources.kubernetes import (
 NS = "demo"
 
 
-def mapping(name: str, prefix: str = "/a/", namespace: str = NS, **extra: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": "legation.dev/v1alpha1",
-        "kind": "Mapping",
-        "metadata": {"name": name, "namespace": namespace, **extra},
-        "spec": {"prefix": prefix, "service": "127.0.0.1:8080"},
-    }
-
-
 @pytest.fixture
 async def cluster(tmp_path: Path) -> AsyncIterator[tuple[KubeEmulator, KubeClient, Path]]:
-    async with running_emulator() as (emulator, url):
-        kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", url)
-        client = await KubeClient.connect(str(kubeconfig))
-        yield emulator, client, kubeconfig
-        await client.close()
+    async with connected_emulator(tmp_path) as running:
+        yield running
 
 
 async def post(client: KubeClient, resource: kc.ResourceType, obj: dict[str, Any]) -> dict[str, Any]:
     return await client.request("POST", resource.path(obj["metadata"].get("namespace", NS)), body=obj)
-
-
-async def merge(client: KubeClient, path: str, body: dict[str, Any]) -> dict[str, Any]:
-    return await client.request("PATCH", path, body=body, content_type="application/merge-patch+json")
 
 
 class Following:
@@ -141,13 +132,17 @@ async def test_status_and_resource_version_changes_make_no_new_snapshot(
     await post(client, kc.MAPPINGS, mapping("a"))
     async with following(kubeconfig) as follow:
         first = await follow.next()
-        await merge(client, kc.MAPPINGS.path(NS, "a", "status"), {"status": {"conditions": [{"type": "X"}]}})
-        await merge(client, kc.MAPPINGS.path(NS, "a"), {"metadata": {"labels": {"x": "1"}}})
+        await merge_patch(
+            client, kc.MAPPINGS.path(NS, "a", "status"), {"status": {"conditions": [{"type": "X"}]}}
+        )
+        await merge_patch(client, kc.MAPPINGS.path(NS, "a"), {"metadata": {"labels": {"x": "1"}}})
         second = await follow.next()
         assert second.version != first.version
         assert second.documents[0].data["metadata"]["labels"] == {"x": "1"}
         assert "status" not in second.documents[0].data
-        await merge(client, kc.MAPPINGS.path(NS, "a", "status"), {"status": {"conditions": [{"type": "Y"}]}})
+        await merge_patch(
+            client, kc.MAPPINGS.path(NS, "a", "status"), {"status": {"conditions": [{"type": "Y"}]}}
+        )
         with pytest.raises(TimeoutError):
             await follow.next(timeout=0.5)
 
@@ -204,11 +199,11 @@ async def test_only_referenced_tls_and_opaque_secrets_are_in_snapshots(
         secret = snapshot.documents[1].data
         assert (secret["apiVersion"], secret["kind"], secret["type"]) == ("v1", "Secret", "kubernetes.io/tls")
         # A change to an unreferenced Secret is no change of the inputs.
-        await merge(client, kc.SECRETS.path(NS, "unused"), {"data": {"k": "dg=="}})
+        await merge_patch(client, kc.SECRETS.path(NS, "unused"), {"data": {"k": "dg=="}})
         with pytest.raises(TimeoutError):
             await follow.next(timeout=0.5)
         # The Host now names a Secret of a type that is never kept.
-        await merge(client, kc.HOSTS.path(NS, "h"), {"spec": {"tlsSecret": {"name": "token"}}})
+        await merge_patch(client, kc.HOSTS.path(NS, "h"), {"spec": {"tlsSecret": {"name": "token"}}})
         changed = await follow.next()
         assert changed.origins == ("kubernetes:Host/demo/h",)
         statuses = build(changed, EnvoyOptions()).statuses

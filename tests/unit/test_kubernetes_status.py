@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import kmock
 import pytest
-from fixtures.kube import LEASES, MAPPINGS, KubeEmulator, running_emulator, write_kubeconfig
+from fixtures.kube import LEASES, MAPPINGS, KubeEmulator, connected_emulator, eventually, mapping, merge_patch
 
 from controller.envoy import EnvoyOptions
 from controller.ir import Origin, Problem, ResourceStatus
@@ -28,31 +28,10 @@ from controller.sources.kubernetes import KubernetesOptions, KubernetesSource
 NS = "demo"
 
 
-def mapping(name: str, prefix: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "legation.dev/v1alpha1",
-        "kind": "Mapping",
-        "metadata": {"name": name, "namespace": NS},
-        "spec": {"prefix": prefix, "service": "127.0.0.1:8080"},
-    }
-
-
-async def eventually(predicate: Callable[[], Any], timeout: float = 5.0) -> Any:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not (value := predicate()):
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.02)
-    return value
-
-
 @pytest.fixture
 async def cluster(tmp_path: Path) -> AsyncIterator[tuple[KubeEmulator, KubeClient, Path]]:
-    async with running_emulator() as (emulator, url):
-        kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", url)
-        client = await KubeClient.connect(str(kubeconfig))
-        yield emulator, client, kubeconfig
-        await client.close()
+    async with connected_emulator(tmp_path) as running:
+        yield running
 
 
 def condition(emulator: KubeEmulator, name: str) -> dict[str, Any] | None:
@@ -94,17 +73,13 @@ async def controller(kubeconfig: Path, **options: Any) -> AsyncIterator[Controll
         await running.stop()
 
 
-async def patch(client: KubeClient, path: str, body: dict[str, Any]) -> None:
-    await client.request("PATCH", path, body=body, content_type="application/merge-patch+json")
-
-
 async def test_verdicts_are_written_as_conditions_and_unchanged_ones_skipped(
     cluster: tuple[KubeEmulator, KubeClient, Path],
 ) -> None:
     emulator, client, kubeconfig = cluster
     await client.request("POST", kc.MAPPINGS.path(NS), body=mapping("good", "/good/"))
     await client.request("POST", kc.MAPPINGS.path(NS), body=mapping("bad", "bad"))
-    await patch(
+    await merge_patch(
         client, kc.MAPPINGS.path(NS, "good", "status"), {"status": {"conditions": [{"type": "Other"}]}}
     )
     async with controller(kubeconfig) as running:
@@ -122,20 +97,20 @@ async def test_verdicts_are_written_as_conditions_and_unchanged_ones_skipped(
         assert status_patches(emulator) == 3  # ours, and the two verdicts
 
         # A change that leaves both verdicts as they were writes nothing.
-        await patch(client, kc.MAPPINGS.path(NS, "good"), {"metadata": {"labels": {"x": "y"}}})
+        await merge_patch(client, kc.MAPPINGS.path(NS, "good"), {"metadata": {"labels": {"x": "y"}}})
         await eventually(lambda: running.runs == 2)
         await asyncio.sleep(0.5)
         assert status_patches(emulator) == 3
         assert running.source.status is not None and running.source.status.skipped >= 2
 
         # Another reason, still rejected: the transition time stays; fixed: it moves.
-        await patch(client, kc.MAPPINGS.path(NS, "bad"), {"spec": {"prefix": "bad2", "timeout": "x"}})
+        await merge_patch(client, kc.MAPPINGS.path(NS, "bad"), {"spec": {"prefix": "bad2", "timeout": "x"}})
         again = await eventually(
             lambda: (c := condition(emulator, "bad")) and c["observedGeneration"] == 2 and c
         )
         assert again["lastTransitionTime"] == bad["lastTransitionTime"]
         assert "spec.timeout" in again["message"]
-        await patch(client, kc.MAPPINGS.path(NS, "bad"), {"spec": {"prefix": "/bad/", "timeout": None}})
+        await merge_patch(client, kc.MAPPINGS.path(NS, "bad"), {"spec": {"prefix": "/bad/", "timeout": None}})
         fixed = await eventually(lambda: (c := condition(emulator, "bad")) and c["status"] == "True" and c)
         assert fixed["observedGeneration"] == 3
 
@@ -204,7 +179,7 @@ async def test_a_verdict_never_lands_on_a_recreated_object(
         with pytest.raises(kc.ApiError) as refused:
             await client.request("DELETE", kc.MAPPINGS.path(NS, "m"))
             await client.request("POST", kc.MAPPINGS.path(NS), body=mapping("m", "bad"))
-            await patch(
+            await merge_patch(
                 client,
                 kc.MAPPINGS.path(NS, "m", "status"),
                 {"metadata": {"uid": old_uid}, "status": {"conditions": []}},
