@@ -79,25 +79,7 @@ def test_write_without_the_write_scope_is_403(gateway: Gateway) -> None:
 
 
 def test_token_for_another_audience_is_refused(gateway: Gateway) -> None:
-    import subprocess
-
-    from fixtures.managed import legation_binary
-
-    token = subprocess.run(
-        [
-            legation_binary(),
-            "token",
-            "--state-dir",
-            str(gateway.state),
-            "--aud",
-            "billing",
-            "--scope",
-            "orders:read",
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
+    token = gateway.token(aud="billing", scopes=["orders:read"])
     response = gateway.request("GET", "/orders/1", headers={"Authorization": f"Bearer {token}"})
     # A valid token issued for another API: authenticated, not authorized here (see README).
     assert response.status == 403

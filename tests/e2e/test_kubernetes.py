@@ -52,11 +52,8 @@ class Controller:
         self.api_port = api_port
         self.xds_port = xds_port
 
-    def ready(self) -> bool:
-        try:
-            return http_get(f"http://{HOST}:{self.api_port}/readyz", timeout=1)[0] == 200
-        except OSError:
-            return False
+    def ready(self) -> bool:  # polled by wait_for, which takes an exception for "not yet"
+        return http_get(f"http://{HOST}:{self.api_port}/readyz", timeout=1)[0] == 200
 
 
 def start_controller(
@@ -94,6 +91,14 @@ def start_envoy(launch: Launcher, controller: Controller) -> EnvoyProcess:
     return launch.envoy(config, wait=False)
 
 
+def start_gateway(launch: Launcher, api: KubeApi, *extra: str) -> tuple[Controller, int]:
+    """A controller and an Envoy following it: (the controller, Envoy's HTTP port)."""
+    http = free_port()
+    controller = start_controller(launch, api, http, *extra)
+    start_envoy(launch, controller)
+    return controller, http
+
+
 def get(port: int, path: str) -> tuple[int, str]:
     try:
         return http_get(f"http://{HOST}:{port}{path}", timeout=2)
@@ -121,9 +126,7 @@ def test_objects_created_changed_and_deleted_reach_envoy(
     launch: Launcher, api: KubeApi, upstreams: tuple[EchoProcess, EchoProcess]
 ) -> None:
     one, two = upstreams
-    http = free_port()
-    controller = start_controller(launch, api, http)
-    start_envoy(launch, controller)
+    _, http = start_gateway(launch, api)
 
     api.create(MAPPINGS, mapping("orders", "/orders/", one.service))
     wait_for(lambda: served_by(http, "/orders/1") == "one", timeout=20, what="the new Mapping served")
@@ -147,11 +150,9 @@ def test_a_bad_object_is_rejected_in_its_status(
     launch: Launcher, api: KubeApi, upstreams: tuple[EchoProcess, EchoProcess]
 ) -> None:
     one, _ = upstreams
-    http = free_port()
     api.create(MAPPINGS, mapping("good", "/good/", one.service))
     api.create(MAPPINGS, mapping("bad", "no-slash/", one.service))
-    controller = start_controller(launch, api, http)
-    start_envoy(launch, controller)
+    _, http = start_gateway(launch, api)
 
     condition = wait_for(lambda: accepted(api, "bad"), timeout=20, what="status written on the bad Mapping")
     assert condition["status"] == "False"
@@ -176,12 +177,10 @@ def test_a_410_on_the_watch_relists_without_losing_changes(
     launch: Launcher, api: KubeApi, upstreams: tuple[EchoProcess, EchoProcess]
 ) -> None:
     one, two = upstreams
-    http = free_port()
     api.create(MAPPINGS, mapping("kept", "/kept/", one.service))
     api.create(MAPPINGS, mapping("changed", "/changed/", one.service))
     api.create(MAPPINGS, mapping("deleted", "/deleted/", one.service))
-    controller = start_controller(launch, api, http, "--no-status")
-    start_envoy(launch, controller)
+    controller, http = start_gateway(launch, api, "--no-status")
     for path in ("/kept/", "/changed/", "/deleted/"):
         wait_for(lambda p=path: served_by(http, p) == "one", timeout=20, what=f"{path} served")
 
