@@ -29,7 +29,7 @@ from controller import page
 from controller.ir import TlsSecret
 from controller.resources import Secret
 from legation.errors import format_path
-from legation.feed_client import feed_version
+from legation.feed_version import feed_version
 
 if TYPE_CHECKING:
     from controller.feed import Feed

@@ -30,7 +30,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
 
 from controller.ir import CompileResult
-from legation.feed_client import VERSION_HEADER, feed_version
+from legation.feed_version import VERSION_HEADER, feed_version
 
 __all__ = [
     "MAX_WAIT",

@@ -14,7 +14,6 @@ one: a rejected version is therefore fetched, logged and counted once, not in a 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import random
 import time
@@ -25,6 +24,7 @@ from yarl import URL
 
 from legation import __version__
 from legation.errors import ConfigErrors
+from legation.feed_version import VERSION_HEADER, feed_version
 
 __all__ = [
     "DEFAULT_WAIT",
@@ -38,19 +38,12 @@ __all__ = [
 
 log = logging.getLogger("legation.feed")
 
-VERSION_HEADER = "X-Legation-Version"
 DEFAULT_WAIT = 30.0
 """Seconds the controller may hold a poll open without a change."""
 MAX_CONTENT_BYTES = 64 * 1024 * 1024
 """A feed larger than this is refused rather than read into memory."""
 
 Apply = Callable[[str, str], Awaitable[None]]
-
-
-def feed_version(content: str | bytes) -> str:
-    """The version of a feed's content: equal content, equal version, on every replica."""
-    raw = content.encode() if isinstance(content, str) else content
-    return hashlib.sha256(raw).hexdigest()[:16]
 
 
 def check_feed_url(value: str) -> str:

@@ -1,0 +1,17 @@
+"""What the controller's config feeds and their followers agree on: how a feed's content is
+versioned and the header that carries the version. Kept apart from `feed_client` so that the
+controller, which only publishes, does not import the HTTP client (aiohttp) to use them."""
+
+from __future__ import annotations
+
+import hashlib
+
+__all__ = ["VERSION_HEADER", "feed_version"]
+
+VERSION_HEADER = "X-Legation-Version"
+
+
+def feed_version(content: str | bytes) -> str:
+    """The version of a feed's content: equal content, equal version, on every replica."""
+    raw = content.encode() if isinstance(content, str) else content
+    return hashlib.sha256(raw).hexdigest()[:16]
