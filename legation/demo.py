@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import datetime
 import hashlib
+import ipaddress
 import json
 import os
 import time
@@ -153,8 +154,8 @@ class DemoFiles:
 
 
 def self_signed(*names: str, days: float = 1) -> tuple[str, str]:
-    """(certificate PEM, key PEM): a self-signed ECDSA certificate for the DNS `names`, which is
-    its own CA (clients trust it with `--cacert`). For demos and tests only."""
+    """(certificate PEM, key PEM): a self-signed ECDSA certificate for `names` (DNS names, or IP
+    addresses), which is its own CA (clients trust it with `--cacert`). For demos and tests only."""
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
     now = datetime.datetime.now(datetime.UTC)
@@ -166,11 +167,18 @@ def self_signed(*names: str, days: float = 1) -> tuple[str, str]:
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=days))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False)
+        .add_extension(x509.SubjectAlternativeName([_san(n) for n in names]), critical=False)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )
     return certificate.public_bytes(serialization.Encoding.PEM).decode(), _pem(key).decode()
+
+
+def _san(name: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        return x509.DNSName(name)
 
 
 def _pem(key: ec.EllipticCurvePrivateKey) -> bytes:
