@@ -9,14 +9,11 @@ import json
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
 from fixtures.managed import HOST, envoy_binary, free_port, http_get, legation_binary, tcp_open, wait_for
-from fixtures.processes import Launcher, ManagedProcess
-
-from controller.bootstrap import bootstrap
+from fixtures.processes import Launcher, ManagedProcess, controller_bootstrap
 
 pytestmark = pytest.mark.e2e
 
@@ -51,12 +48,6 @@ def _status(port: int, path: str) -> int:
         return -1
 
 
-def _envoy_bootstrap(xds: int) -> dict[str, Any]:
-    config = bootstrap(xds=f"{HOST}:{xds}", node_id="restart-test", admin=None)
-    config["admin"] = {"address": {"socket_address": {"address": HOST, "port_value": "${ADMIN_PORT}"}}}
-    return config
-
-
 def test_envoy_keeps_serving_while_the_controller_is_down_and_resyncs(
     launch: Launcher, tmp_path: Path
 ) -> None:
@@ -68,7 +59,7 @@ def test_envoy_keeps_serving_while_the_controller_is_down_and_resyncs(
     (source / "a.yaml").write_text(MAPPING.format(name="a", port=upstream_port))
     xds, api, http = free_port(), free_port(), free_port()
     controller = _controller(launch, source, xds, api, http)
-    envoy = launch.envoy(_envoy_bootstrap(xds), wait=False)
+    envoy = launch.envoy(controller_bootstrap(xds, "restart-test"), wait=False)
     wait_for(lambda: _status(http, "/a/1") == 200, timeout=30, what="route /a/ served")
 
     controller.kill()

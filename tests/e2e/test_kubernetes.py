@@ -21,9 +21,7 @@ import pytest
 from fixtures.echo import EchoProcess, echo_body, start_echo
 from fixtures.kube import LEASES, MAPPINGS, KubeApi, kube_api
 from fixtures.managed import HOST, free_port, http_get, legation_binary, wait_for
-from fixtures.processes import EnvoyProcess, Launcher, ManagedProcess
-
-from controller.bootstrap import bootstrap
+from fixtures.processes import EnvoyProcess, Launcher, ManagedProcess, controller_bootstrap
 
 pytestmark = pytest.mark.e2e
 
@@ -86,9 +84,7 @@ def start_controller(
 
 
 def start_envoy(launch: Launcher, controller: Controller) -> EnvoyProcess:
-    config = bootstrap(xds=f"{HOST}:{controller.xds_port}", node_id="kube-test", admin=None)
-    config["admin"] = {"address": {"socket_address": {"address": HOST, "port_value": "${ADMIN_PORT}"}}}
-    return launch.envoy(config, wait=False)
+    return launch.envoy(controller_bootstrap(controller.xds_port, "kube-test"), wait=False)
 
 
 def start_gateway(launch: Launcher, api: KubeApi, *extra: str) -> tuple[Controller, int]:

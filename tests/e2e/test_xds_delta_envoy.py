@@ -15,10 +15,9 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from fixtures.processes import HOST, EnvoyProcess, free_port, http_get
+from fixtures.processes import EnvoyProcess, controller_bootstrap, free_port, http_get
 from fixtures.xds_resources import serving
 
-from controller.bootstrap import bootstrap
 from controller.snapshot import CLUSTER, LISTENER, ROUTE, Snapshot
 from controller.xds import XdsServer
 from controller.xds_delta import DeltaRecord
@@ -51,11 +50,8 @@ def free_port_of(envoy: EnvoyProcess) -> int:
 
 
 def delta_bootstrap(xds_port: int) -> dict[str, Any]:
-    config = bootstrap(
-        xds=f"{HOST}:{xds_port}", node_id=NODE, node_cluster="legation-e2e", admin=None, delta=True
-    )
+    config = controller_bootstrap(xds_port, NODE, node_cluster="legation-e2e", delta=True)
     assert config["dynamic_resources"]["ads_config"]["api_type"] == "DELTA_GRPC"
-    config["admin"] = {"address": {"socket_address": {"address": HOST, "port_value": "${ADMIN_PORT}"}}}
     return config
 
 
