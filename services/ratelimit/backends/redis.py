@@ -245,7 +245,7 @@ def _sentinel_resolver(parts: Any, query: dict[str, str], *, tls: bool, timeout:
         )
     name, db = path[0], int(path[1]) if len(path) > 1 else 0
     password = unquote(parts.password) if parts.password else query.get("password")
-    sentinel = Sentinel(hosts, sentinel_kwargs={"socket_connect_timeout": timeout, "socket_timeout": timeout})  # type: ignore[no-untyped-call]
+    sentinel = Sentinel(hosts, sentinel_kwargs={"socket_connect_timeout": timeout, "socket_timeout": timeout})
 
     async def resolve() -> Endpoint:
         try:
