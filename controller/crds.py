@@ -37,6 +37,7 @@ from legation.durations import _PART, parse_duration
 from services.authz.resources import JWTPolicy
 
 __all__ = [
+    "DURATION_MARK",
     "GROUP",
     "KINDS",
     "VERSION",
@@ -45,6 +46,7 @@ __all__ = [
     "CrdError",
     "Kind",
     "ResourceStatus",
+    "SchemaGenerator",
     "crd",
     "main",
     "openapi_schema",
@@ -212,16 +214,16 @@ KINDS: tuple[Kind, ...] = (
 
 # --- pydantic JSON schema → structural OpenAPI v3 ----------------------------------------------
 
-_DURATION = "x-legation-duration"
+DURATION_MARK = "x-legation-duration"
 
 
-class _Generator(GenerateJsonSchema):
+class SchemaGenerator(GenerateJsonSchema):
     """Marks Duration fields: their core schema is `parse_duration` before a float, which
     pydantic would describe as a plain number although users write `3s`."""
 
     def function_before_schema(self, schema: core_schema.BeforeValidatorFunctionSchema) -> JsonSchemaValue:
         if schema["function"]["function"] is parse_duration:
-            return {_DURATION: True}
+            return {DURATION_MARK: True}
         return super().function_before_schema(schema)
 
 
@@ -232,7 +234,7 @@ _DROPPED = ("title", "default", "examples")
 
 def structural_schema(model: type[BaseModel]) -> dict[str, Any]:
     """The model's input JSON schema as a Kubernetes structural schema (raises CrdError)."""
-    schema = model.model_json_schema(by_alias=True, schema_generator=_Generator)
+    schema = model.model_json_schema(by_alias=True, schema_generator=SchemaGenerator)
     defs = schema.pop("$defs", {})
     return _convert(schema, defs, model.__name__, ())
 
@@ -254,7 +256,7 @@ def _convert(node: dict[str, Any], defs: dict[str, Any], where: str, seen: tuple
             node = _merge_branches(node, junctor, where)
             if "$ref" in node:
                 return _convert(node, defs, where, seen)
-    if node.pop(_DURATION, False):
+    if node.pop(DURATION_MARK, False):
         # Kubernetes accepts exactly this anyOf with int-or-string; the pattern applies to strings
         # only. Numeric bounds (gt 0) cannot apply to "3s": the controller checks them.
         out: dict[str, Any] = {"description": node["description"]} if "description" in node else {}

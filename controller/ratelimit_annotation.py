@@ -1,14 +1,10 @@
 """The `legation.dev/rate-limit` annotation of a Mapping: parsed into typed rules.
 
-Grammar (rules separated by `;`, whitespace around tokens is free)::
-
-    value   := rule (";" rule)*
-    rule    := REQUESTS "/" WINDOW ["per" key ("," key)*]
-    WINDOW  := [MULTIPLIER] ("s" | "m" | "h" | "d")          e.g. s, 15m, 2h
-    key     := "ip" | "header:" NAME | "claim:" NAME | "path" | "method"
-
-`100/m per ip; 1000/h per claim:sub; 20/s` is three rules: 100 requests a minute per client
-address, 1000 an hour per JWT `sub`, and 20 a second shared by every caller of the Mapping.
+The grammar, the window units, the keys and the examples are the constants below (GRAMMAR,
+WINDOW_UNITS, KEY_FORMS, EXAMPLES); the reference (docs/reference.md, `make docs`) is generated
+from them, and the examples are parsed when it is, so the documentation cannot drift from the
+parser. `100/m per ip; 1000/h per claim:sub; 20/s` is three rules: 100 requests a minute per
+client address, 1000 an hour per JWT `sub`, and 20 a second shared by every caller of the Mapping.
 
 Pure: no Envoy or rate-limit-service knowledge; the compiler turns rules into both.
 """
@@ -25,8 +21,12 @@ from controller.fields import HEADER_NAME
 
 __all__ = [
     "ANNOTATION",
+    "EXAMPLES",
+    "GRAMMAR",
+    "KEY_FORMS",
     "MAX_MULTIPLIER",
     "MAX_REQUESTS",
+    "WINDOW_UNITS",
     "KeyKind",
     "RateKey",
     "RateLimitAnnotationError",
@@ -44,8 +44,43 @@ Unit = Literal["second", "minute", "hour", "day"]
 KeyKind = Literal["ip", "header", "claim", "path", "method"]
 
 _Fail = Callable[[str, str], None]  # reports (part, reason) for the rule being parsed
+GRAMMAR = """\
+value   := rule (";" rule)*
+rule    := REQUESTS "/" WINDOW ["per" key ("," key)*]
+WINDOW  := [MULTIPLE] ("s" | "m" | "h" | "d")          e.g. s, 15m, 2h
+key     := "ip" | "header:" NAME | "claim:" NAME | "path" | "method"
+"""
+"""The annotation's syntax; whitespace around tokens is free."""
+
+WINDOW_UNITS: dict[str, Unit] = {"s": "second", "m": "minute", "h": "hour", "d": "day"}
+"""The window letters; a window may also be a multiple of one, such as 15m (up to MAX_MULTIPLIER)."""
+
+KEY_FORMS: dict[str, str] = {
+    "ip": "the client address (Envoy's remote address)",
+    "header:NAME": "the value of the request header NAME; requests without it are not counted by the rule",
+    "claim:NAME": "a claim of the caller's JWT, passed from the authz service to Envoy as dynamic metadata "
+    "(`sub` and `iss` always; any other claim must be listed in the JWTPolicy's metadataClaims); "
+    "requests without it are not counted by the rule",
+    "path": "the request path, query string included",
+    "method": "the request method",
+}
+"""Each key a rule can count per, with its meaning. Several keys: one counter per combination."""
+
+EXAMPLES: tuple[tuple[str, str], ...] = (
+    ("100/m per ip", "100 requests a minute per client address"),
+    ("1000/h per claim:sub", "1000 requests an hour per JWT subject"),
+    ("20/s", "20 requests a second, one budget shared by every caller of the Mapping"),
+    ("5000/15m per header:x-api-key", "5000 requests per 15 minutes per value of the x-api-key header"),
+    ("10/s per ip,method", "10 requests a second per client address and method"),
+    (
+        "100/m per ip; 1000/h per claim:sub; 20/s",
+        "all three rules at once: a request over any of them is refused (429)",
+    ),
+)
+"""Annotation values and what they mean; the reference parses each one when it is generated."""
+
 _BARE_KEYS: dict[str, KeyKind] = {"ip": "ip", "path": "path", "method": "method"}
-_UNITS: dict[str, Unit] = {"s": "second", "m": "minute", "h": "hour", "d": "day"}
+_UNITS = WINDOW_UNITS
 _UNIT_SECONDS: dict[Unit, int] = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
 _WINDOW = re.compile(r"(\d*)([a-zA-Z]*)")
 _CLAIM_NAME = re.compile(r"[^\s,;]+")  # namespaced claims may be URLs

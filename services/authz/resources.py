@@ -43,6 +43,8 @@ _RE2_QUIET.log_errors = False
 
 
 class SecretRef(SpecModel):
+    """A key of a Secret in the policy's namespace."""
+
     name: str = Field(min_length=1, description="A Secret in the policy's namespace.")
     key: str = Field(min_length=1, description="The key in the Secret's data holding the JWKS.")
 
@@ -95,10 +97,19 @@ class Provider(SpecModel):
     audiences: list[str] = Field(
         default_factory=list, description="Any one must be in `aud`; empty = not checked."
     )
-    jwks: Jwks
-    algorithms: list[Algorithm] = Field(default_factory=lambda: list[Algorithm](["RS256"]), min_length=1)
+    jwks: Jwks = Field(
+        description="Where the provider's signing keys come from: one of uri, inline, file, secretRef."
+    )
+    algorithms: list[Algorithm] = Field(
+        default_factory=lambda: list[Algorithm](["RS256"]),
+        min_length=1,
+        description="Signature algorithms accepted (never none); HS* only alone, with inline, file or "
+        "secretRef keys.",
+    )
     token_sources: list[TokenSource] = Field(
-        default_factory=lambda: list(DEFAULT_TOKEN_SOURCES), min_length=1
+        default_factory=lambda: list(DEFAULT_TOKEN_SOURCES),
+        min_length=1,
+        description="Where the token is looked for, in order; two different tokens are a 400.",
     )
     clock_skew: Duration = Field(default=60.0, description="Leeway for exp, nbf and iat; at most 300s.")
     require_expiry: bool = Field(default=True, description="Reject tokens without `exp`.")
@@ -131,10 +142,10 @@ class Provider(SpecModel):
 class Match(SpecModel):
     """Which requests a rule covers; every given condition must hold. Empty = all requests."""
 
-    path_prefix: str | None = None
+    path_prefix: str | None = Field(default=None, description="Path prefix (one of pathPrefix, path, regex).")
     path: str | None = Field(default=None, description="Exact path (query string excluded).")
     regex: str | None = Field(default=None, description="RE2 regex matched against the whole path.")
-    methods: list[str] = Field(default_factory=list)
+    methods: list[str] = Field(default_factory=list, description="Methods matched; empty = any.")
     hosts: list[str] = Field(default_factory=list, description="Exact host, or '*.example.com'.")
 
     @model_validator(mode="after")
@@ -173,6 +184,8 @@ class Match(SpecModel):
 
 
 class Requires(SpecModel):
+    """Which providers' tokens a rule needs: exactly one of anyOf, allOf."""
+
     any_of: list[str] | None = Field(default=None, description="A valid token from any of these providers.")
     all_of: list[str] | None = Field(default=None, description="A valid token from each of these providers.")
 
@@ -193,9 +206,13 @@ ClaimRequirement = dict[str, list[str]]
 
 
 class Rule(SpecModel):
-    match: Match = Field(default_factory=Match)
+    """One access rule: the requests it matches, and public or what they need."""
+
+    match: Match = Field(default_factory=Match, description="Which requests the rule covers; empty = all.")
     public: bool = Field(default=False, description="No token needed.")
-    requires: Requires | None = None
+    requires: Requires | None = Field(
+        default=None, description="The tokens needed (when not public): anyOf or allOf provider names."
+    )
     claims: ClaimRequirement = Field(
         default_factory=dict, description="Each listed value must be in the claim."
     )
@@ -210,10 +227,14 @@ class Rule(SpecModel):
 
 
 class PolicySpec(SpecModel):
+    """Who may call: the JWT providers trusted, and path rules (first match wins, no match = deny)."""
+
     namespace_default: bool = Field(
         default=False, description="Applies to the namespace's Mappings without auth."
     )
-    providers: list[Provider] = Field(default_factory=list)
+    providers: list[Provider] = Field(
+        default_factory=list, description="Identity providers trusted; rules name them in requires."
+    )
     rules: list[Rule] = Field(min_length=1, description="First match wins; no match = deny.")
     claims_to_headers: dict[str, str] = Field(
         default_factory=dict, description="claim path -> request header."
@@ -242,17 +263,21 @@ class Metadata(BaseModel):
     """Kubernetes object metadata: name and namespace matter; the API server's own fields pass."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
-    name: str = Field(min_length=1)
-    namespace: str = "default"
+    name: str = Field(min_length=1, description="Unique per kind and namespace.")
+    namespace: str = Field(default="default", description="The resource's namespace.")
 
 
 class JWTPolicy(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-    api_version: Literal["legation.dev/v1alpha1"] = Field(alias="apiVersion")
-    kind: Literal["JWTPolicy"]
-    metadata: Metadata
-    spec: PolicySpec
-    status: dict[str, Any] | None = None  # written by the controller; ignored here
+    api_version: Literal["legation.dev/v1alpha1"] = Field(
+        alias="apiVersion", description="legation.dev/v1alpha1"
+    )
+    kind: Literal["JWTPolicy"] = Field(description="JWTPolicy")
+    metadata: Metadata = Field(description="Name and namespace.")
+    spec: PolicySpec = Field(description="The providers and rules.")
+    status: dict[str, Any] | None = Field(
+        default=None, description="Written by the controller; ignored on input."
+    )
 
     @property
     def key(self) -> str:

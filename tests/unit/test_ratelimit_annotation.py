@@ -219,6 +219,9 @@ def test_round_trip(parsed: list[RateLimitRule]) -> None:
 def test_public_names() -> None:
     assert sorted(module.__all__) == [
         "ANNOTATION",
+        "EXAMPLES",
+        "GRAMMAR",
+        "KEY_FORMS",
         "KeyKind",
         "MAX_MULTIPLIER",
         "MAX_REQUESTS",
@@ -227,6 +230,7 @@ def test_public_names() -> None:
         "RateLimitProblem",
         "RateLimitRule",
         "Unit",
+        "WINDOW_UNITS",
         "parse_rate_limit",
     ]
     assert module.ANNOTATION == "legation.dev/rate-limit"
