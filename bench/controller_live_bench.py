@@ -42,7 +42,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from controller.bootstrap import bootstrap
+from legation.controller.commands.bootstrap import bootstrap
 
 HOST = "127.0.0.1"
 PER_FILE = 10

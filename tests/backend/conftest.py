@@ -7,9 +7,9 @@ from collections.abc import AsyncIterator
 import pytest
 from fixtures.processes import Launcher, RedisProcess
 
-from services.ratelimit.backends import CounterBackend
-from services.ratelimit.backends.memory import MemoryBackend
-from services.ratelimit.backends.redis import connect
+from legation.ratelimit.backends import CounterBackend
+from legation.ratelimit.backends.memory import MemoryBackend
+from legation.ratelimit.backends.redis import connect
 
 
 @pytest.fixture(scope="module")

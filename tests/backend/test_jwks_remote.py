@@ -18,8 +18,8 @@ import pytest
 from fixtures.jwks_server import JwksServer, make_ec_key, make_hmac_key, make_rsa_key, mint
 from prometheus_client import REGISTRY
 
-from services.authz.jwks import JwksError
-from services.authz.jwks_remote import RemoteJwks, RemoteSettings
+from legation.authz.jwks import JwksError
+from legation.authz.jwks_remote import RemoteJwks, RemoteSettings
 
 pytestmark = pytest.mark.timeout(30)
 

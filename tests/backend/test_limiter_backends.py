@@ -10,10 +10,10 @@ import pytest
 import redis as redis_sync
 from fixtures.processes import RedisProcess
 
-from services.ratelimit.backends import CounterBackend
-from services.ratelimit.backends.redis import connect
-from services.ratelimit.config import load_config_texts
-from services.ratelimit.limiter import Decision, DescriptorRequest, Limiter, LimiterUnavailable
+from legation.ratelimit.backends import CounterBackend
+from legation.ratelimit.backends.redis import connect
+from legation.ratelimit.config import load_config_texts
+from legation.ratelimit.limiter import Decision, DescriptorRequest, Limiter, LimiterUnavailable
 
 CONFIG = """
 domain: d

@@ -22,9 +22,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from fixtures.processes import HOST, Launcher, free_port, redis_binary, wait_for
 
-from services.ratelimit.backends.redis import connect
-from services.ratelimit.config import load_config_texts
-from services.ratelimit.limiter import DescriptorRequest, Limiter
+from legation.ratelimit.backends.redis import connect
+from legation.ratelimit.config import load_config_texts
+from legation.ratelimit.limiter import DescriptorRequest, Limiter
 
 RULES = load_config_texts(
     [

@@ -1,5 +1,5 @@
 """`legation authz --config-url` and `legation ratelimit --config-url`: real service processes
-following controller.feed's router served over real HTTP (uvicorn on a loopback port).
+following legation.controller.translate.feeds's router served over real HTTP (uvicorn on a loopback port).
 
 The walk-through: the services start before the controller (not ready, empty config), take the
 first version, follow a change, keep the last good config when the feed serves something
@@ -22,8 +22,8 @@ from fixtures.probes import json_log_lines, metric_samples, metric_sum
 from fixtures.processes import Launcher, RateLimitProcess, free_port, legation_binary, wait_for
 from fixtures.rls import OK, OVER_LIMIT, RlsClient
 
-from controller.compile import DOMAIN, MAPPING_KEY
-from controller.feed import authz_feed_text, ratelimit_feed_text
+from legation.controller.compiler.compile import DOMAIN, MAPPING_KEY
+from legation.controller.translate.feeds import authz_feed_text, ratelimit_feed_text
 
 pytestmark = pytest.mark.e2e
 

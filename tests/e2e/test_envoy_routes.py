@@ -31,9 +31,9 @@ from fixtures.manifests import compile_manifests, resource, self_signed, tls_sec
 from fixtures.probes import HttpResponse, http_request, json_log_lines
 from fixtures.processes import HOST, EnvoyProcess, Launcher, free_port, http_get, wait_for
 
-from controller.envoy import HTTP_LISTENER, EnvoyOptions, translate
-from controller.ir import CompileResult
-from controller.snapshot import CLUSTER, LISTENER, ROUTE, Snapshot
+from legation.controller.compiler.ir import CompileResult
+from legation.controller.translate.envoy import HTTP_LISTENER, EnvoyOptions, translate
+from legation.controller.xds.snapshot import CLUSTER, LISTENER, ROUTE, Snapshot
 
 pytestmark = pytest.mark.e2e
 

@@ -24,12 +24,12 @@ import uvicorn
 from fixtures.xds_resources import FakeEnvoyStream, wait_until
 from google.rpc import status_pb2
 
-from controller.api import create_app
-from controller.envoy import EnvoyOptions
-from controller.pipeline import ControllerState, Stages, build
-from controller.snapshot import LISTENER
-from controller.sources.directory import DirectorySource
-from controller.xds import XdsServer
+from legation.controller.serving.api import create_app
+from legation.controller.serving.pipeline import ControllerState, Stages, build
+from legation.controller.sources.directory import DirectorySource
+from legation.controller.translate.envoy import EnvoyOptions
+from legation.controller.xds.server import XdsServer
+from legation.controller.xds.snapshot import LISTENER
 
 pytestmark = pytest.mark.e2e
 

@@ -1,6 +1,6 @@
 """Black box: a real Envoy speaking incremental (delta) ADS to an XdsServer in this test's loop.
 
-The bootstrap is `controller.bootstrap.bootstrap(delta=True)` (what `legation envoy-bootstrap
+The bootstrap is `legation.controller.commands.bootstrap.bootstrap(delta=True)` (what `legation envoy-bootstrap
 --delta` prints), with the admin port the `envoy` fixture picks. The snapshot: a listener (routes
 over RDS from ADS), one route configuration (`/ready` → the `admin` cluster, a STATIC cluster to
 the Envoy's own admin port; everything else → a direct response) and a second, unused cluster.
@@ -18,10 +18,10 @@ import pytest
 from fixtures.processes import EnvoyProcess, controller_bootstrap, free_port, http_get
 from fixtures.xds_resources import serving
 
-from controller.snapshot import CLUSTER, LISTENER, ROUTE, Snapshot
-from controller.xds import XdsServer
-from controller.xds_delta import DeltaRecord
 from e2e.test_xds_envoy import ROUTES, _cluster, _listener, _routes, eventually, get, node, serves, synced
+from legation.controller.xds.delta import DeltaRecord
+from legation.controller.xds.server import XdsServer
+from legation.controller.xds.snapshot import CLUSTER, LISTENER, ROUTE, Snapshot
 
 pytestmark = pytest.mark.e2e
 

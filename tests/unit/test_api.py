@@ -1,4 +1,4 @@
-"""The controller's HTTP API and page (controller.api, controller.page), in-process over ASGI.
+"""The controller's HTTP API and page (legation.controller.serving.api, legation.controller.serving.page), in-process over ASGI.
 
 The app serves stages from a real pipeline run over a directory of manifests (a good Mapping
 with a canary, a JWTPolicy, a Host with a generated TLS Secret, a bad Mapping, a document whose
@@ -21,14 +21,14 @@ from fixtures.manifests import self_signed, tls_secret
 from fixtures.xds_resources import FakeEnvoyStream, wait_until
 from google.rpc import status_pb2
 
-from controller.api import REDACTED, create_app
-from controller.envoy import EnvoyOptions
-from controller.feed import Feed
-from controller.pipeline import ControllerState, Stages, build
-from controller.snapshot import CLUSTER, SECRET
-from controller.sources.directory import DirectorySource
-from controller.xds import XdsServer
-from legation.fastmetrics import FastCounter
+from legation.controller.serving.api import REDACTED, create_app
+from legation.controller.serving.pipeline import ControllerState, Stages, build
+from legation.controller.sources.directory import DirectorySource
+from legation.controller.translate.envoy import EnvoyOptions
+from legation.controller.translate.feeds import Feed
+from legation.controller.xds.server import XdsServer
+from legation.controller.xds.snapshot import CLUSTER, SECRET
+from legation.core.fastmetrics import FastCounter
 
 ORDERS = """\
 apiVersion: legation.dev/v1alpha1

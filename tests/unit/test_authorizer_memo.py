@@ -7,11 +7,11 @@ import json
 
 from fixtures.jwks_server import jwks_json, make_rsa_key, mint
 
-from services.authz.authorizer import Authorizer, HttpRequest
-from services.authz.config import load_policy_texts
-from services.authz.jwks import StaticKeySource
-from services.authz.policy import compile_policy
-from services.authz.tokens import TokenCache
+from legation.authz.authorizer import Authorizer, HttpRequest
+from legation.authz.config import load_policy_texts
+from legation.authz.jwks import StaticKeySource
+from legation.authz.policy import compile_policy
+from legation.authz.tokens import TokenCache
 
 KEY = make_rsa_key("k1")
 POLICY = """

@@ -6,8 +6,8 @@ import textwrap
 
 import pytest
 
-from legation.errors import ConfigErrors
-from services.authz.config import load_policy_texts
+from legation.authz.config import load_policy_texts
+from legation.core.errors import ConfigErrors
 
 DESIGN_EXAMPLE = """
 apiVersion: legation.dev/v1alpha1

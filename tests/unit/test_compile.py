@@ -1,4 +1,4 @@
-"""The compiler (controller.compile): statuses, IR, authz feed and rate-limit feed, as a pure
+"""The compiler (legation.controller.compiler.compile): statuses, IR, authz feed and rate-limit feed, as a pure
 function of the resources."""
 
 from __future__ import annotations
@@ -10,12 +10,12 @@ import pytest
 import yaml
 from fixtures.manifests import self_signed
 
-from controller.compile import DOMAIN, MAPPING_KEY, cluster_name, compile
-from controller.fields import parse_service
-from controller.ir import CompileResult, DescriptorEntry, Origin, Route
-from controller.resources import AuthService, Host, JWTPolicy, Mapping, Resource, Secret
-from legation.yamlfile import load_documents
-from services.ratelimit.config import DomainConfig, load_config_texts
+from legation.api.v1alpha1.fields import parse_service
+from legation.api.v1alpha1.resources import AuthService, Host, JWTPolicy, Mapping, Resource, Secret
+from legation.controller.compiler.compile import DOMAIN, MAPPING_KEY, cluster_name, compile
+from legation.controller.compiler.ir import CompileResult, DescriptorEntry, Origin, Route
+from legation.core.yamlfile import load_documents
+from legation.ratelimit.config import DomainConfig, load_config_texts
 
 API = "legation.dev/v1alpha1"
 

@@ -10,10 +10,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from controller import fields
-from controller.compile import compile, descriptor_entry, gc_paused
-from controller.fields import parse_service
-from controller.ratelimit_annotation import RateKey, RateLimitAnnotationError, parse_rate_limit
+from legation.api.v1alpha1 import fields
+from legation.api.v1alpha1.fields import parse_service
+from legation.api.v1alpha1.ratelimit_annotation import RateKey, RateLimitAnnotationError, parse_rate_limit
+from legation.controller.compiler.compile import compile, descriptor_entry, gc_paused
 
 
 @pytest.fixture

@@ -18,10 +18,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from fixtures.manifests import self_signed
 from pydantic import BaseModel
 
-import controller.resources as resources_module
-import controller.validate as validate_module
-from controller.fields import ERROR_STATUSES
-from controller.resources import (
+import legation.api.v1alpha1.resources as resources_module
+import legation.controller.commands.validate as validate_module
+from legation.api.v1alpha1.fields import ERROR_STATUSES
+from legation.api.v1alpha1.resources import (
     AuthService,
     Host,
     JWTPolicy,
@@ -34,10 +34,10 @@ from controller.resources import (
     parse_service,
     resource_id,
 )
-from controller.sources import SourceSnapshot
-from controller.validate import validate_snapshot
-from legation.errors import ConfigError
-from legation.yamlfile import load_documents
+from legation.controller.commands.validate import validate_snapshot
+from legation.controller.sources import SourceSnapshot
+from legation.core.errors import ConfigError
+from legation.core.yamlfile import load_documents
 
 MANIFESTS = Path(__file__).parent / "controller_manifests"
 ERROR_CASES = sorted((MANIFESTS / "errors").glob("*.yaml"))
@@ -439,7 +439,7 @@ def test_every_field_has_a_description() -> None:
     missing = [
         f"{model.__name__}.{name}"
         for model in _models()
-        if model.__module__ == "controller.resources"
+        if model.__module__ == "legation.api.v1alpha1.resources"
         for name, field in model.model_fields.items()
         if not field.description
     ]

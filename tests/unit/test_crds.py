@@ -20,11 +20,19 @@ import pytest
 import yaml
 from pydantic import BaseModel, Field
 
-from controller import crds
-from controller.crds import KINDS, Condition, CrdError, Kind, ResourceStatus, crd, structural_schema
-from controller.resources import parse_resource
-from legation.durations import Duration, parse_duration
-from legation.yamlfile import load_documents
+from legation.api.v1alpha1.resources import parse_resource
+from legation.controller.commands import crds
+from legation.controller.commands.crds import (
+    KINDS,
+    Condition,
+    CrdError,
+    Kind,
+    ResourceStatus,
+    crd,
+    structural_schema,
+)
+from legation.core.durations import Duration, parse_duration
+from legation.core.yamlfile import load_documents
 
 ROOT = Path(__file__).parents[2]
 CHART_CRDS = ROOT / "charts" / "legation" / "templates" / "crds"

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-import controller.sources as sources_module
-from controller.sources import Source, SourceSnapshot, content_version
-from controller.sources.directory import DirectorySource
+import legation.controller.sources as sources_module
+from legation.controller.sources import Source, SourceSnapshot, content_version
+from legation.controller.sources.directory import DirectorySource
 
 TIMEOUT = 5.0  # generous: a change is normally seen in well under a second
 

@@ -1,4 +1,4 @@
-"""The Envoy stage (controller.envoy.translate): compiled manifests → xDS messages.
+"""The Envoy stage (legation.controller.translate.envoy.translate): compiled manifests → xDS messages.
 
 Pure tests: manifests are YAML text, parsed and compiled as the controller does, translated, and
 the messages inspected. That Envoy accepts them is tests/e2e/test_envoy_routes.py's job."""
@@ -27,8 +27,14 @@ from fixtures.jwks_server import jwks_json, make_rsa_key, mint
 from fixtures.manifests import compile_manifests, resource, self_signed, tls_secret
 from google.protobuf import json_format, struct_pb2
 
-from controller.compile import DOMAIN
-from controller.envoy import (
+from legation.api.v1alpha1.fields import MAX_REGEX_PROGRAM_SIZE
+from legation.authz.authorizer import Authorizer, HttpRequest
+from legation.authz.jwks import StaticKeySource
+from legation.authz.policy import compile_policy
+from legation.authz.server import response_for
+from legation.authz.tokens import TokenCache
+from legation.controller.compiler.compile import DOMAIN
+from legation.controller.translate.envoy import (
     ACCESS_LOG_FORMAT,
     AUTHZ_CLUSTER,
     HTTP_LISTENER,
@@ -39,15 +45,9 @@ from controller.envoy import (
     EnvoyOptions,
     translate,
 )
-from controller.envoy_routes import EXT_AUTHZ_METADATA_NAMESPACE, covers
-from controller.fields import MAX_REGEX_PROGRAM_SIZE
-from controller.snapshot import CLUSTER, LISTENER, ROUTE, SECRET, Snapshot
-from services.authz.authorizer import Authorizer, HttpRequest
-from services.authz.jwks import StaticKeySource
-from services.authz.policy import compile_policy
-from services.authz.server import response_for
-from services.authz.tokens import TokenCache
-from services.ratelimit.config import load_config_texts
+from legation.controller.translate.routes import EXT_AUTHZ_METADATA_NAMESPACE, covers
+from legation.controller.xds.snapshot import CLUSTER, LISTENER, ROUTE, SECRET, Snapshot
+from legation.ratelimit.config import load_config_texts
 
 Resources = dict[str, dict[str, Any]]
 

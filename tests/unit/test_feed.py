@@ -1,5 +1,5 @@
-"""The config feeds (controller.feed): Feed semantics, the feed texts against the services' own
-loaders, the HTTP router; and the follower (legation.feed_client) against a real feed server."""
+"""The config feeds (legation.controller.translate.feeds): Feed semantics, the feed texts against the services' own
+loaders, the HTTP router; and the follower (legation.core.feed_client) against a real feed server."""
 
 from __future__ import annotations
 
@@ -17,15 +17,15 @@ from fastapi import FastAPI
 from fixtures.config_feed import FeedServer, compile_manifests, manifests
 from fixtures.jwks_server import jwks_json, make_ec_key, make_rsa_key
 
-import controller.feed as feed_module
-from controller.compile import DOMAIN, MAPPING_KEY
-from controller.feed import Feed, authz_feed_text, feed_router, ratelimit_feed_text
-from controller.ir import IR, CompileResult
-from legation.errors import ConfigError, ConfigErrors
-from legation.feed_client import VERSION_HEADER, FeedFollower, check_feed_url, feed_version
-from services.authz.app import KeySources, compile_all
-from services.authz.config import load_policy_texts
-from services.ratelimit.config import load_config_texts
+import legation.controller.translate.feeds as feed_module
+from legation.authz.app import KeySources, compile_all
+from legation.authz.config import load_policy_texts
+from legation.controller.compiler.compile import DOMAIN, MAPPING_KEY
+from legation.controller.compiler.ir import IR, CompileResult
+from legation.controller.translate.feeds import Feed, authz_feed_text, feed_router, ratelimit_feed_text
+from legation.core.errors import ConfigError, ConfigErrors
+from legation.core.feed_client import VERSION_HEADER, FeedFollower, check_feed_url, feed_version
+from legation.ratelimit.config import load_config_texts
 
 ORDERS_KEY = make_rsa_key("orders-1")
 CATALOG_KEY = make_ec_key("catalog-1")
@@ -441,7 +441,7 @@ def test_feed_urls_are_checked(url: str) -> None:
 
 
 def test_a_feed_cannot_name_a_relative_key_file() -> None:
-    from services.authz.app import _feed_checks
+    from legation.authz.app import _feed_checks
 
     def policy(file: str) -> str:
         return (

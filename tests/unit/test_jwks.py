@@ -24,14 +24,14 @@ from fixtures.jwks_server import (
     mint,
 )
 
-from services.authz.jwks import (
+from legation.authz.jwks import (
     JwksError,
     Key,
     KeySet,
     StaticKeySource,
     parse_jwks,
 )
-from services.authz.jwks_remote import RemoteJwks, RemoteSettings
+from legation.authz.jwks_remote import RemoteJwks, RemoteSettings
 
 RSA = make_rsa_key("rsa")
 EC = make_ec_key("ec")

@@ -1,4 +1,4 @@
-"""List+watch (controller.kube.informer) against the kmock emulator (fixtures/kube.py) over HTTP:
+"""List+watch (legation.controller.kubernetes.informer) against the kmock emulator (fixtures/kube.py) over HTTP:
 resourceVersion tracking, bookmarks, relist on 410 Gone (from history compaction and from a
 kmock reaction), reconnect with capped backoff."""
 
@@ -23,9 +23,9 @@ from fixtures.kube import (
 )
 from fixtures.managed import free_port
 
-from controller.kube import client as kc
-from controller.kube.client import KubeClient
-from controller.kube.informer import Backoff, Informer
+from legation.controller.kubernetes import client as kc
+from legation.controller.kubernetes.client import KubeClient
+from legation.controller.kubernetes.informer import Backoff, Informer
 
 NS = "demo"
 

@@ -1,4 +1,4 @@
-"""The Kubernetes source (controller.sources.kubernetes) against the kmock emulator: documents as
+"""The Kubernetes source (legation.controller.kubernetes.source) against the kmock emulator: documents as
 the directory source makes them, deterministic versions, debouncing, Secrets, namespaces, status
 ignored, and in-cluster credentials over HTTPS."""
 
@@ -21,19 +21,19 @@ from fixtures.kube import (
     write_kubeconfig,
 )
 
-from controller.envoy import EnvoyOptions
-from controller.kube import client as kc
-from controller.kube.client import KubeClient
-from controller.pipeline import build
-from controller.sources import SourceSnapshot
-from controller.sources.directory import DirectorySource
-from controller.sources.kubernetes import (
+from legation.controller.commands.demo import self_signed
+from legation.controller.kubernetes import client as kc
+from legation.controller.kubernetes.client import KubeClient
+from legation.controller.kubernetes.source import (
     LAST_APPLIED,
     KubernetesOptions,
     KubernetesSource,
     default_lease_namespace,
 )
-from legation.demo import self_signed
+from legation.controller.serving.pipeline import build
+from legation.controller.sources import SourceSnapshot
+from legation.controller.sources.directory import DirectorySource
+from legation.controller.translate.envoy import EnvoyOptions
 
 NS = "demo"
 

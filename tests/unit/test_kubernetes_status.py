@@ -1,4 +1,4 @@
-"""Status written back (controller.kube.status) and leader election (controller.kube.leader),
+"""Status written back (legation.controller.kubernetes.status) and leader election (legation.controller.kubernetes.leader),
 against the kmock emulator: conditions through the status subresource, unchanged ones skipped,
 only by the leader; one leader among replicas, takeover once its Lease lapses."""
 
@@ -14,16 +14,16 @@ import kmock
 import pytest
 from fixtures.kube import LEASES, MAPPINGS, KubeEmulator, connected_emulator, eventually, mapping, merge_patch
 
-from controller.envoy import EnvoyOptions
-from controller.ir import Origin, Problem, ResourceStatus
-from controller.kube import client as kc
-from controller.kube.client import KubeClient
-from controller.kube.leader import LeaderElector
-from controller.kube.status import desired_statuses
-from controller.pipeline import build
-from controller.resources import ResourceId
-from controller.sources import SourceSnapshot
-from controller.sources.kubernetes import KubernetesOptions, KubernetesSource
+from legation.api.v1alpha1.resources import ResourceId
+from legation.controller.compiler.ir import Origin, Problem, ResourceStatus
+from legation.controller.kubernetes import client as kc
+from legation.controller.kubernetes.client import KubeClient
+from legation.controller.kubernetes.leader import LeaderElector
+from legation.controller.kubernetes.source import KubernetesOptions, KubernetesSource
+from legation.controller.kubernetes.status import desired_statuses
+from legation.controller.serving.pipeline import build
+from legation.controller.sources import SourceSnapshot
+from legation.controller.translate.envoy import EnvoyOptions
 
 NS = "demo"
 
@@ -191,7 +191,7 @@ async def test_a_verdict_never_lands_on_a_recreated_object(
 
 
 def test_desired_statuses_carry_generation_uid_and_every_problem() -> None:
-    from legation.yamlfile import load_documents
+    from legation.core.yamlfile import load_documents
 
     text = "kind: Mapping\nmetadata: {name: m, namespace: demo, generation: 4, uid: u-1}\n"
     doc = load_documents(text, file="kubernetes:Mapping/demo/m")[0]

@@ -11,10 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.ratelimit.backends import BackendError, Outcome
-from services.ratelimit.backends.memory import MemoryBackend
-from services.ratelimit.config import load_config_texts
-from services.ratelimit.limiter import (
+from legation.ratelimit.backends import BackendError, Outcome
+from legation.ratelimit.backends.memory import MemoryBackend
+from legation.ratelimit.config import load_config_texts
+from legation.ratelimit.limiter import (
     MAX_KEY_BODY,
     Decision,
     DescriptorRequest,
@@ -22,7 +22,7 @@ from services.ratelimit.limiter import (
     LimiterUnavailable,
     counter_key,
 )
-from services.ratelimit.rules import Limit, RuleSet
+from legation.ratelimit.rules import Limit, RuleSet
 
 CONFIG = """
 domain: d

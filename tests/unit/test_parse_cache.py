@@ -1,4 +1,4 @@
-"""controller.parse_cache.ParseCache: the results of parse_resource, re-validated only for the
+"""legation.controller.compiler.parse_cache.ParseCache: the results of parse_resource, re-validated only for the
 documents whose file changed."""
 
 from __future__ import annotations
@@ -7,10 +7,10 @@ from pathlib import Path
 
 import yaml
 
-from controller.parse_cache import ParseCache
-from controller.resources import Mapping, ResourceError, parse_resource
-from controller.sources.directory import DirectorySource
-from legation.yamlfile import Document, load_documents
+from legation.api.v1alpha1.resources import Mapping, ResourceError, parse_resource
+from legation.controller.compiler.parse_cache import ParseCache
+from legation.controller.sources.directory import DirectorySource
+from legation.core.yamlfile import Document, load_documents
 
 
 def mapping(name: str, prefix: str = "/", service: str = "a:80") -> str:

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-import controller.ratelimit_annotation as module
-from controller.ratelimit_annotation import (
+import legation.api.v1alpha1.ratelimit_annotation as module
+from legation.api.v1alpha1.ratelimit_annotation import (
     RateKey,
     RateLimitAnnotationError,
     RateLimitRule,

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from legation.errors import ConfigErrors
-from services.ratelimit.config import load_config, load_config_texts
-from services.ratelimit.rules import BUCKETS_PER_WINDOW
+from legation.core.errors import ConfigErrors
+from legation.ratelimit.config import load_config, load_config_texts
+from legation.ratelimit.rules import BUCKETS_PER_WINDOW
 
 ERRORS_DIR = Path(__file__).parent / "ratelimit_config_errors"
 ERROR_CASES = sorted(ERRORS_DIR.glob("*.yaml"))

@@ -3,7 +3,7 @@ a limit applies only when every entry of the request descriptor is consumed."""
 
 from __future__ import annotations
 
-from services.ratelimit.config import load_config_texts
+from legation.ratelimit.config import load_config_texts
 
 CONFIG = """
 domain: d

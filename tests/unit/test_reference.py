@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel, Field
 
-from controller import ratelimit_annotation, reference
-from controller.crds import KINDS
-from controller.reference import ReferenceError, format_duration, model_rows
-from controller.resources import Secret
+from legation.api.v1alpha1 import ratelimit_annotation
+from legation.api.v1alpha1.resources import Secret
+from legation.controller.commands import reference
+from legation.controller.commands.crds import KINDS
+from legation.controller.commands.reference import ReferenceError, format_duration, model_rows
 
 ROOT = Path(__file__).parents[2]
 REFERENCE = ROOT / "docs" / "reference.md"

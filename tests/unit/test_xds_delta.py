@@ -20,9 +20,9 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from fixtures.xds_resources import serving, snap, wait_until
 from google.rpc import status_pb2
 
-from controller.snapshot import CLUSTER, LISTENER, ROUTE, SECRET, Snapshot
-from controller.xds import KEPT_SUFFIX, Nack, XdsServer
-from controller.xds_delta import DeltaRecord, DeltaStream, resource_version
+from legation.controller.xds.delta import DeltaRecord, DeltaStream, resource_version
+from legation.controller.xds.server import KEPT_SUFFIX, Nack, XdsServer
+from legation.controller.xds.snapshot import CLUSTER, LISTENER, ROUTE, SECRET, Snapshot
 
 # --------------------------------------------------------------------------- helpers
 

@@ -22,7 +22,8 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from fixtures.xds_resources import cluster, route, serving, snap, wait_until
 from google.rpc import status_pb2
 
-from controller.snapshot import (
+from legation.controller.xds.server import KEPT_SUFFIX, AdsStream, Nack, XdsServer
+from legation.controller.xds.snapshot import (
     CLUSTER,
     ENDPOINT,
     LISTENER,
@@ -32,7 +33,6 @@ from controller.snapshot import (
     SnapshotStore,
     content_version,
 )
-from controller.xds import KEPT_SUFFIX, AdsStream, Nack, XdsServer
 
 # --------------------------------------------------------------------------- helpers
 

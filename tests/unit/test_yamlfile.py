@@ -1,4 +1,4 @@
-"""legation.yamlfile: documents read with libyaml must be exactly what the pure-Python loader
+"""legation.core.yamlfile: documents read with libyaml must be exactly what the pure-Python loader
 reads (data, positions, lines, errors), with node trees composed only when a line is needed."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 import yaml
 
-from legation import yamlfile
-from legation.errors import ConfigError
-from legation.yamlfile import Document, load_documents
+from legation.core import yamlfile
+from legation.core.errors import ConfigError
+from legation.core.yamlfile import Document, load_documents
 
 ROOT = Path(__file__).resolve().parents[2]
 CORPUS = sorted(

@@ -1,1 +1,0 @@
-"""Legation's data-plane services: `authz` (ext_authz) and `ratelimit` (RLS)."""

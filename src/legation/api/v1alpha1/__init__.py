@@ -1,0 +1,1 @@
+"""legation.api.v1alpha1."""

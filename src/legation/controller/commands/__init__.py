@@ -1,0 +1,1 @@
+"""legation.controller.commands."""

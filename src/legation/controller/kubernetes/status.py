@@ -1,0 +1,231 @@
+"""`status.conditions` written back to the Legation objects, in the background.
+
+Every pipeline run hands its statuses over (`submit`, synchronous and cheap: compilation never
+waits for the API). What is waiting to be written is one desired condition per object, the
+latest only, so a burst of runs writes each object at most once. The writer wakes, lets a burst
+settle for `batch_seconds`, then writes what differs from what the watch last saw on the object,
+a few requests at a time, as JSON merge patches of the status subresource:
+
+    status:
+      conditions:
+      - type: Accepted
+        status: "True" | "False"
+        reason: Accepted | Rejected
+        message: ...            # every problem, with its field path, when rejected
+        observedGeneration: 3   # the metadata.generation the verdict is about
+        lastTransitionTime: ... # kept while status stays the same
+
+Conditions of other types (written by someone else) are kept. The patch carries the object's
+uid as a precondition, so a verdict about a deleted object never lands on a new one of the same
+name. Only the leader writes (`is_leader`); a replica that becomes leader re-checks every
+object, since the previous leader may have died with writes pending. Failed writes are retried
+with backoff unless a newer verdict replaced them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from legation.controller.compiler.ir import ResourceStatus
+from legation.controller.kubernetes.client import KINDS, ApiError, KubeClient, KubeError
+from legation.controller.kubernetes.informer import Backoff
+from legation.controller.sources import SourceSnapshot
+from legation.core.errors import format_path
+
+__all__ = ["CONDITION", "Desired", "StatusWriter", "desired_statuses"]
+
+log = logging.getLogger("legation.controller.status")
+
+CONDITION = "Accepted"
+MAX_MESSAGE = 4096
+ORIGIN_PREFIX = "kubernetes:"
+
+ObjectRef = tuple[str, str, str]
+"""(kind, namespace, name)"""
+
+Observe = Callable[[str, str, str], dict[str, Any] | None]
+
+
+@dataclass(frozen=True)
+class Desired:
+    """The Accepted condition one object should carry."""
+
+    uid: str | None
+    generation: int | None
+    accepted: bool
+    message: str
+
+    def matches(self, condition: dict[str, Any] | None) -> bool:
+        if condition is None:
+            return False
+        return (
+            condition.get("status") == ("True" if self.accepted else "False")
+            and condition.get("reason") == ("Accepted" if self.accepted else "Rejected")
+            and condition.get("message") == self.message
+            and condition.get("observedGeneration") == self.generation
+        )
+
+
+def _message(status: ResourceStatus) -> str:
+    if status.accepted:
+        return "Accepted by the controller"
+    parts = [f"{format_path(p.path)}: {p.reason}" if p.path else p.reason for p in status.problems]
+    message = "; ".join(parts) or "Rejected"
+    return message if len(message) <= MAX_MESSAGE else message[: MAX_MESSAGE - 1] + "…"
+
+
+def desired_statuses(
+    statuses: Iterable[ResourceStatus], snapshot: SourceSnapshot
+) -> dict[ObjectRef, Desired]:
+    """The condition each Legation object of the snapshot should carry, from the run's verdicts."""
+    documents = {doc.file: doc for doc in snapshot.documents}
+    result: dict[ObjectRef, Desired] = {}
+    for status in statuses:
+        origin = status.origin.file
+        if not origin.startswith(ORIGIN_PREFIX):
+            continue
+        kind, _, rest = origin[len(ORIGIN_PREFIX) :].partition("/")
+        namespace, _, name = rest.partition("/")
+        doc = documents.get(origin)
+        if kind not in KINDS or doc is None:
+            continue  # Secrets carry no status
+        metadata = doc.data.get("metadata") if isinstance(doc.data, dict) else None
+        metadata = metadata if isinstance(metadata, dict) else {}
+        generation = metadata.get("generation")
+        uid = metadata.get("uid")
+        result[(kind, namespace, name)] = Desired(
+            uid=uid if isinstance(uid, str) else None,
+            generation=generation if isinstance(generation, int) else None,
+            accepted=status.accepted,
+            message=_message(status),
+        )
+    return result
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class StatusWriter:
+    """Writes the latest verdicts as conditions (see the module)."""
+
+    def __init__(
+        self,
+        client: KubeClient,
+        observe: Observe,
+        *,
+        is_leader: Callable[[], bool] = lambda: True,
+        batch_seconds: float = 0.2,
+        concurrency: int = 4,
+    ) -> None:
+        self.client = client
+        self.observe = observe
+        """The object as the watch last saw it (status included), or None when gone."""
+        self.is_leader = is_leader
+        self.batch_seconds = batch_seconds
+        self.concurrency = concurrency
+        self.pending: dict[ObjectRef, Desired] = {}
+        self.desired: dict[ObjectRef, Desired] = {}
+        """The latest verdict for every object: re-checked on becoming leader."""
+        self.skipped = 0
+        self._written: dict[ObjectRef, tuple[Desired, str | None]] = {}
+        """What we wrote last, and the object's resourceVersion when we wrote it: until the watch
+        shows a newer version, the cached object predates our write and must not trigger it again."""
+        self._wake = asyncio.Event()
+        self._backoff = Backoff(initial=1.0, cap=30.0)
+
+    def submit(self, statuses: Iterable[ResourceStatus], snapshot: SourceSnapshot) -> None:
+        """Queue the verdicts of one run (replacing older ones). Never blocks."""
+        self.desired = desired_statuses(statuses, snapshot)
+        self.pending = dict(self.desired)
+        for ref in [r for r in self._written if r not in self.desired]:
+            del self._written[ref]
+        self._wake.set()
+
+    def leadership_changed(self, leader: bool) -> None:
+        if leader:
+            self.pending = dict(self.desired)
+            self._written.clear()
+            self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            await self._wake.wait()
+            await asyncio.sleep(self.batch_seconds)
+            self._wake.clear()
+            if not self.is_leader():
+                continue  # kept pending: written if this replica becomes leader
+            batch, self.pending = self.pending, {}
+            failed = await self._write_all(batch)
+            if failed:
+                for ref, desired in failed.items():
+                    self.pending.setdefault(ref, desired)  # unless a newer verdict came meanwhile
+                delay = self._backoff.next()
+                log.warning(
+                    "status writes failed; retrying", extra={"failed": len(failed), "retry_seconds": delay}
+                )
+                await asyncio.sleep(delay)
+                self._wake.set()
+            else:
+                self._backoff.reset()
+
+    async def _write_all(self, batch: dict[ObjectRef, Desired]) -> dict[ObjectRef, Desired]:
+        failed: dict[ObjectRef, Desired] = {}
+        limit = asyncio.Semaphore(self.concurrency)
+
+        async def one(ref: ObjectRef, desired: Desired) -> None:
+            async with limit:
+                try:
+                    await self._write(ref, desired)
+                except ApiError as exc:
+                    if exc.code in (404, 409):  # gone, or replaced by a new object: a new run follows
+                        log.info("status not written", extra={"resource": "/".join(ref), "error": str(exc)})
+                        return
+                    failed[ref] = desired
+                except KubeError:
+                    failed[ref] = desired
+
+        await asyncio.gather(*(one(ref, desired) for ref, desired in batch.items()))
+        return failed
+
+    async def _write(self, ref: ObjectRef, desired: Desired) -> None:
+        kind, namespace, name = ref
+        observed = self.observe(kind, namespace, name)
+        if observed is None:
+            return
+        metadata = observed.get("metadata") or {}
+        if desired.uid is not None and metadata.get("uid") != desired.uid:
+            return  # the verdict is about an object that no longer exists
+        version = metadata.get("resourceVersion")
+        status = observed.get("status") if isinstance(observed.get("status"), dict) else {}
+        conditions = [c for c in (status or {}).get("conditions") or () if isinstance(c, dict)]
+        current = next((c for c in conditions if c.get("type") == CONDITION), None)
+        written = self._written.get(ref)
+        if desired.matches(current) or (written is not None and written == (desired, version)):
+            self.skipped += 1
+            return
+        keep_time = current is not None and current.get("status") == ("True" if desired.accepted else "False")
+        condition = {
+            "type": CONDITION,
+            "status": "True" if desired.accepted else "False",
+            "reason": "Accepted" if desired.accepted else "Rejected",
+            "message": desired.message,
+            "observedGeneration": desired.generation,
+            "lastTransitionTime": current.get("lastTransitionTime") if keep_time and current else _now(),
+        }
+        others = [c for c in conditions if c.get("type") != CONDITION]
+        patch: dict[str, Any] = {"status": {"conditions": [*others, condition]}}
+        if desired.uid is not None:
+            patch["metadata"] = {"uid": desired.uid}
+        await self.client.request(
+            "PATCH",
+            KINDS[kind].path(namespace, name, "status"),
+            body=patch,
+            content_type="application/merge-patch+json",
+        )
+        self._written[ref] = (desired, version)

@@ -1,0 +1,287 @@
+"""The controller's HTTP API and diagnostics page (FastAPI, served by uvicorn on `--http-listen`).
+
+Probes: `/healthz`, `/readyz`, `/metrics`. JSON of every pipeline stage: `/api/status`,
+`/api/resources` (statuses, with the validated resources), `/api/ir`, `/api/envoy`,
+`/api/feeds`, and of the connected Envoys: `/api/envoys`. The page at `/` (legation.controller.serving.page).
+
+Everything derived from one `Stages` is computed on first request and kept until the pipeline
+publishes new stages, so polling the page or the API with 1k Mappings costs a dict lookup; only
+the small parts that change without a new run (Envoy sync state, history) are built each time.
+
+Secrets never leave: TLS private keys are redacted from the IR and from Envoy's Secret
+resources, and Secret resources show their keys but no values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar, cast
+
+from fastapi import FastAPI, Query
+from fastapi.responses import HTMLResponse, PlainTextResponse, Response
+from google.protobuf import json_format
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from pydantic import BaseModel
+
+from legation.api.v1alpha1.resources import Secret
+from legation.controller.compiler.ir import TlsSecret
+from legation.controller.serving import page
+from legation.core.errors import format_path
+from legation.core.feed_version import feed_version
+
+if TYPE_CHECKING:
+    from legation.controller.serving.pipeline import ControllerState, Stages
+    from legation.controller.translate.feeds import Feed
+    from legation.controller.xds.server import XdsServer
+
+__all__ = ["REDACTED", "create_app", "to_json"]
+
+REDACTED = "[redacted]"
+_REDACTED_FIELDS = {(TlsSecret, "private_key")}
+"""(dataclass, field) pairs whose values never appear in a dump."""
+_PROTO_SECRET_KEYS = frozenset({"private_key"})
+"""Proto fields (any message, any depth) whose values never appear in a dump: a TLS key may sit
+in an SDS Secret or inline in a listener's transport socket."""
+
+T = TypeVar("T")
+
+
+def create_app(state: ControllerState, xds: XdsServer, feeds: Mapping[str, Feed] | None = None) -> FastAPI:
+    """The API and page over `state` (read on every request, so new stages show at once)."""
+    app = FastAPI(title="Legation controller", docs_url=None, redoc_url=None)
+    views = _Views()
+
+    def ready_stages() -> Stages | Response:
+        return state.stages if state.stages is not None else _not_ready(state)
+
+    def stage_json(name: str, make: Callable[[Stages], bytes]) -> Response:
+        stages = ready_stages()
+        if isinstance(stages, Response):
+            return stages
+        return _json_bytes(views.get(stages, name, make))
+
+    @app.get("/healthz", response_class=PlainTextResponse)
+    async def healthz() -> str:
+        return "ok\n"
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        return _json({"ready": True}) if state.ready else _not_ready(state)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/api/status")
+    async def status() -> Response:
+        return _json(_status(state, xds))
+
+    @app.get("/api/resources")
+    async def resources(
+        kind: str | None = None, state_filter: Annotated[str | None, Query(alias="state")] = None
+    ) -> Response:
+        stages = ready_stages()
+        if isinstance(stages, Response):
+            return stages
+        found = views.get(stages, "resources", _resources)
+        if kind is None and state_filter is None:
+            return _json_bytes(views.get(stages, "resources.json", lambda s: _dumps(found)))
+        items = [
+            r
+            for r in found["resources"]
+            if (kind is None or r["kind"].lower() == kind.lower())
+            and (state_filter is None or r["state"].lower() == state_filter.lower())
+        ]
+        return _json({**found, "resources": items})
+
+    @app.get("/api/ir")
+    async def ir() -> Response:
+        return stage_json("ir", lambda s: _dumps({"version": s.envoy.version, "ir": to_json(s.result.ir)}))
+
+    @app.get("/api/envoy")
+    async def envoy() -> Response:
+        return stage_json("envoy", lambda s: _dumps(envoy_json(s), sort_keys=True))
+
+    @app.get("/api/feeds")
+    async def feeds_json() -> Response:
+        if feeds is not None:
+            return _json({name: _feed_json(feed) for name, feed in sorted(feeds.items())})
+        return stage_json("feeds", lambda s: _dumps(_stage_feeds(s)))
+
+    @app.get("/api/envoys")
+    async def envoys() -> Response:
+        return _json(xds.status())
+
+    @app.get("/", response_class=HTMLResponse)
+    async def index() -> str:
+        stages = state.stages
+        sections = views.get(stages, "page", page.stage_sections) if stages is not None else None
+        return page.render(state, xds, sections)
+
+    if feeds is not None:
+        from legation.controller.translate.feeds import feed_router  # the feed module serves its own routes
+
+        app.include_router(feed_router(feeds))
+    return app
+
+
+class _Views:
+    """Values derived from one `Stages`, made on first use, dropped when the stages change."""
+
+    def __init__(self) -> None:
+        self._stages: Stages | None = None
+        self._made: dict[str, Any] = {}
+
+    def get(self, stages: Stages, name: str, make: Callable[[Stages], T]) -> T:
+        if stages is not self._stages:
+            self._stages, self._made = stages, {}
+        if name not in self._made:
+            self._made[name] = make(stages)
+        return cast(T, self._made[name])
+
+
+# --- JSON of the stages ------------------------------------------------------------------------
+
+
+def to_json(value: Any) -> Any:
+    """Plain JSON data from IR values: dataclasses → dicts (in field order, redacted fields
+    replaced), pydantic models → their JSON dump by alias, tuples → lists."""
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json", by_alias=True)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        kind = type(value)
+        return {
+            f.name: REDACTED if (kind, f.name) in _REDACTED_FIELDS else to_json(getattr(value, f.name))
+            for f in dataclasses.fields(value)
+        }
+    if isinstance(value, tuple) and hasattr(value, "_asdict"):  # NamedTuple, e.g. ResourceId
+        return {k: to_json(v) for k, v in value._asdict().items()}
+    if isinstance(value, list | tuple):
+        return [to_json(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): to_json(v) for k, v in value.items()}
+    return value
+
+
+def envoy_json(stages: Stages) -> dict[str, Any]:
+    """The Envoy snapshot: version, then resources by type URL and name, keys redacted."""
+    snapshot = stages.envoy
+    return {
+        "version": snapshot.version,
+        "resources": {
+            type_url: {
+                name: _redact_proto(json_format.MessageToDict(message, preserving_proto_field_name=True))
+                for name, message in sorted(by_name.items())
+            }
+            for type_url, by_name in sorted(snapshot.resources.items())
+        },
+    }
+
+
+def _redact_proto(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: REDACTED if k in _PROTO_SECRET_KEYS else _redact_proto(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redact_proto(v) for v in value]
+    return value
+
+
+def _resources(stages: Stages) -> dict[str, Any]:
+    """Every input's status (with the resource as validated, when it was valid on its own) and
+    every input that gave no resources at all."""
+    by_origin = dict(stages.resources)
+    return {
+        "version": stages.source.version,
+        "resources": [
+            {
+                "kind": s.id.kind,
+                "namespace": s.id.namespace,
+                "name": s.id.name,
+                "origin": {"file": s.origin.file, "line": s.origin.line, "index": s.origin.index},
+                "where": str(s.origin),
+                "state": s.state,
+                "problems": [{"path": format_path(p.path), "reason": p.reason} for p in s.problems],
+                "resource": _resource_json(by_origin.get(s.origin)),
+            }
+            for s in stages.statuses
+        ],
+        "file_errors": [
+            {"file": e.file, "line": e.line, "path": format_path(e.path), "reason": e.reason}
+            for e in stages.file_errors
+        ],
+    }
+
+
+def _resource_json(resource: BaseModel | None) -> Any:
+    if resource is None:
+        return None
+    data = resource.model_dump(mode="json", by_alias=True, exclude_none=True)
+    if isinstance(resource, Secret):
+        for key in ("data", "stringData"):
+            data[key] = dict.fromkeys(data.get(key, {}), REDACTED)
+    return data
+
+
+def _stage_feeds(stages: Stages) -> dict[str, Any]:
+    texts = {"authz": stages.authz_feed, "ratelimit": stages.ratelimit_feed}
+    return {name: {"version": feed_version(text), "content": text} for name, text in texts.items()}
+
+
+def _feed_json(feed: Feed) -> dict[str, Any]:
+    current = feed.current()  # one read: version and content of the same publish
+    version, content = current if current is not None else (None, None)
+    return {"version": version, "content": content}
+
+
+def _status(state: ControllerState, xds: XdsServer) -> dict[str, Any]:
+    stages = state.stages
+    summary: dict[str, Any] = {
+        "ready": state.ready,
+        "source": state.source_description,
+        "started_at": state.started_at,
+        "last_error": state.last_error,
+        "history": [dataclasses.asdict(run) for run in state.history],
+        "envoys": {
+            "versions": xds.snapshots.versions(),
+            "nodes": len(xds.nodes()),
+            "nacks": len(xds.nacks),
+        },
+    }
+    if stages is not None:
+        rejected = len(stages.rejected)
+        summary |= {
+            "source_version": stages.source.version,
+            "envoy_version": stages.envoy.version,
+            "last_run": dataclasses.asdict(state.history[-1]) if state.history else None,
+            "counts": {
+                "resources": len(stages.statuses),
+                "accepted": len(stages.statuses) - rejected,
+                "rejected": rejected,
+                "file_errors": len(stages.file_errors),
+                "routes": len(stages.result.ir.routes),
+                "clusters": len(stages.result.ir.clusters),
+                "envoy_resources": {t: len(r) for t, r in sorted(stages.envoy.resources.items())},
+            },
+        }
+    return summary
+
+
+def _not_ready(state: ControllerState) -> Response:
+    reason = "no pipeline run has finished yet"
+    if state.last_error:
+        reason += f" (last run failed: {state.last_error})"
+    return _json({"ready": False, "reason": reason}, status_code=503)
+
+
+def _dumps(data: Any, *, sort_keys: bool = False) -> bytes:
+    return json.dumps(data, sort_keys=sort_keys, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def _json(data: Any, *, status_code: int = 200) -> Response:
+    return _json_bytes(_dumps(data), status_code=status_code)
+
+
+def _json_bytes(body: bytes, *, status_code: int = 200) -> Response:
+    return Response(body, status_code=status_code, media_type="application/json")

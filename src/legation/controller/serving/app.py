@@ -1,0 +1,258 @@
+"""`legation controller`: a source → the pipeline → ADS, the config feeds and the HTTP API.
+
+One event loop holds everything: the ADS server (grpc.aio) on `--xds-listen`, the HTTP API and
+page (uvicorn) on `--http-listen`, and the loop that turns each source snapshot into new stages.
+The pipeline runs in a worker thread so that a big compile never stalls the xDS streams.
+A run that fails (a bug, not bad input: bad input is rejected resource by resource) keeps the
+previous stages in force and is shown on the page.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import socket
+import sys
+from collections.abc import Callable, Iterator, Sequence
+
+import uvicorn
+from fastapi import FastAPI
+from prometheus_client import Gauge, Histogram
+
+from legation.controller.compiler.parse_cache import ParseCache
+from legation.controller.serving.api import create_app
+from legation.controller.serving.pipeline import ControllerState, Stages, build
+from legation.controller.sources import Source
+from legation.controller.sources.directory import DirectorySource
+from legation.controller.sources.merged import MergedSource
+from legation.controller.translate.envoy import EnvoyOptions
+from legation.controller.translate.feeds import Feed
+from legation.controller.xds.server import SERVICE, XdsServer
+from legation.core.grpc_runtime import Health, ServerSettings, run_server, split_host_port
+from legation.core.logs import setup_logging
+from legation.core.service_main import run_until_stopped
+
+__all__ = ["add_arguments", "run"]
+
+log = logging.getLogger("legation.controller")
+
+COMPILE_SECONDS = Histogram(
+    "legation_controller_compile_seconds",
+    "Time of one pipeline run (resources → IR → Envoy snapshot and feeds).",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+RESOURCES = Gauge("legation_controller_resources", "Resources in the latest run, by state.", ["state"])
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--source",
+        action="append",
+        metavar="DIR",
+        help="directory (or file) of YAML manifests, followed for changes; repeat to merge several",
+    )
+    source.add_argument("--kubernetes", action="store_true", help="read resources from the Kubernetes API")
+    parser.add_argument(
+        "--namespace", action="append", metavar="NS", help="with --kubernetes: only these namespaces"
+    )
+    kube = parser.add_argument_group("with --kubernetes")
+    kube.add_argument(
+        "--kubeconfig",
+        metavar="PATH",
+        help="kubeconfig file (default: KUBECONFIG, ~/.kube/config, then the pod's service account)",
+    )
+    kube.add_argument("--no-status", action="store_true", help="do not write status back to the objects")
+    kube.add_argument(
+        "--leader-elect",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="write status only while holding the Lease (default); --no-leader-elect: a single replica",
+    )
+    kube.add_argument("--lease-name", default="legation-controller", help="the coordination.k8s.io Lease")
+    kube.add_argument(
+        "--lease-namespace",
+        metavar="NS",
+        help="namespace of the Lease (default: the pod's own namespace, else legation-system)",
+    )
+    kube.add_argument("--lease-duration", type=float, default=15.0, metavar="SECONDS", help="lease duration")
+    kube.add_argument("--lease-renew", type=float, default=5.0, metavar="SECONDS", help="renew period")
+    parser.add_argument("--xds-listen", default="127.0.0.1:18000", metavar="HOST:PORT", help="ADS (gRPC)")
+    parser.add_argument(
+        "--http-listen", default="127.0.0.1:8877", metavar="HOST:PORT", help="HTTP API, page, feeds"
+    )
+    d = EnvoyOptions()
+    parser.add_argument(
+        "--envoy-listen-address", default=d.listen_address, help="address Envoy's listeners bind"
+    )
+    parser.add_argument("--envoy-http-port", type=int, default=d.http_port, help="Envoy's HTTP listener")
+    parser.add_argument("--envoy-https-port", type=int, default=d.https_port, help="Envoy's HTTPS listener")
+    parser.add_argument(
+        "--ratelimit-service",
+        default=d.ratelimit_service,
+        metavar="HOST:PORT",
+        help="the rate limit service Envoy calls; 'none' leaves the rate limit filter out",
+    )
+    parser.add_argument(
+        "--authz-service",
+        default=d.default_authz_service,
+        metavar="HOST:PORT",
+        help="the authz service Envoy calls when no AuthService resource is given",
+    )
+    parser.add_argument("--shutdown-grace", type=float, default=2.0, metavar="SECONDS")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+
+def run(args: argparse.Namespace) -> int:
+    setup_logging("controller", args.log_level)
+    if args.kubernetes:
+        from legation.controller.kubernetes.source import KubernetesOptions, KubernetesSource
+
+        if args.lease_renew <= 0 or args.lease_renew >= args.lease_duration:
+            print(
+                "legation controller: --lease-renew must be positive and below --lease-duration",
+                file=sys.stderr,
+            )
+            return 2
+        source: Source = KubernetesSource(
+            KubernetesOptions(
+                namespaces=tuple(args.namespace or ()),
+                kubeconfig=args.kubeconfig,
+                write_status=not args.no_status,
+                leader_elect=args.leader_elect,
+                lease_name=args.lease_name,
+                lease_namespace=args.lease_namespace,
+                lease_seconds=args.lease_duration,
+                renew_seconds=args.lease_renew,
+            )
+        )
+        description = "kubernetes " + (", ".join(args.namespace) if args.namespace else "(all namespaces)")
+    else:
+        dirs: Sequence[str] = args.source
+        sources = [DirectorySource(d) for d in dirs]
+        source = sources[0] if len(sources) == 1 else MergedSource(sources)
+        description = "directory " + ", ".join(dirs)
+    options = EnvoyOptions(
+        listen_address=args.envoy_listen_address,
+        http_port=args.envoy_http_port,
+        https_port=args.envoy_https_port,
+        ratelimit_service=None if args.ratelimit_service in (None, "", "none") else args.ratelimit_service,
+        default_authz_service=args.authz_service or None,
+    )
+    return run_until_stopped(
+        serve(
+            source,
+            options,
+            description=description,
+            xds_listen=args.xds_listen,
+            http_listen=args.http_listen,
+            grace=args.shutdown_grace,
+        )
+    )
+
+
+async def serve(
+    source: Source,
+    options: EnvoyOptions,
+    *,
+    description: str,
+    xds_listen: str,
+    http_listen: str,
+    grace: float = 2.0,
+) -> None:
+    state = ControllerState(source_description=description)
+    xds = XdsServer()
+    feeds = {"authz": Feed(), "ratelimit": Feed()}
+    http = _HttpServer(create_app(state, xds, feeds), http_listen)  # binds now: a taken port stops us
+    health = Health([SERVICE])
+    await health.set_component("pipeline", False)
+
+    async def drain() -> None:
+        for feed in feeds.values():  # end held long polls, or uvicorn waits for them
+            feed.close()
+        http.should_exit = True
+        await xds.close()
+
+    await run_server(
+        settings=ServerSettings(listen=xds_listen, grace=grace),
+        handlers=[xds.handler()],
+        health=health,
+        reflect=[SERVICE],
+        background=[
+            _follow(source, options, state, xds, feeds, health),
+            http.serve(sockets=[http.socket]),
+        ],
+        on_drain=drain,
+    )
+
+
+async def _follow(
+    source: Source,
+    options: EnvoyOptions,
+    state: ControllerState,
+    xds: XdsServer,
+    feeds: dict[str, Feed],
+    health: Health,
+) -> None:
+    cache = ParseCache()
+    # Sources that write verdicts back (Kubernetes status) take each run's statuses.
+    report: Callable[[Stages], None] | None = getattr(source, "report", None)
+    async for snapshot in source.snapshots():
+        try:
+            stages = await asyncio.to_thread(build, snapshot, options, parse=cache.parse)
+        except Exception as exc:
+            log.exception("pipeline run failed; the previous configuration stays in force")
+            state.last_error = f"{type(exc).__name__}: {exc}"
+            continue
+        cache.retain(snapshot.documents)  # forget deleted files' resources
+        xds.set_snapshot(stages.envoy)
+        feeds["authz"].publish(stages.authz_feed)
+        feeds["ratelimit"].publish(stages.ratelimit_feed)
+        state.record(stages)
+        if report is not None:
+            report(stages)
+        COMPILE_SECONDS.observe(stages.seconds)
+        rejected = stages.rejected
+        RESOURCES.labels("Accepted").set(len(stages.statuses) - len(rejected))
+        RESOURCES.labels("Rejected").set(len(rejected))
+        log.info(
+            "configuration compiled",
+            extra={
+                "source_version": snapshot.version,
+                "envoy_version": stages.envoy.version,
+                "resources": len(stages.statuses),
+                "rejected": len(rejected),
+                "routes": len(stages.result.ir.routes),
+                "seconds": round(stages.seconds, 4),
+            },
+        )
+        for status in rejected:
+            log.warning(
+                "resource rejected",
+                extra={"resource": str(status.id), "origin": str(status.origin), "reason": status.reason},
+            )
+        for error in stages.file_errors:
+            log.warning("input not read", extra={"error": str(error)})
+        if not health.ready():
+            await health.set_component("pipeline", True)
+            await health.publish()
+
+
+class _HttpServer(uvicorn.Server):
+    """uvicorn on a socket bound up front, without its own signal handling: the gRPC runtime
+    owns SIGTERM/SIGINT and stops this server through `should_exit`."""
+
+    def __init__(self, app: FastAPI, listen: str) -> None:
+        host, port = split_host_port(listen)
+        super().__init__(uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False))
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.socket = socket.socket(family, socket.SOCK_STREAM)
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.socket.bind((host, port))
+        self.socket.set_inheritable(True)
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield

@@ -1,0 +1,55 @@
+"""Where the controller's resources come from: one narrow interface, several sources.
+
+A source delivers *snapshots*: every raw document it currently holds, each with its origin, plus
+the problems that kept some input from being read at all (a file with a YAML syntax error). It
+neither validates nor compiles; `legation.api.v1alpha1.resources.parse_resource` and the compiler do, the
+same way for every source.
+
+Implementations: `legation.controller.sources.directory.DirectorySource` (a directory of YAML files,
+followed with watchfiles); the Kubernetes source implements the same Protocol, building one
+`Document` per object (origin such as `kubernetes:Mapping/ns/name`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from typing import Protocol
+
+from legation.core.errors import ConfigError
+from legation.core.yamlfile import Document
+
+__all__ = ["Source", "SourceSnapshot", "content_version"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class SourceSnapshot:
+    """Everything a source holds at one moment. Equal inputs give an equal snapshot."""
+
+    documents: tuple[Document, ...]
+    """Every document, in a stable order (by origin, then position). `Document.file` is the
+    origin: a file path, or an object reference for sources without files."""
+    errors: tuple[ConfigError, ...]
+    """Inputs that produced no documents because they could not be read or parsed; one error
+    per such input. The other inputs' documents are still in `documents`."""
+    origins: tuple[str, ...]
+    """Every input considered (files read, objects listed), including those with errors."""
+    version: str
+    """A digest of the inputs: changes exactly when some input's content changes."""
+
+
+class Source(Protocol):
+    """A stream of snapshots: the first as soon as the initial load is done, then one after each
+    change that alters the inputs (never two equal snapshots in a row). Iteration runs until
+    the consumer stops (closing the iterator or cancelling its task releases everything)."""
+
+    def snapshots(self) -> AsyncIterator[SourceSnapshot]: ...
+
+
+def content_version(inputs: Iterable[tuple[str, str]]) -> str:
+    """The version of a set of (origin, content) inputs, independent of their order."""
+    digest = hashlib.sha256()
+    for origin, content in sorted(inputs):
+        digest.update(f"{len(origin)}:{origin}{len(content)}:{content}".encode())
+    return digest.hexdigest()[:16]

@@ -1,0 +1,181 @@
+"""A directory of YAML manifests as a resource source, followed with watchfiles.
+
+Every `*.yaml` / `*.yml` under the root is read (recursively, in path order); a file may hold
+several documents. Hidden files and directories are skipped, which also skips editors' swap
+files and Kubernetes ConfigMap mounts' `..data` internals (their visible links are read).
+
+Changes are debounced: watchfiles reports a batch once the tree has been quiet for `quiet_ms`,
+then the whole tree is re-read, so an editor's write-to-temp-and-rename (or a `kubectl cp`)
+yields one snapshot with the complete new file. A file that vanishes between listing and reading
+is simply absent from that snapshot. Parsed files are cached by content, so a re-read costs a
+read per file and a parse per changed file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import watchfiles
+
+from legation.controller.sources import SourceSnapshot, content_version
+from legation.core.errors import ConfigError
+from legation.core.yamlfile import Document, load_documents
+
+__all__ = ["DirectorySource"]
+
+log = logging.getLogger("legation.controller.source")
+
+_SUFFIXES = (".yaml", ".yml")
+
+
+class DirectorySource:
+    """Manifests from `root` (a directory, or a single file), and their changes."""
+
+    def __init__(
+        self, root: str | Path, *, quiet_ms: int = 50, max_batch_ms: int = 1000, retry_seconds: float = 1.0
+    ) -> None:
+        self.root = Path(root)
+        self.quiet_ms = quiet_ms
+        """A change batch is reported once nothing has changed for this long."""
+        self.max_batch_ms = max_batch_ms
+        """A batch is reported after this long even if changes keep coming."""
+        self.retry_seconds = retry_seconds
+        """How often a missing root is looked for again."""
+        self._parsed: dict[str, tuple[str, list[Document] | ConfigError]] = {}
+
+    def load(self) -> SourceSnapshot:
+        """Read the tree once (blocking). Never raises for bad input: problems are in `errors`."""
+        if not self.root.exists():
+            error = ConfigError(file=str(self.root), reason="no such file or directory")
+            return SourceSnapshot(
+                documents=(), errors=(error,), origins=(), version=content_version([("", str(error))])
+            )
+        documents: list[Document] = []
+        errors: list[ConfigError] = []
+        inputs: list[tuple[str, str]] = []
+        parsed: dict[str, tuple[str, list[Document] | ConfigError]] = {}
+        for path in _yaml_files(self.root):
+            name = str(path)
+            try:
+                text = path.read_text(encoding="utf-8")
+            except FileNotFoundError:
+                continue  # removed (or being renamed) while we read: the watch reports the rest
+            except (OSError, UnicodeDecodeError) as exc:
+                errors.append(ConfigError(file=name, reason=f"cannot read: {exc}"))
+                inputs.append((name, f"\0{exc}"))
+                continue
+            inputs.append((name, text))
+            parsed[name] = self._parse(name, text)
+            result = parsed[name][1]
+            if isinstance(result, ConfigError):
+                errors.append(result)
+            else:
+                documents.extend(result)
+        self._parsed = parsed
+        return SourceSnapshot(
+            documents=tuple(documents),
+            errors=tuple(errors),
+            origins=tuple(name for name, _ in inputs),
+            version=content_version(inputs),
+        )
+
+    def _parse(self, name: str, text: str) -> tuple[str, list[Document] | ConfigError]:
+        cached = self._parsed.get(name)
+        if cached is not None and cached[0] == text:
+            return cached
+        try:
+            return text, load_documents(text, file=name)
+        except ConfigError as exc:
+            return text, exc
+
+    async def snapshots(self) -> AsyncIterator[SourceSnapshot]:
+        """The initial snapshot, then one per change of content (see `Source`)."""
+        changed = asyncio.Event()
+        watcher = asyncio.create_task(self._watch(changed), name=f"watch {self.root}")
+        await asyncio.sleep(0)  # the watch is registered before the first read: no change is missed
+        try:
+            snapshot = await asyncio.to_thread(self.load)
+            yield snapshot
+            while True:
+                await changed.wait()
+                changed.clear()
+                new = await asyncio.to_thread(self.load)
+                if new.version != snapshot.version:
+                    snapshot = new
+                    yield snapshot
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+
+    async def _watch(self, changed: asyncio.Event) -> None:
+        restarted = False
+        while True:
+            is_dir = self.root.is_dir()
+            target = self.root if is_dir else self.root.parent
+            if restarted:
+                # Runs once awatch has registered (its first step ends in a thread wait), so a
+                # change made while no watch was active is still read.
+                asyncio.get_running_loop().call_soon(changed.set)
+            restarted = True
+            changes = watchfiles.awatch(
+                target,
+                watch_filter=_DirectoryFilter(target) if is_dir else _FileFilter(self.root),
+                debounce=self.max_batch_ms,
+                step=self.quiet_ms,
+                recursive=is_dir,
+            )
+            try:
+                async with contextlib.aclosing(changes):
+                    async for _ in changes:
+                        changed.set()
+                        if self.root.is_dir() != is_dir:
+                            break  # the root appeared or went away: watch it the other way
+            except FileNotFoundError:
+                pass  # the root (or its parent) does not exist (yet)
+            except Exception:
+                log.exception("watching %s failed; retrying", self.root)
+            changed.set()  # the watch ended: the root was removed or replaced; re-read it
+            await asyncio.sleep(self.retry_seconds)
+
+
+class _DirectoryFilter:
+    """Changes that can alter the tree's YAML: anything not hidden (a directory rename or removal
+    affects the files in it), plus `..name` entries that ConfigMap mounts swap atomically."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+
+    def __call__(self, change: watchfiles.Change, path: str) -> bool:
+        try:
+            parts = Path(path).resolve().relative_to(self.root).parts
+        except ValueError:
+            return True
+        return not any(p.startswith(".") and not p.startswith("..") for p in parts)
+
+
+class _FileFilter:
+    """Changes of one file, watched through its directory (editors replace files by rename)."""
+
+    def __init__(self, file: Path) -> None:
+        self.file = file.resolve()
+
+    def __call__(self, change: watchfiles.Change, path: str) -> bool:
+        p = Path(path)
+        return p.name.startswith("..") or p.resolve() == self.file
+
+
+def _yaml_files(root: Path) -> list[Path]:
+    if not root.is_dir():
+        return [root]
+    found: list[Path] = []
+    for directory, subdirs, files in os.walk(root):
+        subdirs[:] = [d for d in subdirs if not d.startswith(".")]
+        base = Path(directory)
+        found.extend(base / f for f in files if f.endswith(_SUFFIXES) and not f.startswith("."))
+    return sorted(found)

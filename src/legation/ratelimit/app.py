@@ -1,0 +1,181 @@
+"""`legation ratelimit`: settings, wiring, config reload. The one place a backend is chosen."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import functools
+from dataclasses import dataclass
+
+from legation.core.grpc_runtime import Health, ServerSettings, run_server
+from legation.core.logs import setup_logging
+from legation.core.reload import ConfigVersion
+from legation.core.service_main import (
+    add_common_arguments,
+    add_config_arguments,
+    keep_config,
+    run_service,
+)
+from legation.ratelimit.backends import CounterBackend
+from legation.ratelimit.config import LoadedConfig, compile_rules, load_config, load_config_texts
+from legation.ratelimit.limiter import FailureMode, Limiter
+from legation.ratelimit.metrics import CONFIG_INFO, CONFIG_LOADS, Metrics
+from legation.ratelimit.server import SERVICE, RateLimitServicer
+
+__all__ = ["Settings", "add_arguments", "run"]
+
+
+CONFIG_COMPONENT = "legation.ratelimit.config"
+BACKEND_COMPONENT = "legation.ratelimit.backend"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    config: str | None = None
+    """Config file, or directory of *.yaml / *.yml files (one domain each)."""
+    config_url: str | None = None
+    """The controller's rate-limit feed, followed instead of `config`."""
+    listen: str = "127.0.0.1:8081"
+    """gRPC address."""
+    metrics_listen: str | None = None
+    """Operations HTTP address: /metrics, /healthz, /readyz."""
+    redis_url: str | None = None
+    """Redis for shared counters; None = in-memory (one process only)."""
+    failure_mode: FailureMode = "unavailable"
+    """When the backend cannot decide: gRPC UNAVAILABLE (Envoy's failure_mode_deny decides), allow or deny."""
+    backend_timeout: float = 0.05
+    """Seconds one decision may wait for the backend."""
+    response_headers: bool = False
+    """Add RateLimit-Limit/Remaining/Reset to response_headers_to_add."""
+    grace: float = 10.0
+    """Seconds in-flight calls get to finish on SIGTERM."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    d = Settings()
+    add_config_arguments(
+        parser,
+        file_help="config file or directory of *.yaml files (envoyproxy/ratelimit format)",
+        feed="ratelimit",
+    )
+    add_common_arguments(parser, listen=d.listen, grace=d.grace, what="config")
+    parser.add_argument(
+        "--redis-url",
+        metavar="URL",
+        help="redis://, rediss://, unix://, redis+sentinel://, redis+cluster://; none = in-memory",
+    )
+    parser.add_argument(
+        "--failure-mode",
+        choices=["unavailable", "allow", "deny"],
+        default=d.failure_mode,
+        help="answer when the backend fails: gRPC UNAVAILABLE (default; Envoy's failure_mode_deny "
+        "decides), OK, or OVER_LIMIT",
+    )
+    parser.add_argument(
+        "--backend-timeout",
+        type=float,
+        default=d.backend_timeout,
+        metavar="SECONDS",
+        help="longest wait for the backend per decision (default %(default)s)",
+    )
+    parser.add_argument(
+        "--response-headers",
+        action="store_true",
+        help="add RateLimit-Limit/-Remaining/-Reset headers to responses",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    setup_logging("ratelimit", args.log_level)
+    settings = Settings(
+        config=args.config,
+        config_url=args.config_url,
+        listen=args.listen,
+        metrics_listen=args.metrics_listen,
+        redis_url=args.redis_url,
+        failure_mode=args.failure_mode,
+        backend_timeout=args.backend_timeout,
+        response_headers=args.response_headers,
+        grace=args.shutdown_grace,
+    )
+    return run_service(
+        args,
+        load=load_config,
+        summary=lambda loaded: (
+            f"{len(loaded.domains)} domain(s) in {len(loaded.files)} file(s), version {loaded.version}"
+        ),
+        serve=functools.partial(serve, settings),
+    )
+
+
+def make_backend(settings: Settings) -> CounterBackend:
+    if settings.redis_url:
+        from legation.ratelimit.backends.redis import connect
+
+        return connect(settings.redis_url)
+    from legation.ratelimit.backends.memory import MemoryBackend
+
+    return MemoryBackend()
+
+
+def feed_config(source: str, version: str, content: str) -> LoadedConfig:
+    """The config in one version of the rate-limit feed; its version is the feed's, so that the
+    service reports the version the controller published."""
+    return dataclasses.replace(load_config_texts([(f"{source}@{version}", content)]), version=version)
+
+
+async def serve(settings: Settings, loaded: LoadedConfig | None) -> None:
+    """Serve `loaded`, following `settings.config`; or, with `loaded` None, start with no limits
+    (not ready) and follow `settings.config_url`."""
+    backend = make_backend(settings)
+    limiter = Limiter(
+        rules=loaded.rules if loaded is not None else compile_rules(()),
+        backend=backend,
+        timeout=settings.backend_timeout,
+        failure_mode=settings.failure_mode,
+        observer=Metrics(),
+    )
+    servicer = RateLimitServicer(limiter, response_headers=settings.response_headers)
+    health = Health([SERVICE])
+    await health.set_component(CONFIG_COMPONENT, loaded is not None)
+    source = {"files": list(loaded.files)} if loaded is not None else {"url": settings.config_url}
+    version = ConfigVersion(
+        what="config",
+        version=loaded.version if loaded is not None else None,
+        loads=CONFIG_LOADS,
+        info=CONFIG_INFO,
+        **source,
+    )
+
+    async def apply(new: LoadedConfig) -> None:
+        limiter.rules = new.rules
+
+    async def report_backend() -> None:
+        while True:
+            available = bool(getattr(backend, "available", True))
+            await health.set_component(BACKEND_COMPONENT, available, required=False)
+            await asyncio.sleep(1.0)
+
+    await run_server(
+        settings=ServerSettings(
+            listen=settings.listen, metrics_listen=settings.metrics_listen, grace=settings.grace
+        ),
+        handlers=[servicer.handler()],
+        health=health,
+        reflect=[SERVICE],
+        background=[
+            keep_config(
+                version,
+                health=health,
+                component=CONFIG_COMPONENT,
+                path=settings.config,
+                url=settings.config_url,
+                load_file=lambda: load_config(settings.config or ""),
+                load_feed=lambda v, content: feed_config(settings.config_url or "", v, content),
+                apply=apply,
+            ),
+            report_backend(),
+        ],
+        on_stop=backend.close,
+    )

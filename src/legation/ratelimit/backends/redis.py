@@ -1,0 +1,259 @@
+"""Counters in Redis: one Lua script, one round trip per decision, time from Redis itself.
+
+URLs: `redis://`, `rediss://` (TLS), `unix:///path.sock`, `redis+sentinel://h1:26379,h2:26379/name`
+(Sentinel; `rediss+sentinel://` for TLS to the master) and `redis+cluster://host:port` (Cluster;
+every key of one request carries the domain's hash tag, so a script never spans slots).
+
+Standalone and Sentinel use our pipelined connection (resp.py); Cluster uses redis-py, which
+knows slot maps and redirections. Errors of either stop here: callers only see BackendError.
+After a refused or reset connection the backend fails fast (no pile-up of calls waiting on a
+dead server) while a background probe pings with backoff; the first answer restores service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import ssl
+from collections.abc import Sequence
+from importlib import resources
+from typing import Any, Protocol
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from redis import exceptions as rexc
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
+from redis.backoff import NoBackoff
+
+from legation.ratelimit.backends import BackendError, Outcome
+from legation.ratelimit.backends.resp import ConnectionLost, Endpoint, PipelinedRedis, ReplyError
+
+__all__ = ["RedisBackend", "connect"]
+
+log = logging.getLogger("legation.ratelimit.redis")
+
+SCRIPT = resources.files("legation.ratelimit.backends").joinpath("window.lua").read_text()
+SCRIPT_SHA = hashlib.sha1(SCRIPT.encode()).hexdigest()
+
+
+class _Runner(Protocol):
+    """Runs the window script once. Raises ConnectionError/OSError when Redis is unreachable,
+    TimeoutError past the deadline, BackendError for anything else."""
+
+    async def run(self, keys: Sequence[str], args: Sequence[int], timeout: float) -> list[int]: ...
+
+    async def ping(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class RedisBackend:
+    def __init__(self, runner: _Runner, *, probe_interval: float = 0.1, probe_max: float = 1.0) -> None:
+        self._runner = runner
+        self._down = False
+        self._probe: asyncio.Task[None] | None = None
+        self._probe_interval = probe_interval
+        self._probe_max = probe_max
+
+    @property
+    def available(self) -> bool:
+        return not self._down
+
+    async def apply(
+        self, keys: Sequence[str], params: Sequence[int], checks: Sequence[int], *, timeout: float
+    ) -> Outcome:
+        if self._down:
+            raise BackendError("unavailable", "redis is unavailable")
+        # ARGV: the params as they are, then the checks with Lua's 1-based counter indexes.
+        args = list(params)
+        for j in range(0, len(checks), 3):
+            args += (checks[j] + 1, checks[j + 1], checks[j + 2])
+        try:
+            reply = await self._runner.run(keys, args, timeout)
+        except TimeoutError as exc:
+            raise BackendError("timeout", f"redis did not answer within {timeout * 1000:.0f} ms") from exc
+        except (ConnectionError, OSError) as exc:
+            self._mark_down(exc)
+            raise BackendError("connection", f"redis connection failed: {exc}") from exc
+        return Outcome(int(reply[0]), reply[1] == 1, reply[2::2], reply[3::2])
+
+    def _mark_down(self, exc: BaseException) -> None:
+        if self._down:
+            return
+        self._down = True
+        log.warning("redis unavailable, failing fast until it answers again", extra={"error": str(exc)})
+        self._probe = asyncio.get_running_loop().create_task(self._recover())
+
+    async def _recover(self) -> None:
+        delay = self._probe_interval
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                async with asyncio.timeout(max(delay, 0.25)):
+                    await self._runner.ping()
+            except (TimeoutError, ConnectionError, OSError, BackendError):
+                delay = min(delay * 2, self._probe_max)
+                continue
+            self._down = False
+            log.info("redis is available again")
+            return
+
+    async def ping(self) -> None:
+        try:
+            await self._runner.ping()
+        except (ConnectionError, OSError) as exc:
+            raise BackendError("connection", f"redis ping failed: {exc}") from exc
+
+    async def close(self) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._probe
+        await self._runner.close()
+
+
+class _PipelinedRunner:
+    def __init__(self, conn: PipelinedRedis) -> None:
+        self._conn = conn
+
+    async def run(self, keys: Sequence[str], args: Sequence[int], timeout: float) -> list[int]:
+        async with asyncio.timeout(timeout):  # cancels only our wait: the reply is dropped in order
+            reply = await self._conn.call("EVALSHA", SCRIPT_SHA, len(keys), *keys, *args)
+            if isinstance(reply, ReplyError) and str(reply).startswith("NOSCRIPT"):
+                loaded = await self._conn.call("SCRIPT", "LOAD", SCRIPT)
+                if isinstance(loaded, ReplyError):
+                    raise BackendError("error", f"redis refused the script: {loaded}")
+                reply = await self._conn.call("EVALSHA", SCRIPT_SHA, len(keys), *keys, *args)
+        if isinstance(reply, ReplyError):
+            raise BackendError("error", f"redis error: {reply}")
+        return reply  # type: ignore[no-any-return]
+
+    async def ping(self) -> None:
+        reply = await self._conn.call("PING")
+        if isinstance(reply, ReplyError):
+            raise BackendError("error", f"redis error: {reply}")
+
+    async def close(self) -> None:
+        await self._conn.close()
+
+
+class _ClusterRunner:
+    """redis-py's RedisCluster: slot map, MOVED/ASK. Each call is a task abandoned at the
+    deadline, since redis-py does not always give up promptly when cancelled mid-read."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self._script = client.register_script(SCRIPT)
+
+    async def run(self, keys: Sequence[str], args: Sequence[int], timeout: float) -> list[int]:
+        call = asyncio.ensure_future(self._script(keys=list(keys), args=list(args)))
+        done, _ = await asyncio.wait((call,), timeout=timeout)
+        if not done:
+            call.cancel()
+            call.add_done_callback(_discard)
+            raise TimeoutError
+        try:
+            return call.result()  # type: ignore[no-any-return]
+        except rexc.TimeoutError as exc:
+            raise TimeoutError from exc
+        except rexc.ConnectionError as exc:
+            raise ConnectionLost(str(exc)) from exc
+        except rexc.RedisError as exc:
+            raise BackendError("error", f"redis error: {exc}") from exc
+
+    async def ping(self) -> None:
+        try:
+            await self._client.ping()
+        except rexc.RedisError as exc:
+            raise ConnectionLost(str(exc)) from exc
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self._client.aclose()
+
+
+def _discard(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # retrieved, so asyncio does not log "exception never retrieved"
+
+
+def connect(url: str, *, connect_timeout: float = 0.5) -> RedisBackend:
+    """Build a backend for `url` without connecting: the service starts even while Redis is down."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    if scheme in ("redis+cluster", "rediss+cluster"):
+        base = scheme.split("+")[0]
+        client = RedisCluster.from_url(
+            f"{base}://{parts.netloc}{parts.path}" + (f"?{parts.query}" if parts.query else ""),
+            socket_connect_timeout=connect_timeout,
+            socket_timeout=1.0,
+            retry=Retry(NoBackoff(), 0),
+        )
+        return RedisBackend(_ClusterRunner(client))
+    if scheme in ("redis+sentinel", "rediss+sentinel"):
+        resolve = _sentinel_resolver(parts, query, tls=scheme.startswith("rediss"), timeout=connect_timeout)
+    elif scheme in ("redis", "rediss", "unix"):
+        endpoint = _endpoint(parts, query, scheme)
+
+        async def resolve() -> Endpoint:
+            return endpoint
+    else:
+        raise ValueError(f"unsupported Redis URL scheme '{parts.scheme}' in {url!r}")
+    return RedisBackend(_PipelinedRunner(PipelinedRedis(resolve, connect_timeout=connect_timeout)))
+
+
+def _endpoint(parts: Any, query: dict[str, str], scheme: str) -> Endpoint:
+    username = unquote(parts.username) if parts.username else None
+    password = unquote(parts.password) if parts.password else query.get("password")
+    if scheme == "unix":
+        return Endpoint(path=parts.path, username=username, password=password, db=int(query.get("db", 0)))
+    path_db = parts.path.strip("/")
+    return Endpoint(
+        host=parts.hostname or "127.0.0.1",
+        port=parts.port or 6379,
+        tls=_tls_context(query) if scheme == "rediss" else None,
+        username=username,
+        password=password,
+        db=int(path_db or query.get("db", 0)),
+    )
+
+
+def _tls_context(query: dict[str, str]) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=query.get("ssl_ca_certs"))
+    if query.get("ssl_cert_reqs", "required").lower() in ("none", "optional"):
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    if "ssl_certfile" in query:
+        context.load_cert_chain(query["ssl_certfile"], query.get("ssl_keyfile"))
+    return context
+
+
+def _sentinel_resolver(parts: Any, query: dict[str, str], *, tls: bool, timeout: float) -> Any:
+    hosts = []
+    for item in parts.netloc.rsplit("@", 1)[-1].split(","):
+        if item:
+            host, _, port = item.rpartition(":")
+            hosts.append((host.strip("[]") or item, int(port or 26379)))
+    path = [p for p in parts.path.split("/") if p]
+    if not hosts or not path:
+        raise ValueError(
+            "sentinel URL needs hosts and a master name: redis+sentinel://h1:26379,h2:26379/mymaster"
+        )
+    name, db = path[0], int(path[1]) if len(path) > 1 else 0
+    password = unquote(parts.password) if parts.password else query.get("password")
+    sentinel = Sentinel(hosts, sentinel_kwargs={"socket_connect_timeout": timeout, "socket_timeout": timeout})
+
+    async def resolve() -> Endpoint:
+        try:
+            host, port = await sentinel.discover_master(name)
+        except rexc.RedisError as exc:
+            raise ConnectionLost(f"sentinel: {exc}") from exc
+        return Endpoint(
+            host=host, port=int(port), tls=_tls_context(query) if tls else None, password=password, db=db
+        )
+
+    return resolve
