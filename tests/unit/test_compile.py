@@ -15,7 +15,8 @@ from legation.api.v1alpha1.resources import AuthService, Host, JWTPolicy, Mappin
 from legation.controller.compiler.compile import DOMAIN, MAPPING_KEY, cluster_name, compile
 from legation.controller.compiler.ir import CompileResult, DescriptorEntry, Origin, Route
 from legation.core.yamlfile import load_documents
-from legation.ratelimit.config import DomainConfig, load_config_texts
+from legation.api.ratelimit import DomainConfig
+from legation.ratelimit.config import load_config_texts
 
 API = "legation.dev/v1alpha1"
 

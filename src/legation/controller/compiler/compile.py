@@ -51,6 +51,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from legation.api.ratelimit import Descriptor, DomainConfig, RateLimit
 from legation.api.v1alpha1.fields import Upstream, parse_service
 from legation.api.v1alpha1.ratelimit_annotation import (
     ANNOTATION,
@@ -86,7 +87,6 @@ from legation.controller.compiler.ir import (
     RouteMatch,
     TlsSecret,
 )
-from legation.ratelimit.config import Descriptor, DomainConfig, RateLimit
 
 __all__ = [
     "DOMAIN",

@@ -11,11 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from legation.api.ratelimit import DomainConfig
 from legation.api.v1alpha1.jwtpolicy import JWTPolicy
 from legation.api.v1alpha1.ratelimit_annotation import RateLimitRule
 from legation.api.v1alpha1.resources import AuthServiceSpec, Cors, ResourceId, Retries
 from legation.core.yamlfile import Document
-from legation.ratelimit.config import DomainConfig
 
 __all__ = [
     "IR",

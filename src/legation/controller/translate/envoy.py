@@ -56,7 +56,7 @@ from legation.controller.translate.routes import (
     pack,
     route_configurations,
 )
-from legation.controller.xds.snapshot import CLUSTER, LISTENER, ROUTE, SECRET
+from legation.core.envoy_types import CLUSTER, LISTENER, ROUTE, SECRET
 
 __all__ = [
     "ACCESS_LOG_FORMAT",

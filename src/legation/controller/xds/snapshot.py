@@ -15,6 +15,17 @@ from types import MappingProxyType
 
 from google.protobuf.message import Message
 
+from legation.core.envoy_types import (
+    ADS_ORDER,
+    CLUSTER,
+    ENDPOINT,
+    LISTENER,
+    ROUTE,
+    SECRET,
+    TYPE_PREFIX,
+    WILDCARD_TYPES,
+)
+
 __all__ = [
     "ADS_ORDER",
     "CLUSTER",
@@ -27,20 +38,6 @@ __all__ = [
     "SnapshotStore",
     "content_version",
 ]
-
-_PREFIX = "type.googleapis.com/"
-CLUSTER = _PREFIX + "envoy.config.cluster.v3.Cluster"
-ENDPOINT = _PREFIX + "envoy.config.endpoint.v3.ClusterLoadAssignment"
-LISTENER = _PREFIX + "envoy.config.listener.v3.Listener"
-ROUTE = _PREFIX + "envoy.config.route.v3.RouteConfiguration"
-SECRET = _PREFIX + "envoy.extensions.transport_sockets.tls.v3.Secret"
-
-ADS_ORDER: tuple[str, ...] = (CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET)
-"""The order in which one snapshot change is pushed (Envoy's advice for ADS: clusters and their
-endpoints before the listeners that use them, route configurations after their listeners)."""
-
-WILDCARD_TYPES = frozenset({CLUSTER, LISTENER})
-"""Types Envoy subscribes to as a whole; the others are sent only by requested name."""
 
 _NAME_FIELD = {ENDPOINT: "cluster_name"}
 
@@ -174,7 +171,7 @@ def _encode_all(resources: Mapping[str, Mapping[str, Message]]) -> dict[str, dic
 
 def _encode(type_url: str, name: str, message: Message) -> bytes:
     full_name = message.DESCRIPTOR.full_name
-    if type_url != _PREFIX + full_name:
+    if type_url != TYPE_PREFIX + full_name:
         raise ValueError(f"resource {name!r} is a {full_name}, not a {type_url}")
     own = getattr(message, _NAME_FIELD.get(type_url, "name"), None)
     if own != name:
