@@ -511,7 +511,7 @@ def test_validate_reports_every_problem(tmp_path: Path) -> None:
     assert done.stdout.splitlines() == [
         f"{root}/broken.yaml:2: invalid YAML: while parsing a flow node expected the node content, but found '<stream end>'",
         f"{root}/team-catalog/more.yaml:3: Mapping team-catalog/catalog-canary: metadata.name: duplicate Mapping team-catalog/catalog-canary (also in {root}/team-catalog/catalog.yml:5)",
-        f"{root}/team-catalog/more.yaml:8: Mapping team-catalog/catalog-canary: spec.timeot: unknown key",
+        f"{root}/team-catalog/more.yaml:8: Mapping team-catalog/catalog-canary: spec.timeot: unknown key (did you mean 'timeout'?)",
         f"{root}/team-orders/host.yaml:5: Host team-orders/api: spec.tlsSecret.name: no Secret 'api-tls' in namespace team-orders",
     ]
     assert done.stderr == "4 problem(s)\n"
