@@ -13,6 +13,7 @@ from typing import Literal
 
 from controller.ratelimit_annotation import RateLimitRule
 from controller.resources import AuthServiceSpec, Cors, ResourceId, Retries
+from legation.errors import format_path
 from legation.yamlfile import Document
 from services.authz.resources import JWTPolicy
 from services.ratelimit.config import DomainConfig
@@ -63,6 +64,11 @@ class Problem:
 
     path: FieldPath
     reason: str
+    line: int | None = None
+    """1-based line of the field in its file (of its key, for a mapping entry); None when unknown."""
+
+    def __str__(self) -> str:
+        return f"{format_path(self.path)}: {self.reason}" if self.path else self.reason
 
 
 @dataclass(frozen=True)
