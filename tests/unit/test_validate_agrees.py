@@ -3,9 +3,13 @@
 
 from __future__ import annotations
 
+import logging
 import textwrap
 from pathlib import Path
 
+import pytest
+
+from controller.app import _log_problems
 from controller.envoy import EnvoyOptions
 from controller.pipeline import Stages, build, status_errors
 from controller.sources.directory import DirectorySource
@@ -121,3 +125,14 @@ def test_a_broken_file_is_a_problem_for_validate(tmp_path: Path) -> None:
     (line,) = validate_lines(root)
     assert line.startswith(f"{root}/hello.yaml:") and "invalid YAML" in line
     assert validate_snapshot(DirectorySource(root).load()).resources == ()
+
+
+def test_the_controller_log_gives_the_same_line_and_field_path(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = tree(tmp_path, hello=TYPO)
+    with caplog.at_level(logging.WARNING, logger="legation.controller"):
+        _log_problems(stages_of(root))
+    (record,) = [r for r in caplog.records if r.getMessage() == "resource rejected"]
+    assert (record.where, record.path) == (f"{root}/hello.yaml:8", "spec.prefx")  # type: ignore[attr-defined]
+    assert record.error == validate_lines(root)[0]  # type: ignore[attr-defined]
