@@ -64,6 +64,7 @@ from controller.ir import (
     Origin,
     Problem,
     RateLimitIR,
+    Rejected,
     ResourceStatus,
     Route,
     RouteMatch,
@@ -152,13 +153,13 @@ class _Accepted:
 
 
 def compile(
-    resources: Sequence[tuple[Origin, Resource]], rejected: dict[ResourceId, str] | None = None
+    resources: Sequence[tuple[Origin, Resource]], rejected: dict[ResourceId, Rejected] | None = None
 ) -> CompileResult:
     """Compile resources (each with its origin) into statuses, IR and feeds. Pure.
 
-    `rejected` names the inputs that were invalid on their own (id → why, with field paths):
-    they get no status here, but a reference to one says it is rejected and why, rather than
-    that it does not exist."""
+    `rejected` names the inputs that were invalid on their own: they get no status here, but a
+    reference to one says it is rejected and why, rather than that it does not exist, and one
+    that claims to be its namespace's default JWTPolicy fails that namespace closed."""
     with gc_paused():
         return _compile(resources, rejected or {})
 
@@ -192,7 +193,9 @@ def gc_paused() -> Iterator[None]:
                 gc.enable()
 
 
-def _compile(resources: Sequence[tuple[Origin, Resource]], rejected: dict[ResourceId, str]) -> CompileResult:
+def _compile(
+    resources: Sequence[tuple[Origin, Resource]], rejected: dict[ResourceId, Rejected]
+) -> CompileResult:
     entries = sorted(
         (_Entry(resource_id(r), origin, r) for origin, r in resources), key=lambda e: (e.id, e.origin)
     )
@@ -212,6 +215,8 @@ def _compile(resources: Sequence[tuple[Origin, Resource]], rejected: dict[Resour
         _check_secret(entry)
     secrets |= {rid: e for rid, e in stand_ins.items() if rid.kind == "Secret"}
     policies, defaults = _compile_policies(of_kind(JWTPolicy), secrets)
+    for rid in sorted(r for r, why in rejected.items() if why.namespace_default and r in stand_ins):
+        defaults.setdefault(rid.namespace, stand_ins[rid])
     auth_service = _compile_auth_service(of_kind(AuthService))
     hosts = _compile_hosts(of_kind(Host), secrets)
     upstreams: dict[tuple[Upstream, bool, CircuitBreakers | None], Cluster] = {}
@@ -254,14 +259,14 @@ def _compile(resources: Sequence[tuple[Origin, Resource]], rejected: dict[Resour
 
 
 def _stand_ins(
-    rejected: dict[ResourceId, str], current: dict[ResourceId, _Entry]
+    rejected: dict[ResourceId, Rejected], current: dict[ResourceId, _Entry]
 ) -> dict[ResourceId, _Entry]:
     """An already rejected entry (no resource, no status) per input that was invalid on its own
     and has no valid namesake, so that references to it find it and say why it is rejected."""
     stand_ins: dict[ResourceId, _Entry] = {}
-    for rid, reason in rejected.items():
+    for rid, why in rejected.items():
         if rid not in current:
-            stand_ins[rid] = _Entry(rid, Origin(file=""), None, [Problem((), reason)])
+            stand_ins[rid] = _Entry(rid, Origin(file=""), None, [Problem((), why.reason)])
     return stand_ins
 
 

@@ -29,6 +29,7 @@ __all__ = [
     "Origin",
     "Problem",
     "RateLimitIR",
+    "Rejected",
     "ResourceStatus",
     "Route",
     "RouteMatch",
@@ -69,6 +70,17 @@ class Problem:
 
     def __str__(self) -> str:
         return f"{format_path(self.path)}: {self.reason}" if self.path else self.reason
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """An input that was invalid on its own, as the resources that depend on it see it."""
+
+    reason: str
+    """Its problems, each with its field path."""
+    namespace_default: bool = False
+    """It claims `spec.namespaceDefault: true` (a JWTPolicy): its namespace's Mappings without
+    `auth` are rejected (fail closed) rather than served without it."""
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from controller.compile import compile, gc_paused
 from controller.envoy import EnvoyOptions, translate
 from controller.feed import authz_feed_text, ratelimit_feed_text
-from controller.ir import CompileResult, Origin, Problem, ResourceStatus
+from controller.ir import CompileResult, Origin, Problem, Rejected, ResourceStatus
 from controller.resources import Resource, ResourceError, ResourceId, parse_resource, raw_id
 from controller.snapshot import Snapshot
 from controller.sources import SourceSnapshot
@@ -66,14 +66,17 @@ def build(snapshot: SourceSnapshot, options: EnvoyOptions, *, parse: Parser = pa
 def _build(snapshot: SourceSnapshot, options: EnvoyOptions, parse: Parser) -> Stages:
     resources: list[tuple[Origin, Resource]] = []
     invalid: list[ResourceStatus] = []
+    rejected: dict[ResourceId, Rejected] = {}
     for doc in snapshot.documents:
         parsed = parse(doc)
         origin = Origin.of(doc)
         if isinstance(parsed, list):
-            invalid.append(_invalid_status(doc, origin, parsed))
+            invalid.append(status := _invalid_status(doc, origin, parsed))
+            if status.id.namespace:  # it names a resource others may depend on
+                rejected[status.id] = _rejected(status, doc)
         else:
             resources.append((origin, parsed))
-    result = compile(resources, _reasons(invalid))
+    result = compile(resources, rejected)
     located = _locate(result.statuses, snapshot.documents)
     statuses = sorted((*located, *invalid), key=lambda s: (s.id, s.origin))
     return Stages(
@@ -99,9 +102,13 @@ def _invalid_status(doc: Document, origin: Origin, errors: list[ResourceError]) 
     )
 
 
-def _reasons(invalid: list[ResourceStatus]) -> dict[ResourceId, str]:
-    """Why each input invalid on its own is rejected, for the compiler to tell its dependents."""
-    return {s.id: "; ".join(str(p) for p in s.problems) for s in invalid if s.id.namespace}
+def _rejected(status: ResourceStatus, doc: Document) -> Rejected:
+    """What the compiler tells the dependents of an input invalid on its own."""
+    spec = doc.data.get("spec") if isinstance(doc.data, dict) else None
+    claims_default = (
+        status.id.kind == "JWTPolicy" and isinstance(spec, dict) and spec.get("namespaceDefault") is True
+    )
+    return Rejected("; ".join(str(p) for p in status.problems), namespace_default=claims_default)
 
 
 def _locate(statuses: Sequence[ResourceStatus], documents: Sequence[Document]) -> list[ResourceStatus]:

@@ -136,3 +136,16 @@ def test_the_controller_log_gives_the_same_line_and_field_path(
     (record,) = [r for r in caplog.records if r.getMessage() == "resource rejected"]
     assert (record.where, record.path) == (f"{root}/hello.yaml:8", "spec.prefx")  # type: ignore[attr-defined]
     assert record.error == validate_lines(root)[0]  # type: ignore[attr-defined]
+
+
+def test_an_invalid_namespace_default_policy_fails_its_namespace_closed(tmp_path: Path) -> None:
+    text = BAD_POLICY.replace("spec:\n  providers:", "spec:\n  namespaceDefault: true\n  providers:", 1)
+    root = tree(tmp_path, team=text.replace("  auth: {policy: x}\n", ""))
+    stages = stages_of(root)
+    assert stages.result.ir.routes == ()  # never served without its namespace's policy
+    mapping = [line for line in validate_lines(root) if "Mapping t/m" in line]
+    assert mapping == [
+        f"{root}/team.yaml:16: Mapping t/m: spec.auth: the namespace's default JWTPolicy t/x is rejected "
+        f"({mapping[0].split('is rejected (', 1)[1]}"
+    ]
+    assert "spec.providers[0].algorithms[0]" in mapping[0]
