@@ -13,6 +13,7 @@ from typing import Literal
 
 from controller.ratelimit_annotation import RateLimitRule
 from controller.resources import AuthServiceSpec, Cors, ResourceId, Retries
+from legation.errors import format_path
 from legation.yamlfile import Document
 from services.authz.resources import JWTPolicy
 from services.ratelimit.config import DomainConfig
@@ -28,6 +29,7 @@ __all__ = [
     "Origin",
     "Problem",
     "RateLimitIR",
+    "Rejected",
     "ResourceStatus",
     "Route",
     "RouteMatch",
@@ -63,6 +65,22 @@ class Problem:
 
     path: FieldPath
     reason: str
+    line: int | None = None
+    """1-based line of the field in its file (of its key, for a mapping entry); None when unknown."""
+
+    def __str__(self) -> str:
+        return f"{format_path(self.path)}: {self.reason}" if self.path else self.reason
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """An input that was invalid on its own, as the resources that depend on it see it."""
+
+    reason: str
+    """Its problems, each with its field path."""
+    namespace_default: bool = False
+    """It claims `spec.namespaceDefault: true` (a JWTPolicy): its namespace's Mappings without
+    `auth` are rejected (fail closed) rather than served without it."""
 
 
 @dataclass(frozen=True)
