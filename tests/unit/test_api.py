@@ -203,6 +203,7 @@ async def test_resources_show_every_status_with_field_paths_and_filters(client: 
     assert bad["origin"]["line"] == 1
     [problem] = bad["problems"]
     assert problem["path"] == "spec.regex"
+    assert (problem["line"], problem["where"][-10:]) == (5, "bad.yaml:5")  # the field's own line
     assert problem["reason"].startswith("invalid RE2 regex")
     assert bad["resource"] is None  # invalid on its own: there is no validated resource
     good = by_name["Mapping", "orders"]
@@ -437,7 +438,7 @@ async def test_page_shows_summary_rejected_resources_and_routes(
 
     rejected = section(page, "rejected")
     assert "Mapping team-orders/lookbehind" in rejected
-    assert "bad.yaml:1" in rejected
+    assert "bad.yaml:5" in rejected  # the line of spec.regex, as `legation validate` says
     assert "spec.regex" in rejected
     assert "invalid RE2 regex" in rejected
 

@@ -102,7 +102,7 @@ CASES = {
     ),
     "unknown field": (
         spec(PROVIDER + "rules: [{public: true}]\nclaimToHeaders: {sub: x-user}"),
-        "p.yaml:10: spec.claimToHeaders: unknown key",
+        "p.yaml:10: spec.claimToHeaders: unknown key (did you mean 'claimsToHeaders'?)",
     ),
     "no rules": (spec(PROVIDER), "p.yaml:4: spec.rules: Field required"),
     "unknown method": (

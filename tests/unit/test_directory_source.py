@@ -208,17 +208,63 @@ async def test_changes_that_do_not_alter_content_give_no_snapshot(tmp_path: Path
         await assert_quiet(stream)
 
 
-async def test_a_broken_file_is_reported_and_recovers(tmp_path: Path) -> None:
+async def test_a_broken_file_is_reported_keeps_its_last_good_documents_and_recovers(tmp_path: Path) -> None:
     write(tmp_path / "a.yaml", mapping("a"))
     write(tmp_path / "b.yaml", mapping("b"))
+    b = str(tmp_path / "b.yaml")
     async with following(tmp_path) as stream:
         await next_snapshot(stream)
         write(tmp_path / "b.yaml", "kind: [\n")
         broken = await next_snapshot(stream)
-        assert names(broken) == ["a"] and [e.file for e in broken.errors] == [str(tmp_path / "b.yaml")]
-        write(tmp_path / "b.yaml", mapping("b"))
+        assert names(broken) == ["a", "b"] and [e.file for e in broken.errors] == [b]
+        assert broken.kept == (b,)
+        write(tmp_path / "b.yaml", mapping("b2"))
         fixed = await next_snapshot(stream)
-        assert names(fixed) == ["a", "b"] and fixed.errors == ()
+        assert names(fixed) == ["a", "b2"] and fixed.errors == () and fixed.kept == ()
+
+
+def prefixes(snapshot: SourceSnapshot) -> list[str]:
+    return [d.data["spec"]["prefix"] for d in snapshot.documents]
+
+
+def test_last_good_version_is_served_until_the_file_parses_again(tmp_path: Path) -> None:
+    source = DirectorySource(tmp_path)
+    write(tmp_path / "a.yaml", mapping("a", "/v1/") + "---\n" + mapping("a2", "/v1b/"))
+    assert prefixes(source.load()) == ["/v1/", "/v1b/"]
+    write(tmp_path / "a.yaml", mapping("a", "/v2/").replace("kind: Mapping", "  kind: Mapping"))
+    broken = source.load()
+    assert prefixes(broken) == ["/v1/", "/v1b/"] and broken.kept == (str(tmp_path / "a.yaml"),)
+    (error,) = broken.errors
+    assert error.file == str(tmp_path / "a.yaml") and "invalid YAML" in error.reason and error.line == 2
+    write(tmp_path / "a.yaml", mapping("a", "/v3/").replace("spec:", "spec: {"))  # broken otherwise
+    assert prefixes(source.load()) == ["/v1/", "/v1b/"]  # still the last *good* version
+    write(tmp_path / "a.yaml", mapping("a", "/v4/"))
+    assert prefixes(source.load()) == ["/v4/"]
+
+
+def test_a_file_broken_from_the_start_contributes_nothing(tmp_path: Path) -> None:
+    write(tmp_path / "a.yaml", mapping("a"))
+    write(tmp_path / "b.yaml", "kind: [\n")
+    first = DirectorySource(tmp_path).load()
+    assert (
+        names(first) == ["a"]
+        and first.kept == ()
+        and [e.file for e in first.errors] == [str(tmp_path / "b.yaml")]
+    )
+
+
+def test_a_deleted_broken_file_takes_its_last_good_documents_with_it(tmp_path: Path) -> None:
+    source = DirectorySource(tmp_path)
+    write(tmp_path / "a.yaml", mapping("a"))
+    write(tmp_path / "b.yaml", mapping("b"))
+    source.load()
+    write(tmp_path / "b.yaml", "kind: [\n")
+    assert names(source.load()) == ["a", "b"]
+    (tmp_path / "b.yaml").unlink()
+    gone = source.load()
+    assert (names(gone), gone.errors, gone.kept) == (["a"], (), ())
+    write(tmp_path / "b.yaml", "kind: [\n")  # back, broken: the old version is not resurrected
+    assert names(source.load()) == ["a"]
 
 
 async def test_root_created_later_and_removed(tmp_path: Path) -> None:

@@ -36,10 +36,14 @@ class ConfigError(LegationError):
     line: int | None = None
     path: tuple[str | int, ...] = field(default=())
 
+    @property
+    def where(self) -> str:
+        """`file:line`, or the file alone when the line is unknown."""
+        return f"{self.file}:{self.line}" if self.line is not None else self.file
+
     def __str__(self) -> str:
-        where = f"{self.file}:{self.line}" if self.line is not None else self.file
         field_path = format_path(self.path)
-        return f"{where}: {field_path}: {self.reason}" if field_path else f"{where}: {self.reason}"
+        return f"{self.where}: {field_path}: {self.reason}" if field_path else f"{self.where}: {self.reason}"
 
 
 class ConfigErrors(LegationError):

@@ -24,6 +24,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from legation.core.errors import ConfigError, ConfigErrors
+from legation.core.model_keys import did_you_mean
 
 __all__ = ["Document", "content_version", "load_documents", "read_config_files"]
 
@@ -196,7 +197,8 @@ class Document:
             return model.model_validate(self.data)
         except ValidationError as exc:
             for err in exc.errors():
-                errors.append(self.error(_clean_loc(err["loc"]), _message(err)))
+                path = _clean_loc(err["loc"])
+                errors.append(self.error(path, _message(err, model, path)))
             return None
 
 
@@ -210,9 +212,9 @@ def _clean_loc(loc: Sequence[Any]) -> tuple[str | int, ...]:
     )
 
 
-def _message(err: Any) -> str:
+def _message(err: Any, model: type[BaseModel], path: tuple[str | int, ...]) -> str:
     if err["type"] == "extra_forbidden":
-        return "unknown key"
+        return "unknown key" + did_you_mean(model, path)
     return str(err["msg"]).removeprefix("Value error, ")
 
 

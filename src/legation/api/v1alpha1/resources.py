@@ -517,7 +517,7 @@ class ResourceError(ConfigError):
     resource: ResourceId | None = None
 
     def __str__(self) -> str:
-        parts = [f"{self.file}:{self.line}" if self.line is not None else self.file]
+        parts = [self.where]
         if self.resource is not None:
             parts.append(str(self.resource))
         if self.path:

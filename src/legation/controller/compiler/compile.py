@@ -5,7 +5,8 @@ the order of its input (everything is sorted by kind, namespace and name, and ti
 origin). A resource that is wrong, or that loses a conflict, is Rejected with a reason and the
 path of the field at fault; it never affects the other resources, except the ones that depend on
 it, which fail closed (a Mapping whose JWTPolicy is rejected is rejected, never served without
-authorization).
+authorization), and say why that one is rejected (also when it was invalid on its own and never
+reached the compiler: `rejected`).
 
 Rules, in the order they are applied:
 
@@ -82,6 +83,7 @@ from legation.controller.compiler.ir import (
     Origin,
     Problem,
     RateLimitIR,
+    Rejected,
     ResourceStatus,
     Route,
     RouteMatch,
@@ -125,7 +127,8 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 class _Entry:
     id: ResourceId
     origin: Origin
-    resource: Resource
+    resource: Resource | None
+    """None for a stand-in of an input that was invalid on its own (see `_stand_ins`)."""
     problems: list[Problem] = field(default_factory=list)
 
     @functools.cached_property
@@ -154,10 +157,16 @@ class _Accepted:
     cluster: Cluster
 
 
-def compile(resources: Sequence[tuple[Origin, Resource]]) -> CompileResult:
-    """Compile resources (each with its origin) into statuses, IR and feeds. Pure."""
+def compile(
+    resources: Sequence[tuple[Origin, Resource]], rejected: dict[ResourceId, Rejected] | None = None
+) -> CompileResult:
+    """Compile resources (each with its origin) into statuses, IR and feeds. Pure.
+
+    `rejected` names the inputs that were invalid on their own: they get no status here, but a
+    reference to one says it is rejected and why, rather than that it does not exist, and one
+    that claims to be its namespace's default JWTPolicy fails that namespace closed."""
     with gc_paused():
-        return _compile(resources)
+        return _compile(resources, rejected or {})
 
 
 _gc_lock = threading.Lock()
@@ -189,7 +198,9 @@ def gc_paused() -> Iterator[None]:
                 gc.enable()
 
 
-def _compile(resources: Sequence[tuple[Origin, Resource]]) -> CompileResult:
+def _compile(
+    resources: Sequence[tuple[Origin, Resource]], rejected: dict[ResourceId, Rejected]
+) -> CompileResult:
     entries = sorted(
         (_Entry(resource_id(r), origin, r) for origin, r in resources), key=lambda e: (e.id, e.origin)
     )
@@ -198,14 +209,19 @@ def _compile(resources: Sequence[tuple[Origin, Resource]]) -> CompileResult:
         first = current.setdefault(entry.id, entry)
         if first is not entry:
             entry.reject(("metadata", "name"), f"duplicate {entry.id} (also in {first.origin})")
+    stand_ins = _stand_ins(rejected, current)
 
     def of_kind(kind: type[Any]) -> list[_Entry]:
         return [e for e in current.values() if isinstance(e.resource, kind)]
 
+    current |= stand_ins
     secrets = {e.id: e for e in of_kind(Secret)}
     for entry in secrets.values():
         _check_secret(entry)
+    secrets |= {rid: e for rid, e in stand_ins.items() if rid.kind == "Secret"}
     policies, defaults = _compile_policies(of_kind(JWTPolicy), secrets)
+    for rid in sorted(r for r, why in rejected.items() if why.namespace_default and r in stand_ins):
+        defaults.setdefault(rid.namespace, stand_ins[rid])
     auth_service = _compile_auth_service(of_kind(AuthService))
     hosts = _compile_hosts(of_kind(Host), secrets)
     upstreams: dict[tuple[Upstream, bool, CircuitBreakers | None], Cluster] = {}
@@ -247,11 +263,24 @@ def _compile(resources: Sequence[tuple[Origin, Resource]]) -> CompileResult:
     return CompileResult(statuses=statuses, ir=ir, policies=feed, ratelimit=(_domain(route_irs),))
 
 
+def _stand_ins(
+    rejected: dict[ResourceId, Rejected], current: dict[ResourceId, _Entry]
+) -> dict[ResourceId, _Entry]:
+    """An already rejected entry (no resource, no status) per input that was invalid on its own
+    and has no valid namesake, so that references to it find it and say why it is rejected."""
+    stand_ins: dict[ResourceId, _Entry] = {}
+    for rid, why in rejected.items():
+        if rid not in current:
+            stand_ins[rid] = _Entry(rid, Origin(file=""), None, [Problem((), why.reason)])
+    return stand_ins
+
+
 # --- age ---------------------------------------------------------------------------------------
 
 
 def _age(entry: _Entry) -> tuple[int, float, str, str]:
     """Sort key: oldest first (see the module docstring)."""
+    assert entry.resource is not None  # stand-ins are never sorted by age
     meta: BaseModel = entry.resource.metadata
     stamp = getattr(meta, "creation_timestamp", None) or (meta.model_extra or {}).get("creationTimestamp")
     seconds = _parse_timestamp(stamp) if isinstance(stamp, str) else None
@@ -396,7 +425,8 @@ def _tls_secrets(hosts: Iterable[HostIR], secrets: dict[ResourceId, _Entry]) -> 
 
 
 def _reason(entry: _Entry) -> str:
-    return "; ".join(p.reason for p in entry.problems)
+    """Why `entry` is rejected, each problem with its field path (for those that depend on it)."""
+    return "; ".join(str(p) for p in entry.problems)
 
 
 # --- mappings and routes -----------------------------------------------------------------------

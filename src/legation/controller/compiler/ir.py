@@ -15,6 +15,7 @@ from legation.api.ratelimit import DomainConfig
 from legation.api.v1alpha1.jwtpolicy import JWTPolicy
 from legation.api.v1alpha1.ratelimit_annotation import RateLimitRule
 from legation.api.v1alpha1.resources import AuthServiceSpec, Cors, ResourceId, Retries
+from legation.core.errors import format_path
 from legation.core.yamlfile import Document
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "Origin",
     "Problem",
     "RateLimitIR",
+    "Rejected",
     "ResourceStatus",
     "Route",
     "RouteMatch",
@@ -63,6 +65,22 @@ class Problem:
 
     path: FieldPath
     reason: str
+    line: int | None = None
+    """1-based line of the field in its file (of its key, for a mapping entry); None when unknown."""
+
+    def __str__(self) -> str:
+        return f"{format_path(self.path)}: {self.reason}" if self.path else self.reason
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """An input that was invalid on its own, as the resources that depend on it see it."""
+
+    reason: str
+    """Its problems, each with its field path."""
+    namespace_default: bool = False
+    """It claims `spec.namespaceDefault: true` (a JWTPolicy): its namespace's Mappings without
+    `auth` are rejected (fail closed) rather than served without it."""
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from pydantic import BaseModel
 from legation.api.v1alpha1.resources import Secret
 from legation.controller.compiler.ir import TlsSecret
 from legation.controller.serving import page
+from legation.controller.serving.pipeline import status_errors
 from legation.core.errors import format_path
 from legation.core.feed_version import feed_version
 
@@ -192,6 +193,7 @@ def _resources(stages: Stages) -> dict[str, Any]:
     """Every input's status (with the resource as validated, when it was valid on its own) and
     every input that gave no resources at all."""
     by_origin = dict(stages.resources)
+    kept = set(stages.source.kept)
     return {
         "version": stages.source.version,
         "resources": [
@@ -202,13 +204,23 @@ def _resources(stages: Stages) -> dict[str, Any]:
                 "origin": {"file": s.origin.file, "line": s.origin.line, "index": s.origin.index},
                 "where": str(s.origin),
                 "state": s.state,
-                "problems": [{"path": format_path(p.path), "reason": p.reason} for p in s.problems],
+                "problems": [
+                    {"path": format_path(e.path), "line": e.line, "where": e.where, "reason": e.reason}
+                    for e in status_errors(s)
+                ],
                 "resource": _resource_json(by_origin.get(s.origin)),
             }
             for s in stages.statuses
         ],
         "file_errors": [
-            {"file": e.file, "line": e.line, "path": format_path(e.path), "reason": e.reason}
+            {
+                "file": e.file,
+                "line": e.line,
+                "where": e.where,
+                "path": format_path(e.path),
+                "reason": e.reason,
+                "last_good_kept": e.file in kept,
+            }
             for e in stages.file_errors
         ],
     }

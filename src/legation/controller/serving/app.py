@@ -23,13 +23,14 @@ from prometheus_client import Gauge, Histogram
 
 from legation.controller.compiler.parse_cache import ParseCache
 from legation.controller.serving.api import create_app
-from legation.controller.serving.pipeline import ControllerState, Stages, build
+from legation.controller.serving.pipeline import ControllerState, Stages, build, status_errors
 from legation.controller.sources import Source
 from legation.controller.sources.directory import DirectorySource
 from legation.controller.sources.merged import MergedSource
 from legation.controller.translate.envoy import EnvoyOptions
 from legation.controller.translate.feeds import Feed
 from legation.controller.xds.server import SERVICE, XdsServer
+from legation.core.errors import format_path
 from legation.core.grpc_runtime import Health, ServerSettings, run_server, split_host_port
 from legation.core.logs import setup_logging
 from legation.core.service_main import run_until_stopped
@@ -228,16 +229,32 @@ async def _follow(
                 "seconds": round(stages.seconds, 4),
             },
         )
-        for status in rejected:
-            log.warning(
-                "resource rejected",
-                extra={"resource": str(status.id), "origin": str(status.origin), "reason": status.reason},
-            )
-        for error in stages.file_errors:
-            log.warning("input not read", extra={"error": str(error)})
+        _log_problems(stages)
         if not health.ready():
             await health.set_component("pipeline", True)
             await health.publish()
+
+
+def _log_problems(stages: Stages) -> None:
+    """One line per problem, with the same `file:line` and field path as the page, the API and
+    `legation validate`."""
+    for status in stages.rejected:
+        for error in status_errors(status):
+            log.warning(
+                "resource rejected",
+                extra={
+                    "resource": str(status.id),
+                    "where": error.where,
+                    "path": format_path(error.path),
+                    "reason": error.reason,
+                    "error": str(error),
+                },
+            )
+    kept = set(stages.source.kept)
+    for file_error in stages.file_errors:
+        log.warning(
+            "input not read", extra={"error": str(file_error), "last_good_kept": file_error.file in kept}
+        )
 
 
 class _HttpServer(uvicorn.Server):

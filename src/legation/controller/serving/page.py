@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from legation.controller.compiler.ir import IR, Cluster, Route
-from legation.core.errors import format_path
+from legation.controller.serving.pipeline import status_errors
+from legation.core.errors import ConfigError, format_path
 
 if TYPE_CHECKING:
     from legation.controller.serving.pipeline import ControllerState, Stages
@@ -136,21 +137,24 @@ def _rejected(stages: Stages) -> str:
     rows: list[list[str]] = []
     for status in stages.rejected:
         name = f"{_e(status.id.kind)} {_e(status.id.namespace)}/{_e(status.id.name)}"
-        for problem in status.problems or ():
-            rows.append(
-                [name, _e(status.origin), f"<code>{_e(format_path(problem.path))}</code>", _e(problem.reason)]
-            )
+        # Each problem at the line of its field, as `legation validate` and the log give it.
+        rows += [_problem_row(name, error) for error in status_errors(status)]
         if not status.problems:
             rows.append([name, _e(status.origin), "", "rejected"])
-    for error in stages.file_errors:
-        where = f"{error.file}:{error.line}" if error.line is not None else error.file
-        rows.append(["(file)", _e(where), f"<code>{_e(format_path(error.path))}</code>", _e(error.reason)])
+    kept = set(stages.source.kept)
+    for file_error in stages.file_errors:
+        note = " (its last good version is still served)" if file_error.file in kept else ""
+        rows.append(_problem_row("(file)", file_error, note))
     count = len(stages.rejected) + len(stages.file_errors)  # resources, not problems (one row each)
     title = f"<h2>Rejected resources ({count})</h2>"
     if not rows:
         return '<section id="rejected"><h2>Rejected resources</h2><p class="ok">None.</p></section>'
     table = _table(["Resource", "Origin", "Field", "Reason"], rows)
     return f'<section id="rejected" class="rejected">{title}{table}</section>'
+
+
+def _problem_row(name: str, error: ConfigError, note: str = "") -> list[str]:
+    return [name, _e(error.where), f"<code>{_e(format_path(error.path))}</code>", _e(error.reason + note)]
 
 
 def _routes(ir: IR) -> str:

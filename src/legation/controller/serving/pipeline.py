@@ -12,12 +12,12 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from legation.api.v1alpha1.resources import Resource, ResourceError, ResourceId, parse_resource, raw_id
 from legation.controller.compiler.compile import compile, gc_paused
-from legation.controller.compiler.ir import CompileResult, Origin, Problem, ResourceStatus
+from legation.controller.compiler.ir import CompileResult, Origin, Problem, Rejected, ResourceStatus
 from legation.controller.sources import SourceSnapshot
 from legation.controller.translate.envoy import EnvoyOptions, translate
 from legation.controller.translate.feeds import authz_feed_text, ratelimit_feed_text
@@ -25,7 +25,7 @@ from legation.controller.xds.snapshot import Snapshot
 from legation.core.errors import ConfigError
 from legation.core.yamlfile import Document
 
-__all__ = ["ControllerState", "Run", "Stages", "build"]
+__all__ = ["ControllerState", "Run", "Stages", "build", "problem_errors", "status_errors"]
 
 Parser = Callable[[Document], Resource | list[ResourceError]]
 
@@ -66,15 +66,19 @@ def build(snapshot: SourceSnapshot, options: EnvoyOptions, *, parse: Parser = pa
 def _build(snapshot: SourceSnapshot, options: EnvoyOptions, parse: Parser) -> Stages:
     resources: list[tuple[Origin, Resource]] = []
     invalid: list[ResourceStatus] = []
+    rejected: dict[ResourceId, Rejected] = {}
     for doc in snapshot.documents:
         parsed = parse(doc)
         origin = Origin.of(doc)
         if isinstance(parsed, list):
-            invalid.append(_invalid_status(doc, origin, parsed))
+            invalid.append(status := _invalid_status(doc, origin, parsed))
+            if status.id.namespace:  # it names a resource others may depend on
+                rejected[status.id] = _rejected(status, doc)
         else:
             resources.append((origin, parsed))
-    result = compile(resources)
-    statuses = sorted((*result.statuses, *invalid), key=lambda s: (s.id, s.origin))
+    result = compile(resources, rejected)
+    located = _locate(result.statuses, snapshot.documents)
+    statuses = sorted((*located, *invalid), key=lambda s: (s.id, s.origin))
     return Stages(
         source=snapshot,
         resources=tuple(resources),
@@ -94,8 +98,54 @@ def _invalid_status(doc: Document, origin: Origin, errors: list[ResourceError]) 
         id=rid,
         origin=origin,
         state="Rejected",
-        problems=tuple(Problem(e.path, e.reason) for e in errors),
+        problems=tuple(Problem(e.path, e.reason, e.line) for e in errors),
     )
+
+
+def _rejected(status: ResourceStatus, doc: Document) -> Rejected:
+    """What the compiler tells the dependents of an input invalid on its own."""
+    spec = doc.data.get("spec") if isinstance(doc.data, dict) else None
+    claims_default = (
+        status.id.kind == "JWTPolicy" and isinstance(spec, dict) and spec.get("namespaceDefault") is True
+    )
+    return Rejected("; ".join(str(p) for p in status.problems), namespace_default=claims_default)
+
+
+def _locate(statuses: Sequence[ResourceStatus], documents: Sequence[Document]) -> list[ResourceStatus]:
+    """The compiler's statuses with the line of each problem's field, read from its document
+    (the compiler sees resources, not YAML). Only rejected ones: locating composes the file's
+    node tree again."""
+    by_origin = {(d.file, d.index): d for d in documents}
+    located = list(statuses)
+    for i, status in enumerate(located):
+        doc = by_origin.get((status.origin.file, status.origin.index))
+        if status.problems and doc is not None:
+            problems = tuple(dataclasses.replace(p, line=doc.line_of(p.path)) for p in status.problems)
+            located[i] = dataclasses.replace(status, problems=problems)
+    return located
+
+
+def problem_errors(stages: Stages) -> list[ConfigError]:
+    """Every problem of a run, by file and line: each rejected resource's problems, then the
+    files that were not parsed. What `legation validate` prints and the controller logs."""
+    errors: list[ConfigError] = [e for status in stages.rejected for e in status_errors(status)]
+    errors += stages.file_errors
+    return sorted(errors, key=lambda e: (e.file, e.line or 0))
+
+
+def status_errors(status: ResourceStatus) -> list[ResourceError]:
+    """One error per problem of `status`, each `file:line: Kind ns/name: field.path: reason`."""
+    named = status.id if status.id.namespace else None  # documents that name no resource: no id
+    return [
+        ResourceError(
+            file=status.origin.file,
+            line=p.line or status.origin.line,
+            path=p.path,
+            reason=p.reason,
+            resource=named,
+        )
+        for p in status.problems
+    ]
 
 
 def _kind_of(data: object) -> str:

@@ -1,7 +1,9 @@
 """Where the controller's resources come from: one narrow interface, several sources.
 
 A source delivers *snapshots*: every raw document it currently holds, each with its origin, plus
-the problems that kept some input from being read at all (a file with a YAML syntax error). It
+the problems that kept some input from being read at all (a file with a YAML syntax error). An
+input that stops parsing keeps its last good documents, if it had any (`kept`): a typo in one
+file never takes away the routes it served, while its error is shown. It
 neither validates nor compiles; `legation.api.v1alpha1.resources.parse_resource` and the compiler do, the
 same way for every source.
 
@@ -31,12 +33,15 @@ class SourceSnapshot:
     """Every document, in a stable order (by origin, then position). `Document.file` is the
     origin: a file path, or an object reference for sources without files."""
     errors: tuple[ConfigError, ...]
-    """Inputs that produced no documents because they could not be read or parsed; one error
-    per such input. The other inputs' documents are still in `documents`."""
+    """Inputs that could not be read or parsed now; one error per such input. The other inputs'
+    documents are still in `documents`, and so are these inputs' last good ones (see `kept`)."""
     origins: tuple[str, ...]
     """Every input considered (files read, objects listed), including those with errors."""
     version: str
     """A digest of the inputs: changes exactly when some input's content changes."""
+    kept: tuple[str, ...] = ()
+    """Origins in `errors` whose documents are their last good version (read before the error);
+    an input with an error and no last good version contributes no documents."""
 
 
 class Source(Protocol):

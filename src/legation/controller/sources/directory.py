@@ -7,7 +7,10 @@ files and Kubernetes ConfigMap mounts' `..data` internals (their visible links a
 Changes are debounced: watchfiles reports a batch once the tree has been quiet for `quiet_ms`,
 then the whole tree is re-read, so an editor's write-to-temp-and-rename (or a `kubectl cp`)
 yields one snapshot with the complete new file. A file that vanishes between listing and reading
-is simply absent from that snapshot. Parsed files are cached by content, so a re-read costs a
+is simply absent from that snapshot. A file that stops parsing (a mis-indented line) keeps
+serving the documents of its last good version while its error is reported; one that was never
+good contributes nothing. Only a running source has a last good version: `legation validate`
+reads once and reports the error. Parsed files are cached by content, so a re-read costs a
 read per file and a parse per changed file.
 """
 
@@ -18,6 +21,7 @@ import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import watchfiles
@@ -47,42 +51,51 @@ class DirectorySource:
         self.retry_seconds = retry_seconds
         """How often a missing root is looked for again."""
         self._parsed: dict[str, tuple[str, list[Document] | ConfigError]] = {}
+        self._good: dict[str, list[Document]] = {}
+        """Each file's last documents read without error (what it serves while broken)."""
 
     def load(self) -> SourceSnapshot:
-        """Read the tree once (blocking). Never raises for bad input: problems are in `errors`."""
+        """Read the tree once (blocking). Never raises for bad input: problems are in `errors`.
+
+        A file that no longer parses (or cannot be read) keeps the documents it last parsed to,
+        and is named in `kept`; a file that is gone is gone, with its documents."""
         if not self.root.exists():
+            self._good = {}
             error = ConfigError(file=str(self.root), reason="no such file or directory")
             return SourceSnapshot(
                 documents=(), errors=(error,), origins=(), version=content_version([("", str(error))])
             )
-        documents: list[Document] = []
-        errors: list[ConfigError] = []
-        inputs: list[tuple[str, str]] = []
         parsed: dict[str, tuple[str, list[Document] | ConfigError]] = {}
-        for path in _yaml_files(self.root):
-            name = str(path)
-            try:
-                text = path.read_text(encoding="utf-8")
-            except FileNotFoundError:
-                continue  # removed (or being renamed) while we read: the watch reports the rest
-            except (OSError, UnicodeDecodeError) as exc:
-                errors.append(ConfigError(file=name, reason=f"cannot read: {exc}"))
-                inputs.append((name, f"\0{exc}"))
-                continue
-            inputs.append((name, text))
-            parsed[name] = self._parse(name, text)
-            result = parsed[name][1]
-            if isinstance(result, ConfigError):
-                errors.append(result)
-            else:
-                documents.extend(result)
+        files = [f for path in _yaml_files(self.root) if (f := self._read(path, parsed)) is not None]
         self._parsed = parsed
+        # Built from the previous `_good` (read by `_serving`), then replaces it: deleted files drop out.
+        self._good = {f.name: docs for f in files if (docs := self._serving(f)) is not None}
         return SourceSnapshot(
-            documents=tuple(documents),
-            errors=tuple(errors),
-            origins=tuple(name for name, _ in inputs),
-            version=content_version(inputs),
+            documents=tuple(d for f in files for d in self._good.get(f.name, ())),
+            errors=tuple(f.error for f in files if f.error is not None),
+            origins=tuple(f.name for f in files),
+            version=content_version((f.name, f.text) for f in files),
+            kept=tuple(f.name for f in files if f.error is not None and f.name in self._good),
         )
+
+    def _read(self, path: Path, parsed: dict[str, tuple[str, list[Document] | ConfigError]]) -> _File | None:
+        """The file's content and documents (or error); None if it vanished while we read."""
+        name = str(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None  # removed (or being renamed) while we read: the watch reports the rest
+        except (OSError, UnicodeDecodeError) as exc:
+            return _File(name, f"\0{exc}", ConfigError(file=name, reason=f"cannot read: {exc}"))
+        parsed[name] = self._parse(name, text)
+        result = parsed[name][1]
+        if isinstance(result, ConfigError):
+            return _File(name, text, result)
+        return _File(name, text, None, result)
+
+    def _serving(self, file: _File) -> list[Document] | None:
+        """What `file` contributes: its documents, or while it is broken its last good ones."""
+        return self._good.get(file.name) if file.error is not None else file.documents
 
     def _parse(self, name: str, text: str) -> tuple[str, list[Document] | ConfigError]:
         cached = self._parsed.get(name)
@@ -142,6 +155,16 @@ class DirectorySource:
                 log.exception("watching %s failed; retrying", self.root)
             changed.set()  # the watch ended: the root was removed or replaced; re-read it
             await asyncio.sleep(self.retry_seconds)
+
+
+@dataclass(frozen=True)
+class _File:
+    """One file as read now: its text (for the version), and its documents or its error."""
+
+    name: str
+    text: str
+    error: ConfigError | None
+    documents: list[Document] | None = None
 
 
 class _DirectoryFilter:

@@ -67,5 +67,6 @@ def merge(snapshots: Sequence[SourceSnapshot]) -> SourceSnapshot:
         documents=tuple(d for s in snapshots for d in s.documents),
         errors=tuple(e for s in snapshots for e in s.errors),
         origins=tuple(o for s in snapshots for o in s.origins),
+        kept=tuple(o for s in snapshots for o in s.kept),
         version=content_version((str(i), s.version) for i, s in enumerate(snapshots)),
     )
