@@ -55,7 +55,8 @@ class Controller:
 
     async def _follow(self) -> None:
         async for snapshot in self.source.snapshots():
-            self.source.report(build(snapshot, EnvoyOptions()))
+            stages = build(snapshot, EnvoyOptions())
+            self.source.report(stages.statuses, stages.source)
             self.runs += 1
 
     async def stop(self) -> None:

@@ -42,20 +42,18 @@ import os
 import socket
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 
 from legation import __version__
+from legation.controller.compiler.ir import ResourceStatus
 from legation.controller.kubernetes.client import KINDS, SECRETS, KubeClient, KubeError, ResourceType
 from legation.controller.kubernetes.informer import Backoff, Informer
 from legation.controller.kubernetes.leader import LeaderElector
 from legation.controller.kubernetes.status import ORIGIN_PREFIX, StatusWriter
 from legation.controller.sources import SourceSnapshot, content_version
 from legation.core.yamlfile import Document, load_documents
-
-if TYPE_CHECKING:
-    from legation.controller.serving.pipeline import Stages
 
 __all__ = ["KubernetesOptions", "KubernetesSource", "default_lease_namespace", "document_data", "origin_of"]
 
@@ -176,10 +174,10 @@ class KubernetesSource:
                 return informer.objects.get((namespace, name))
         return None
 
-    def report(self, stages: Stages) -> None:
+    def report(self, statuses: tuple[ResourceStatus, ...], source: SourceSnapshot) -> None:
         """The pipeline's verdicts for the latest snapshot: queued for the status writer."""
         if self.status is not None:
-            self.status.submit(stages.statuses, stages.source)
+            self.status.submit(statuses, source)
 
     async def snapshots(self) -> AsyncIterator[SourceSnapshot]:
         if self.client is None:

@@ -15,7 +15,7 @@ import contextlib
 import logging
 import socket
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import uvicorn
 from fastapi import FastAPI
@@ -24,7 +24,7 @@ from prometheus_client import Gauge, Histogram
 from legation.controller.compiler.parse_cache import ParseCache
 from legation.controller.serving.api import create_app
 from legation.controller.serving.pipeline import ControllerState, Stages, build, status_errors
-from legation.controller.sources import Source
+from legation.controller.sources import Source, StatusSink
 from legation.controller.sources.directory import DirectorySource
 from legation.controller.sources.merged import MergedSource
 from legation.controller.translate.envoy import EnvoyOptions
@@ -199,7 +199,7 @@ async def _follow(
 ) -> None:
     cache = ParseCache()
     # Sources that write verdicts back (Kubernetes status) take each run's statuses.
-    report: Callable[[Stages], None] | None = getattr(source, "report", None)
+    sink = source if isinstance(source, StatusSink) else None
     async for snapshot in source.snapshots():
         try:
             stages = await asyncio.to_thread(build, snapshot, options, parse=cache.parse)
@@ -212,8 +212,8 @@ async def _follow(
         feeds["authz"].publish(stages.authz_feed)
         feeds["ratelimit"].publish(stages.ratelimit_feed)
         state.record(stages)
-        if report is not None:
-            report(stages)
+        if sink is not None:
+            sink.report(stages.statuses, stages.source)
         COMPILE_SECONDS.observe(stages.seconds)
         rejected = stages.rejected
         RESOURCES.labels("Accepted").set(len(stages.statuses) - len(rejected))

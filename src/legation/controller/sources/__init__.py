@@ -17,12 +17,13 @@ from __future__ import annotations
 import hashlib
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
+from legation.controller.compiler.ir import ResourceStatus
 from legation.core.errors import ConfigError
 from legation.core.yamlfile import Document
 
-__all__ = ["Source", "SourceSnapshot", "content_version"]
+__all__ = ["Source", "SourceSnapshot", "StatusSink", "content_version"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -50,6 +51,15 @@ class Source(Protocol):
     the consumer stops (closing the iterator or cancelling its task releases everything)."""
 
     def snapshots(self) -> AsyncIterator[SourceSnapshot]: ...
+
+
+@runtime_checkable
+class StatusSink(Protocol):
+    """A source that takes the verdicts back: after each pipeline run on one of its snapshots, the
+    controller hands it every resource's status (the Kubernetes source writes them to the objects'
+    `status`; a directory has nowhere to write them, so it is no sink)."""
+
+    def report(self, statuses: tuple[ResourceStatus, ...], source: SourceSnapshot) -> None: ...
 
 
 def content_version(inputs: Iterable[tuple[str, str]]) -> str:
