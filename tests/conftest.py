@@ -51,6 +51,12 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 _FAILED = pytest.StashKey[bool]()
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--update-golden", action="store_true", help="tests/golden: rewrite out/ instead of comparing"
+    )
+
+
 @pytest.fixture
 def fixtures_dir() -> Path:
     return FIXTURES_DIR
