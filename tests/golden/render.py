@@ -1,6 +1,6 @@
 """Golden translation: one input manifest file → the text of every output file.
 
-`render(case)` runs the controller's pure pipeline (`controller.pipeline.build`, no processes)
+`render(case)` runs the controller's pure pipeline (`legation.controller.serving.pipeline.build`, no processes)
 on `in/<case>.yaml` and returns `{file name: text}` for `out/<case>/`: the xDS resources Envoy
 would receive (one JSON file per type, resources keyed and sorted by name), both config feeds as
 the controller serves them, and every resource's status. Nothing in the output depends on the
@@ -21,12 +21,12 @@ from typing import Any
 
 from google.protobuf import json_format
 
-from controller.envoy import EnvoyOptions
-from controller.pipeline import Stages, build
-from controller.snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET
-from controller.sources import SourceSnapshot, content_version
-from legation.errors import ConfigError, format_path
-from legation.yamlfile import load_documents
+from legation.controller.serving.pipeline import Stages, build
+from legation.controller.sources import SourceSnapshot, content_version
+from legation.controller.translate.envoy import EnvoyOptions
+from legation.controller.xds.snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET
+from legation.core.errors import ConfigError, format_path
+from legation.core.yamlfile import load_documents
 
 __all__ = [
     "IN",

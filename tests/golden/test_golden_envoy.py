@@ -16,9 +16,9 @@ import pytest
 from fixtures.managed import envoy_binary
 from google.protobuf import json_format
 
-from controller.pipeline import build
-from controller.snapshot import SECRET
 from golden.render import OPTIONS, OUT, case_names, source_snapshot
+from legation.controller.serving.pipeline import build
+from legation.controller.xds.snapshot import SECRET
 
 pytestmark = pytest.mark.e2e
 
