@@ -15,7 +15,7 @@ Each N runs in fresh subprocesses: one runs the stages once, for the peak RSS of
 - load: `DirectorySource(dir).load()` with empty caches: reading every file and
   `legation.core.yamlfile.load_documents` (measured apart: a running controller re-reads only changed
   files);
-- parse: `Origin.of` and `legation.api.v1alpha1.resources.parse_resource` on every document (pydantic
+- parse: `Origin.of` and `legation.api.v1alpha1.parse_resource` on every document (pydantic
   validation), as `legation.controller.serving.pipeline.build` does;
 - compile: `legation.controller.compiler.compile.compile`;
 - translate: `legation.controller.translate.envoy.translate(ir, EnvoyOptions())`, if that module exists;
@@ -300,7 +300,7 @@ def _stages(
     source: Any, optional: dict[str, Any], times: dict[str, list[float]]
 ) -> tuple[Any, dict[str, Any]]:
     """One run of every stage, timed; the source snapshot and a description of the outcome."""
-    from legation.api.v1alpha1.resources import parse_resource
+    from legation.api.v1alpha1 import parse_resource
     from legation.controller.compiler.compile import compile
     from legation.controller.compiler.ir import Origin
     from legation.controller.xds.snapshot import Snapshot
@@ -342,7 +342,7 @@ def _one_change(root: Path, source: Any, snapshot: Any, optional: dict[str, Any]
     """Seconds from "one Mapping file was rewritten" to the new Envoy snapshot, with the caches a
     running controller has: the directory source's (files by content) and, if this checkout has
     it, a ParseCache (without one, every document is validated again)."""
-    from legation.api.v1alpha1.resources import parse_resource
+    from legation.api.v1alpha1 import parse_resource
     from legation.controller.compiler.compile import compile
     from legation.controller.compiler.ir import Origin
     from legation.controller.xds.snapshot import Snapshot

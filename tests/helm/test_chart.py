@@ -25,7 +25,7 @@ import pytest
 import yaml
 from fixtures.managed import free_port, http_get, wait_for
 
-from legation.api.v1alpha1.resources import parse_resource
+from legation.api.v1alpha1 import parse_resource
 from legation.controller.commands import crds
 from legation.controller.commands.bootstrap import bootstrap as legation_bootstrap
 from legation.core.yamlfile import load_documents

@@ -11,8 +11,8 @@ import yaml
 from fixtures.manifests import self_signed
 
 from legation.api.ratelimit import DomainConfig
+from legation.api.v1alpha1 import AuthService, Host, JWTPolicy, Mapping, Resource, Secret
 from legation.api.v1alpha1.fields import parse_service
-from legation.api.v1alpha1.resources import AuthService, Host, JWTPolicy, Mapping, Resource, Secret
 from legation.controller.compiler.compile import DOMAIN, MAPPING_KEY, cluster_name, compile
 from legation.controller.compiler.ir import CompileResult, DescriptorEntry, Origin, Route
 from legation.core.yamlfile import load_documents

@@ -18,10 +18,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from fixtures.manifests import self_signed
 from pydantic import BaseModel
 
-import legation.api.v1alpha1.resources as resources_module
+import legation.api.v1alpha1 as resources_module
 import legation.controller.commands.validate as validate_module
-from legation.api.v1alpha1.fields import ERROR_STATUSES
-from legation.api.v1alpha1.resources import (
+from legation.api.v1alpha1 import (
     AuthService,
     Host,
     JWTPolicy,
@@ -34,6 +33,7 @@ from legation.api.v1alpha1.resources import (
     parse_service,
     resource_id,
 )
+from legation.api.v1alpha1.fields import ERROR_STATUSES
 from legation.controller.commands.validate import validate_snapshot
 from legation.controller.sources import SourceSnapshot
 from legation.core.errors import ConfigError
@@ -439,7 +439,7 @@ def test_every_field_has_a_description() -> None:
     missing = [
         f"{model.__name__}.{name}"
         for model in _models()
-        if model.__module__ == "legation.api.v1alpha1.resources"
+        if model.__module__ == "legation.api.v1alpha1"
         for name, field in model.model_fields.items()
         if not field.description
     ]
@@ -457,7 +457,7 @@ def test_json_schema_is_camel_case() -> None:
 def test_public_names() -> None:
     assert sorted(resources_module.__all__) == sorted(
         [
-            "API_VERSION", "HTTP_METHODS", "KINDS", "MAX_REGEX_PROGRAM_SIZE", "AuthRef", "AuthService",
+            "API_VERSION", "CUSTOM_KINDS", "HTTP_METHODS", "KINDS", "Kind", "MAX_REGEX_PROGRAM_SIZE", "AuthRef", "AuthService",
             "AuthServiceSpec", "CircuitBreakers", "Cors", "Host", "HostSpec", "IncludeBody", "Insecure",
             "JWTPolicy", "Mapping", "MappingSpec", "ObjectMeta", "Resource", "ResourceError", "ResourceId",
             "Retries", "Secret", "SecretName", "Upstream", "parse_resource", "parse_service", "raw_id",

@@ -20,7 +20,7 @@ import pytest
 import yaml
 from pydantic import BaseModel, Field
 
-from legation.api.v1alpha1.resources import parse_resource
+from legation.api.v1alpha1 import parse_resource
 from legation.controller.commands import crds
 from legation.controller.commands.crds import (
     KINDS,

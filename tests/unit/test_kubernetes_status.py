@@ -14,7 +14,7 @@ import kmock
 import pytest
 from fixtures.kube import LEASES, MAPPINGS, KubeEmulator, connected_emulator, eventually, mapping, merge_patch
 
-from legation.api.v1alpha1.resources import ResourceId
+from legation.api.v1alpha1 import ResourceId
 from legation.controller.compiler.ir import Origin, Problem, ResourceStatus
 from legation.controller.kubernetes import client as kc
 from legation.controller.kubernetes.client import KubeClient

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import textwrap
 
-from legation.api.v1alpha1.resources import Mapping, parse_resource
+from legation.api.v1alpha1 import Mapping, parse_resource
 from legation.core.errors import ConfigError
 from legation.core.model_keys import did_you_mean, keys_at
 from legation.core.yamlfile import load_documents

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from legation.api.v1alpha1.resources import Mapping, ResourceError, parse_resource
+from legation.api.v1alpha1 import Mapping, ResourceError, parse_resource
 from legation.controller.compiler.parse_cache import ParseCache
 from legation.controller.sources.directory import DirectorySource
 from legation.core.yamlfile import Document, load_documents

@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel, Field
 
-from legation.api.v1alpha1 import ratelimit_annotation
-from legation.api.v1alpha1.resources import Secret
+from legation.api.v1alpha1 import Secret, ratelimit_annotation
 from legation.controller.commands import reference
 from legation.controller.commands.crds import KINDS
 from legation.controller.commands.reference import ReferenceError, format_duration, model_rows

@@ -18,9 +18,7 @@ from typing import Annotated, Literal
 import re2
 from pydantic import AfterValidator
 
-from legation.api.v1alpha1.jwtpolicy import HTTP_METHODS
-
-API_VERSION = "legation.dev/v1alpha1"
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT")
 MAX_REGEX_PROGRAM_SIZE = 100
 """Envoy's default `re2.max_program_size.error_level`: a bigger regex is NACKed."""
 

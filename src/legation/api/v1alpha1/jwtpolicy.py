@@ -13,6 +13,8 @@ import re2
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from legation.api.v1alpha1.base import SpecModel
+from legation.api.v1alpha1.fields import HTTP_METHODS
+from legation.api.v1alpha1.meta import ObjectMeta
 from legation.core.durations import Duration
 
 __all__ = [
@@ -22,7 +24,6 @@ __all__ = [
     "JWTPolicy",
     "Jwks",
     "Match",
-    "Metadata",
     "PolicySpec",
     "Provider",
     "Requires",
@@ -36,7 +37,6 @@ HMAC_ALGORITHMS = ("HS256", "HS384", "HS512")
 Algorithm = Literal[
     "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA", "HS256", "HS384", "HS512"
 ]
-HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT")
 MAX_CLOCK_SKEW = 300.0
 _RE2_QUIET = re2.Options()
 _RE2_QUIET.log_errors = False
@@ -259,21 +259,13 @@ class PolicySpec(SpecModel):
         return errors
 
 
-class Metadata(BaseModel):
-    """Kubernetes object metadata: name and namespace matter; the API server's own fields pass."""
-
-    model_config = ConfigDict(extra="allow", frozen=True)
-    name: str = Field(min_length=1, description="Unique per kind and namespace.")
-    namespace: str = Field(default="default", description="The resource's namespace.")
-
-
 class JWTPolicy(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
     api_version: Literal["legation.dev/v1alpha1"] = Field(
         alias="apiVersion", description="legation.dev/v1alpha1"
     )
     kind: Literal["JWTPolicy"] = Field(description="JWTPolicy")
-    metadata: Metadata = Field(description="Name and namespace.")
+    metadata: ObjectMeta = Field(description="Name and namespace.")
     spec: PolicySpec = Field(description="The providers and rules.")
     status: dict[str, Any] | None = Field(
         default=None, description="Written by the controller; ignored on input."

@@ -31,9 +31,9 @@ from pydantic.alias_generators import to_camel
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 from pydantic_core import core_schema
 
-from legation.api.v1alpha1.fields import API_VERSION
+from legation.api.v1alpha1 import AuthService, Host, Mapping
 from legation.api.v1alpha1.jwtpolicy import JWTPolicy
-from legation.api.v1alpha1.resources import AuthService, Host, Mapping
+from legation.api.v1alpha1.meta import API_VERSION
 from legation.core.durations import _PART, parse_duration
 
 __all__ = [

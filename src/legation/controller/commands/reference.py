@@ -26,8 +26,8 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import core_schema
 
+from legation.api.v1alpha1 import ObjectMeta, Secret
 from legation.api.v1alpha1 import ratelimit_annotation as rla
-from legation.api.v1alpha1.resources import ObjectMeta, Secret
 from legation.controller.commands.crds import DURATION_MARK, KINDS, SchemaGenerator
 
 __all__ = ["HEADER", "ReferenceError", "Row", "main", "model_rows", "render"]

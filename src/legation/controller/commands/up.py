@@ -27,8 +27,8 @@ from typing import IO
 
 import yaml
 
+from legation.api.v1alpha1 import Mapping
 from legation.api.v1alpha1.fields import parse_service
-from legation.api.v1alpha1.resources import Mapping
 from legation.controller.commands.bootstrap import bootstrap
 from legation.controller.commands.demo import TLS_HOSTNAMES, DemoFiles
 from legation.controller.commands.validate import validate_snapshot

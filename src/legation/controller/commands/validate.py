@@ -16,7 +16,7 @@ import sys
 from collections import Counter
 from dataclasses import dataclass
 
-from legation.api.v1alpha1.resources import Resource
+from legation.api.v1alpha1 import Resource
 from legation.controller.serving.pipeline import build, problem_errors
 from legation.controller.sources import SourceSnapshot
 from legation.controller.sources.directory import DirectorySource

@@ -53,14 +53,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from legation.api.ratelimit import Descriptor, DomainConfig, RateLimit
-from legation.api.v1alpha1.fields import Upstream, parse_service
-from legation.api.v1alpha1.ratelimit_annotation import (
-    ANNOTATION,
-    RateKey,
-    RateLimitAnnotationError,
-    RateLimitRule,
-)
-from legation.api.v1alpha1.resources import (
+from legation.api.v1alpha1 import (
     AuthService,
     CircuitBreakers,
     Host,
@@ -71,6 +64,13 @@ from legation.api.v1alpha1.resources import (
     ResourceId,
     Secret,
     resource_id,
+)
+from legation.api.v1alpha1.fields import Upstream, parse_service
+from legation.api.v1alpha1.ratelimit_annotation import (
+    ANNOTATION,
+    RateKey,
+    RateLimitAnnotationError,
+    RateLimitRule,
 )
 from legation.controller.compiler.ir import (
     IR,

@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from legation.api.ratelimit import DomainConfig
+from legation.api.v1alpha1 import AuthServiceSpec, Cors, ResourceId, Retries
 from legation.api.v1alpha1.jwtpolicy import JWTPolicy
 from legation.api.v1alpha1.ratelimit_annotation import RateLimitRule
-from legation.api.v1alpha1.resources import AuthServiceSpec, Cors, ResourceId, Retries
 from legation.core.errors import format_path
 from legation.core.yamlfile import Document
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from legation.api.v1alpha1.resources import Resource, ResourceError, parse_resource
+from legation.api.v1alpha1 import Resource, ResourceError, parse_resource
 from legation.core.yamlfile import Document
 
 __all__ = ["ParseCache"]
@@ -36,7 +36,7 @@ class _Entry:
 
 
 class ParseCache:
-    """A drop-in for `legation.api.v1alpha1.resources.parse_resource` (`parse`, or the cache itself) that
+    """A drop-in for `legation.api.v1alpha1.parse_resource` (`parse`, or the cache itself) that
     remembers results (see the module docstring). `hits` and `misses` count lookups since
     creation."""
 

@@ -25,7 +25,7 @@ from google.protobuf import json_format
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from pydantic import BaseModel
 
-from legation.api.v1alpha1.resources import Secret
+from legation.api.v1alpha1 import Secret
 from legation.controller.compiler.ir import TlsSecret
 from legation.controller.serving import page
 from legation.controller.serving.pipeline import status_errors

@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from legation.api.v1alpha1.resources import Resource, ResourceError, ResourceId, parse_resource, raw_id
+from legation.api.v1alpha1 import Resource, ResourceError, ResourceId, parse_resource, raw_id
 from legation.controller.compiler.compile import compile, gc_paused
 from legation.controller.compiler.ir import CompileResult, Origin, Problem, Rejected, ResourceStatus
 from legation.controller.sources import SourceSnapshot

@@ -4,7 +4,7 @@ A source delivers *snapshots*: every raw document it currently holds, each with 
 the problems that kept some input from being read at all (a file with a YAML syntax error). An
 input that stops parsing keeps its last good documents, if it had any (`kept`): a typo in one
 file never takes away the routes it served, while its error is shown. It
-neither validates nor compiles; `legation.api.v1alpha1.resources.parse_resource` and the compiler do, the
+neither validates nor compiles; `legation.api.v1alpha1.parse_resource` and the compiler do, the
 same way for every source.
 
 Implementations: `legation.controller.sources.directory.DirectorySource` (a directory of YAML files,

@@ -44,8 +44,8 @@ from envoy.extensions.transport_sockets.tls.v3 import secret_pb2, tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from google.protobuf.message import Message
 
+from legation.api.v1alpha1 import AuthServiceSpec
 from legation.api.v1alpha1.fields import is_ip_literal, parse_service
-from legation.api.v1alpha1.resources import AuthServiceSpec
 from legation.controller.compiler.compile import DOMAIN
 from legation.controller.compiler.ir import IR, Cluster, HostIR, TlsSecret
 from legation.controller.translate.routes import (

@@ -29,7 +29,7 @@ from envoy.extensions.filters.http.cors.v3 import cors_pb2
 from envoy.extensions.filters.http.ext_authz.v3 import ext_authz_pb2
 from google.protobuf import any_pb2, duration_pb2
 
-from legation.api.v1alpha1.resources import Cors
+from legation.api.v1alpha1 import Cors
 from legation.controller.compiler.ir import IR, DescriptorEntry, HostIR, RateLimitIR, Route, RouteMatch
 
 __all__ = [
