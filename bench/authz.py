@@ -286,7 +286,6 @@ def main(args: argparse.Namespace) -> int:
 
 SCENARIO = Scenario(
     "authz",
-    "authz service, and Envoy ext_authz / jwt_authn, vs no-op ceilings (h2load)",
     __doc__ or "",
     configure,
     main,

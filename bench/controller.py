@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.controller_manifests import generate
-from bench.controller_pipeline import PIPELINE, ChildResult, Description
+from bench.controller_results import PIPELINE, ChildResult, Description
 from bench.harness.options import add_common
 from bench.harness.processes import ROOT
 from bench.harness.report import markdown_table, write_results
@@ -166,7 +166,6 @@ def main(args: argparse.Namespace) -> int:
 
 SCENARIO = Scenario(
     "controller",
-    "controller pipeline in-process: load, parse, compile, translate, RSS",
     __doc__ or "",
     configure,
     main,

@@ -200,7 +200,6 @@ def main(args: argparse.Namespace) -> int:
 
 SCENARIO = Scenario(
     "controller_live",
-    "a manifest change to Envoy serving it, and wrk during changes",
     __doc__ or "",
     configure,
     main,

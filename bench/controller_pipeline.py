@@ -22,6 +22,7 @@ from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
+from bench.controller_results import STAGES, ChildResult, Description
 from controller.compile import compile
 from controller.envoy import EnvoyOptions, translate
 from controller.feed import authz_feed_text, ratelimit_feed_text
@@ -33,36 +34,9 @@ from controller.snapshot import Snapshot
 from controller.sources import SourceSnapshot
 from controller.sources.directory import DirectorySource
 
-__all__ = ["PIPELINE", "STAGES", "ChildResult", "Description", "run_child"]
-
-STAGES = ("load", "parse", "compile", "translate", "snapshot", "feeds", "build", "change")
-PIPELINE = ("parse", "compile", "translate", "snapshot")
-"""The stages that make up "compile" in the targets: from the source snapshot's documents to the
-Envoy snapshot (the YAML loading is measured apart, the feeds' texts are shown apart)."""
+__all__ = ["run_child"]
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class Description:
-    """What one pipeline run produced."""
-
-    documents: int
-    mappings: int
-    routes: int
-    clusters: int
-    envoy_resources: dict[str, int]
-    snapshot_bytes: int
-
-
-@dataclass(frozen=True)
-class ChildResult:
-    stages: dict[str, float | None]
-    """Median seconds per stage (None: not run)."""
-    samples: dict[str, list[float]]
-    rss_imports_mb: float
-    rss_peak_self_mb: float
-    description: Description
 
 
 @dataclass

@@ -335,6 +335,4 @@ def main(args: argparse.Namespace) -> int:
     return 1 if any(r.load is None for r in rows) else 0
 
 
-SCENARIO = Scenario(
-    "ratelimit", "rate limit service vs a no-op grpcio ceiling (h2load)", __doc__ or "", configure, main
-)
+SCENARIO = Scenario("ratelimit", __doc__ or "", configure, main)

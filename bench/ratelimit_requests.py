@@ -71,7 +71,9 @@ def make_request(i: int, n_descriptors: int) -> bytes:
 def make_mem_request(i: int) -> bytes:
     """One descriptor limited per hour (nothing expires during the memory phase)."""
     desc = ratelimit_pb2.RateLimitDescriptor(entries=[_entry("mem_key", f"client-{i:08d}")])
-    return bytes(rls_pb2.RateLimitRequest(domain=DOMAIN, descriptors=[desc], hits_addend=1).SerializeToString())
+    return bytes(
+        rls_pb2.RateLimitRequest(domain=DOMAIN, descriptors=[desc], hits_addend=1).SerializeToString()
+    )
 
 
 def check_response(raw: bytes, n_descriptors: int | None, what: str) -> None:

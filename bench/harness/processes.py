@@ -18,8 +18,6 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import grpc
-
 from bench.harness.cpu import session_cpu_seconds
 
 __all__ = [
@@ -136,6 +134,7 @@ def wait_for(proc: Proc, ready: Callable[[], bool], *, timeout: float, what: str
 
 def wait_grpc_ready(proc: Proc, port: int, timeout: float = 30.0) -> None:
     """Until a gRPC channel to 127.0.0.1:``port`` connects."""
+    import grpc  # not at import time: the controller scenario's parent stays lean
 
     def ready() -> bool:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:

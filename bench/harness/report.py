@@ -10,8 +10,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
-
 from bench.harness.load import LoadResult, pct
 from bench.harness.processes import ROOT
 
@@ -42,6 +40,8 @@ class Machine:
 
     @staticmethod
     def here(cpus: int) -> Machine:
+        import grpc  # not at import time: the controller scenario's parent stays lean
+
         return Machine(platform.node(), cpus, platform.python_version(), grpc.__version__)
 
 

@@ -15,8 +15,6 @@ class Scenario:
     """One benchmark: ``python -m bench NAME [options]``."""
 
     name: str
-    summary: str
-    """One line for ``python -m bench --help``."""
     description: str
     """The ``--help`` text of the scenario (its module docstring)."""
     configure: Callable[[argparse.ArgumentParser], None]
