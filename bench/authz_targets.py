@@ -22,7 +22,7 @@ from bench.authz_fixtures import AUTHZ_PATH, REQUEST_HOST, REQUEST_PATH, TEAM, e
 from bench.harness.cpu import pinned
 from bench.harness.grpc_wire import grpc_unframe, unary_call
 from bench.harness.h2load import H2Request, H2Result
-from bench.harness.load import RunOutcome, Target, grpc_code_outcome
+from bench.harness.load import RunOutcome, Target, grpc_code_outcome, no_judge
 from bench.harness.metrics import envoy_counters, service_counters
 from bench.harness.processes import (
     CheckFailed,
@@ -208,12 +208,8 @@ def direct_target(
         yield Target(
             name=name, procs=[proc], request=H2Request(port=port, path=AUTHZ_PATH), bodies=slices(pool),
             validate=validate, counters=(lambda: authz_counters(metrics_port)) if is_service else dict,
-            judge=service_outcome if is_service else _no_outcome, observes_errors=is_service,
+            judge=service_outcome if is_service else no_judge, observes_errors=is_service,
         ), proc, port, metrics_port  # fmt: skip
-
-
-def _no_outcome(_delta: Mapping[str, float], _res: H2Result, _in_flight: int) -> RunOutcome:
-    return RunOutcome()
 
 
 def http_get(port: int, token: str | None) -> tuple[int, dict[str, str]]:

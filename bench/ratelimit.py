@@ -28,6 +28,7 @@ from bench.harness.load import (
     Target,
     grpc_code_outcome,
     measure,
+    no_judge,
     sweep_text,
 )
 from bench.harness.metrics import service_counters
@@ -131,7 +132,7 @@ def _target(spec: _Spec, proc: Proc, port: int, metrics_port: int | None, settin
     return Target(
         name=spec.name, procs=[proc], request=H2Request(port=port, path=RLS_PATH),
         bodies=lambda _run, conns: bodies[:conns], validate=validate,
-        counters=lambda: service_counters(metrics_port, _counter_name), judge=_judge,
+        counters=lambda: service_counters(metrics_port, _counter_name), judge=_judge if spec.service else no_judge,
         observes_errors=spec.service, client_procs=spec.client_procs,
     )  # fmt: skip
 
