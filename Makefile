@@ -68,7 +68,7 @@ up: venv
 	$(BIN)/legation up examples
 
 bench: venv redis
-	$(PY) bench/ratelimit_bench.py
+	$(PY) -m bench ratelimit
 
 # The chart's CRDs, generated from the pydantic models (tests/unit/test_crds.py fails when stale).
 crds: venv

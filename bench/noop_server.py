@@ -7,7 +7,7 @@ without looking at the request. With ``--service authz`` it registers
 ``envoy.service.auth.v3.Authorization/Check`` instead and answers a pre-serialized OK
 ``CheckResponse`` (status OK, an empty ``ok_response``).
 
-    python bench/noop_server.py --listen 127.0.0.1:PORT [--service ratelimit|authz] [--no-uvloop]
+    python -m bench.noop_server --listen 127.0.0.1:PORT [--service ratelimit|authz] [--no-uvloop]
 
 The event loop is uvloop unless ``--no-uvloop`` is given; the loop class actually running is
 printed on stderr at start (grpc.aio runs on uvloop since grpcio 1.5x).
@@ -29,7 +29,7 @@ METHOD = "ShouldRateLimit"
 AUTHZ_SERVICE = "envoy.service.auth.v3.Authorization"
 AUTHZ_METHOD = "Check"
 
-_OK = rls_pb2.RateLimitResponse(overall_code=rls_pb2.RateLimitResponse.OK).SerializeToString()
+_OK: bytes = rls_pb2.RateLimitResponse(overall_code=rls_pb2.RateLimitResponse.OK).SerializeToString()
 
 
 def _authz_ok() -> bytes:
@@ -38,7 +38,7 @@ def _authz_ok() -> bytes:
 
     response = external_auth_pb2.CheckResponse(status=status_pb2.Status(code=0))
     response.ok_response.SetInParent()
-    return response.SerializeToString()
+    return bytes(response.SerializeToString())
 
 
 async def _should_rate_limit(request: bytes, context: grpc.aio.ServicerContext) -> bytes:

@@ -131,7 +131,7 @@ def check_request(token: str | None) -> bytes:
     if token is not None:
         http.headers["authorization"] = f"Bearer {token}"
     attrs.context_extensions["legation.policy"] = POLICY
-    return req.SerializeToString()
+    return bytes(req.SerializeToString())
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,1 @@
+"""What every scenario shares: processes, CPUs, load generators, measurement and the report."""
