@@ -25,7 +25,8 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import http_con
 from fixtures.processes import HOST, EnvoyProcess, free_port, http_get
 from fixtures.xds_resources import serving
 
-from legation.controller.xds.server import NodeStatus, XdsServer
+from legation.controller.xds.protocol import NodeStatus
+from legation.controller.xds.server import XdsServer
 from legation.controller.xds.snapshot import CLUSTER, LISTENER, ROUTE, Snapshot
 
 pytestmark = pytest.mark.e2e

@@ -21,7 +21,8 @@ from fixtures.xds_resources import serving, snap, wait_until
 from google.rpc import status_pb2
 
 from legation.controller.xds.delta import DeltaRecord, DeltaStream, resource_version
-from legation.controller.xds.server import KEPT_SUFFIX, Nack, XdsServer
+from legation.controller.xds.protocol import KEPT_SUFFIX, Nack
+from legation.controller.xds.server import XdsServer
 from legation.controller.xds.snapshot import CLUSTER, LISTENER, ROUTE, SECRET, Snapshot
 
 # --------------------------------------------------------------------------- helpers

@@ -22,7 +22,8 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from fixtures.xds_resources import cluster, route, serving, snap, wait_until
 from google.rpc import status_pb2
 
-from legation.controller.xds.server import KEPT_SUFFIX, AdsStream, Nack, XdsServer
+from legation.controller.xds.protocol import KEPT_SUFFIX, Nack
+from legation.controller.xds.server import XdsServer
 from legation.controller.xds.snapshot import (
     CLUSTER,
     ENDPOINT,
@@ -33,6 +34,7 @@ from legation.controller.xds.snapshot import (
     SnapshotStore,
     content_version,
 )
+from legation.controller.xds.sotw import AdsStream
 
 # --------------------------------------------------------------------------- helpers
 

@@ -24,7 +24,8 @@ from legation.core.errors import ConfigError, format_path
 
 if TYPE_CHECKING:
     from legation.controller.serving.pipeline import ControllerState, Stages
-    from legation.controller.xds.server import Nack, NodeStatus, XdsServer
+    from legation.controller.xds.protocol import Nack, NodeStatus
+    from legation.controller.xds.server import XdsServer
 
 __all__ = ["StageSections", "render", "stage_sections"]
 

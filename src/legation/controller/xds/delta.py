@@ -42,7 +42,7 @@ from typing import Any
 from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import any_pb2
 
-from legation.controller.xds.server import KEPT_SUFFIX, StreamProtocol, TypeStatus
+from legation.controller.xds.protocol import KEPT_SUFFIX, StreamProtocol, TypeStatus
 from legation.controller.xds.snapshot import ADS_ORDER, CLUSTER, LISTENER, ROUTE, WILDCARD_TYPES, Snapshot
 
 __all__ = ["DeltaRecord", "DeltaStream", "resource_version"]
