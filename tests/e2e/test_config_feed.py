@@ -1,5 +1,5 @@
 """`legation authz --config-url` and `legation ratelimit --config-url`: real service processes
-following legation.controller.translate.feeds's router served over real HTTP (uvicorn on a loopback port).
+following legation.controller.serving.feed's router served over real HTTP (uvicorn on a loopback port).
 
 The walk-through: the services start before the controller (not ready, empty config), take the
 first version, follow a change, keep the last good config when the feed serves something

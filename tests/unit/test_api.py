@@ -22,10 +22,10 @@ from fixtures.xds_resources import FakeEnvoyStream, wait_until
 from google.rpc import status_pb2
 
 from legation.controller.serving.api import REDACTED, create_app
+from legation.controller.serving.feed import Feed
 from legation.controller.serving.pipeline import ControllerState, Stages, build
 from legation.controller.sources.directory import DirectorySource
 from legation.controller.translate.envoy import EnvoyOptions
-from legation.controller.translate.feeds import Feed
 from legation.controller.xds.server import XdsServer
 from legation.controller.xds.snapshot import CLUSTER, SECRET
 from legation.core.fastmetrics import FastCounter

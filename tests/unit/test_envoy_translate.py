@@ -45,7 +45,8 @@ from legation.controller.translate.envoy import (
     EnvoyOptions,
     translate,
 )
-from legation.controller.translate.routes import EXT_AUTHZ_METADATA_NAMESPACE, covers
+from legation.controller.translate.options import EXT_AUTHZ_METADATA_NAMESPACE
+from legation.controller.translate.routes import covers
 from legation.controller.xds.snapshot import CLUSTER, LISTENER, ROUTE, SECRET, Snapshot
 from legation.ratelimit.config import load_config_texts
 

@@ -17,12 +17,13 @@ from fastapi import FastAPI
 from fixtures.config_feed import FeedServer, compile_manifests, manifests
 from fixtures.jwks_server import jwks_json, make_ec_key, make_rsa_key
 
-import legation.controller.translate.feeds as feed_module
+import legation.controller.serving.feed as feed_module
 from legation.authz.app import KeySources, compile_all
 from legation.authz.config import load_policy_texts
 from legation.controller.compiler.compile import DOMAIN, MAPPING_KEY
 from legation.controller.compiler.ir import IR, CompileResult
-from legation.controller.translate.feeds import Feed, authz_feed_text, feed_router, ratelimit_feed_text
+from legation.controller.serving.feed import Feed, feed_router
+from legation.controller.translate.feeds import authz_feed_text, ratelimit_feed_text
 from legation.core.errors import ConfigError, ConfigErrors
 from legation.core.feed_client import VERSION_HEADER, FeedFollower, check_feed_url, feed_version
 from legation.ratelimit.config import load_config_texts

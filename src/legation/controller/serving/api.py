@@ -33,8 +33,8 @@ from legation.core.errors import format_path
 from legation.core.feed_version import feed_version
 
 if TYPE_CHECKING:
+    from legation.controller.serving.feed import Feed
     from legation.controller.serving.pipeline import ControllerState, Stages
-    from legation.controller.translate.feeds import Feed
     from legation.controller.xds.server import XdsServer
 
 __all__ = ["REDACTED", "create_app", "to_json"]
@@ -122,7 +122,7 @@ def create_app(state: ControllerState, xds: XdsServer, feeds: Mapping[str, Feed]
         return page.render(state, xds, sections)
 
     if feeds is not None:
-        from legation.controller.translate.feeds import feed_router  # the feed module serves its own routes
+        from legation.controller.serving.feed import feed_router  # the feed module serves its own routes
 
         app.include_router(feed_router(feeds))
     return app

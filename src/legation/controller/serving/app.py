@@ -23,12 +23,12 @@ from prometheus_client import Gauge, Histogram
 
 from legation.controller.compiler.parse_cache import ParseCache
 from legation.controller.serving.api import create_app
+from legation.controller.serving.feed import Feed
 from legation.controller.serving.pipeline import ControllerState, Stages, build, status_errors
 from legation.controller.sources import Source, StatusSink
 from legation.controller.sources.directory import DirectorySource
 from legation.controller.sources.merged import MergedSource
 from legation.controller.translate.envoy import EnvoyOptions
-from legation.controller.translate.feeds import Feed
 from legation.controller.xds.server import SERVICE, XdsServer
 from legation.core.errors import format_path
 from legation.core.grpc_runtime import Health, ServerSettings, run_server, split_host_port

@@ -27,10 +27,17 @@ from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.config.route.v3 import route_pb2
 from envoy.extensions.filters.http.cors.v3 import cors_pb2
 from envoy.extensions.filters.http.ext_authz.v3 import ext_authz_pb2
-from google.protobuf import any_pb2, duration_pb2
 
 from legation.api.v1alpha1 import Cors
 from legation.controller.compiler.ir import IR, DescriptorEntry, HostIR, RateLimitIR, Route, RouteMatch
+from legation.controller.translate.options import (
+    CORS_FILTER,
+    EXT_AUTHZ_FILTER,
+    EXT_AUTHZ_METADATA_NAMESPACE,
+    POLICY_CONTEXT_KEY,
+    duration,
+    pack,
+)
 
 __all__ = [
     "CORS_FILTER",
@@ -39,19 +46,9 @@ __all__ = [
     "POLICY_CONTEXT_KEY",
     "RouteOptions",
     "covers",
-    "duration",
-    "pack",
     "rate_limit_action",
     "route_configurations",
 ]
-
-EXT_AUTHZ_FILTER = "envoy.filters.http.ext_authz"
-CORS_FILTER = "envoy.filters.http.cors"
-EXT_AUTHZ_METADATA_NAMESPACE = "envoy.filters.http.ext_authz"
-"""Where Envoy files the ext_authz CheckResponse's dynamic_metadata (the filter's name; the
-filter is given exactly this name so that both agree)."""
-POLICY_CONTEXT_KEY = "legation.policy"
-"""The context extension the authz service reads the route's JWTPolicy from."""
 
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 
@@ -64,18 +61,6 @@ class RouteOptions:
     """Whether the listeners run the ext_authz filter (routes must then say disabled or policy)."""
     redirect_port: int
     """The port of https:// URLs in insecure redirects (443 leaves the URL without a port)."""
-
-
-def pack(message: Any) -> Any:
-    packed = any_pb2.Any()
-    packed.Pack(message)
-    return packed
-
-
-def duration(seconds: float) -> Any:
-    d = duration_pb2.Duration()
-    d.FromNanoseconds(round(seconds * 1e9))
-    return d
 
 
 # --- hostnames ---------------------------------------------------------------------------------

@@ -1,0 +1,85 @@
+"""The HTTP filter chain, in order: CORS (answers preflights before anyone asks for a token),
+ext_authz (when an authz service is known), ratelimit (after ext_authz, whose dynamic metadata
+carries the claims that `per claim:` limits count), router."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from envoy.config.core.v3 import config_source_pb2, grpc_service_pb2
+from envoy.config.ratelimit.v3 import rls_pb2
+from envoy.extensions.filters.http.cors.v3 import cors_pb2
+from envoy.extensions.filters.http.ext_authz.v3 import ext_authz_pb2
+from envoy.extensions.filters.http.ratelimit.v3 import rate_limit_pb2
+from envoy.extensions.filters.http.router.v3 import router_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm
+
+from legation.api.v1alpha1 import AuthServiceSpec
+from legation.controller.compiler.ir import IR
+from legation.controller.translate.options import (
+    AUTHZ_CLUSTER,
+    CORS_FILTER,
+    EXT_AUTHZ_FILTER,
+    RATELIMIT_CLUSTER,
+    RATELIMIT_FILTER,
+    ROUTER_FILTER,
+    EnvoyOptions,
+    duration,
+    pack,
+)
+
+__all__ = ["auth_service", "http_filters"]
+
+
+def auth_service(ir: IR, options: EnvoyOptions) -> tuple[str, AuthServiceSpec] | None:
+    """(cluster, settings) of the ext_authz service, or None when there is none."""
+    if ir.auth_service is not None:
+        return ir.auth_service.cluster, ir.auth_service.spec
+    if options.default_authz_service is not None:
+        return AUTHZ_CLUSTER, AuthServiceSpec.model_validate({"service": options.default_authz_service})
+    return None
+
+
+def http_filters(auth: tuple[str, AuthServiceSpec] | None, options: EnvoyOptions) -> list[Any]:
+    filters = [_filter(CORS_FILTER, cors_pb2.Cors())]
+    if auth is not None:
+        filters.append(_filter(EXT_AUTHZ_FILTER, _ext_authz(*auth)))
+    if options.ratelimit_service is not None:
+        filters.append(_filter(RATELIMIT_FILTER, _ratelimit(options)))
+    filters.append(_filter(ROUTER_FILTER, router_pb2.Router()))
+    return filters
+
+
+def _filter(name: str, config: Any) -> Any:
+    return hcm.HttpFilter(name=name, typed_config=pack(config))
+
+
+def _ext_authz(cluster: str, spec: AuthServiceSpec) -> Any:
+    config = ext_authz_pb2.ExtAuthz(
+        transport_api_version=config_source_pb2.V3, failure_mode_allow=spec.failure_mode_allow
+    )
+    config.grpc_service.envoy_grpc.cluster_name = cluster
+    config.grpc_service.timeout.CopyFrom(duration(spec.timeout))
+    config.status_on_error.code = spec.status_on_error
+    if spec.include_body is not None:
+        config.with_request_body.max_request_bytes = spec.include_body.max_bytes
+        config.with_request_body.allow_partial_message = spec.include_body.allow_partial_message
+    return config
+
+
+def _ratelimit(options: EnvoyOptions) -> Any:
+    config = rate_limit_pb2.RateLimit(
+        domain=options.ratelimit_domain,
+        failure_mode_deny=options.ratelimit_failure_mode_deny,
+        enable_x_ratelimit_headers=rate_limit_pb2.RateLimit.DRAFT_VERSION_03,
+    )
+    config.timeout.CopyFrom(duration(options.ratelimit_timeout))
+    config.rate_limit_service.CopyFrom(
+        rls_pb2.RateLimitServiceConfig(
+            grpc_service=grpc_service_pb2.GrpcService(
+                envoy_grpc=grpc_service_pb2.GrpcService.EnvoyGrpc(cluster_name=RATELIMIT_CLUSTER)
+            ),
+            transport_api_version=config_source_pb2.V3,
+        )
+    )
+    return config
