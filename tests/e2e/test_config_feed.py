@@ -22,7 +22,7 @@ from fixtures.probes import json_log_lines, metric_samples, metric_sum
 from fixtures.processes import Launcher, RateLimitProcess, free_port, legation_binary, wait_for
 from fixtures.rls import OK, OVER_LIMIT, RlsClient
 
-from legation.controller.compiler.compile import DOMAIN, MAPPING_KEY
+from legation.controller.compiler.ratelimits import DOMAIN, MAPPING_KEY
 from legation.controller.translate.feeds import authz_feed_text, ratelimit_feed_text
 
 pytestmark = pytest.mark.e2e

@@ -13,8 +13,10 @@ from fixtures.manifests import self_signed
 from legation.api.ratelimit import DomainConfig
 from legation.api.v1alpha1 import AuthService, Host, JWTPolicy, Mapping, Resource, Secret
 from legation.api.v1alpha1.fields import parse_service
-from legation.controller.compiler.compile import DOMAIN, MAPPING_KEY, cluster_name, compile
+from legation.controller.compiler.clusters import cluster_name
+from legation.controller.compiler.compile import compile_resources
 from legation.controller.compiler.ir import CompileResult, DescriptorEntry, Origin, Route
+from legation.controller.compiler.ratelimits import DOMAIN, MAPPING_KEY
 from legation.core.yamlfile import load_documents
 from legation.ratelimit.config import load_config_texts
 
@@ -113,7 +115,7 @@ def tls_pair() -> dict[str, str]:
 
 
 def run(*resources: Resource) -> CompileResult:
-    return compile([(Origin("test.yaml", i), r) for i, r in enumerate(resources)])
+    return compile_resources([(Origin("test.yaml", i), r) for i, r in enumerate(resources)])
 
 
 def state(result: CompileResult, kind: str, ns: str, name: str) -> tuple[str, str | None]:
@@ -203,13 +205,13 @@ def test_same_input_in_any_order_gives_identical_output(tls_pair: dict[str, str]
         auth_service("other"),
     ]
     origins = [(Origin(f"f{i}.yaml"), r) for i, r in enumerate(resources)]
-    expected = compile(origins)
+    expected = compile_resources(origins)
     assert expected.rejected  # the test covers rejections too
     rng = random.Random(4)
     for _ in range(10):
         shuffled = origins[:]
         rng.shuffle(shuffled)
-        assert compile(shuffled) == expected
+        assert compile_resources(shuffled) == expected
 
 
 def test_routes_are_ordered_most_specific_first() -> None:
@@ -233,7 +235,7 @@ def test_routes_are_ordered_most_specific_first() -> None:
 
 def test_duplicate_resources_reject_the_later_origin() -> None:
     first, second = mapping("m", prefix="/one/"), mapping("m", prefix="/two/")
-    result = compile([(Origin("b.yaml"), second), (Origin("a.yaml"), first)])
+    result = compile_resources([(Origin("b.yaml"), second), (Origin("a.yaml"), first)])
     assert [s.state for s in result.statuses] == ["Accepted", "Rejected"]
     assert result.statuses[1].origin == Origin("b.yaml")
     assert result.statuses[1].reason == "duplicate Mapping team-a/m (also in a.yaml#0)"

@@ -33,7 +33,7 @@ from legation.authz.jwks import StaticKeySource
 from legation.authz.policy import compile_policy
 from legation.authz.server import response_for
 from legation.authz.tokens import TokenCache
-from legation.controller.compiler.compile import DOMAIN
+from legation.controller.compiler.ratelimits import DOMAIN
 from legation.controller.translate.envoy import (
     ACCESS_LOG_FORMAT,
     AUTHZ_CLUSTER,

@@ -20,8 +20,8 @@ from fixtures.jwks_server import jwks_json, make_ec_key, make_rsa_key
 import legation.controller.serving.feed as feed_module
 from legation.authz.app import KeySources, compile_all
 from legation.authz.config import load_policy_texts
-from legation.controller.compiler.compile import DOMAIN, MAPPING_KEY
 from legation.controller.compiler.ir import IR, CompileResult
+from legation.controller.compiler.ratelimits import DOMAIN, MAPPING_KEY
 from legation.controller.serving.feed import Feed, feed_router
 from legation.controller.translate.feeds import authz_feed_text, ratelimit_feed_text
 from legation.core.errors import ConfigError, ConfigErrors

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from legation.api.v1alpha1 import Resource, ResourceError, ResourceId, parse_resource, raw_id
-from legation.controller.compiler.compile import compile, gc_paused
+from legation.controller.compiler.compile import compile_resources, gc_paused
 from legation.controller.compiler.ir import CompileResult, Origin, Problem, Rejected, ResourceStatus
 from legation.controller.sources import SourceSnapshot
 from legation.controller.translate.envoy import EnvoyOptions, translate
@@ -76,7 +76,7 @@ def _build(snapshot: SourceSnapshot, options: EnvoyOptions, parse: Parser) -> St
                 rejected[status.id] = _rejected(status, doc)
         else:
             resources.append((origin, parsed))
-    result = compile(resources, rejected)
+    result = compile_resources(resources, rejected)
     located = _locate(result.statuses, snapshot.documents)
     statuses = sorted((*located, *invalid), key=lambda s: (s.id, s.origin))
     return Stages(

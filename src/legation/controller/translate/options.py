@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from google.protobuf import any_pb2, duration_pb2
 from google.protobuf.message import Message
 
-from legation.controller.compiler.compile import DOMAIN
+from legation.controller.compiler.ratelimits import DOMAIN
 
 __all__ = [
     "ACCESS_LOG_FORMAT",

@@ -1,0 +1,71 @@
+"""Hosts (one per hostname, the oldest) with their TLS Secrets, and Secrets' own checks."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from legation.api.v1alpha1 import (
+    Host,
+    ResourceId,
+    Secret,
+)
+from legation.controller.compiler.entries import Entry, age, why_rejected
+from legation.controller.compiler.ir import (
+    FieldPath,
+    HostIR,
+    TlsSecret,
+)
+
+__all__ = ["check_secret", "compile_hosts", "tls_secrets"]
+
+
+def check_secret(entry: Entry) -> None:
+    assert isinstance(entry.resource, Secret)
+    for path, reason in entry.resource.tls_errors():
+        entry.reject(path, reason)
+
+
+def compile_hosts(entries: list[Entry], secrets: dict[ResourceId, Entry]) -> list[HostIR]:
+    by_hostname: dict[str, Entry] = {}
+    for entry in sorted(entries, key=age):
+        host = entry.resource
+        assert isinstance(host, Host)
+        path: FieldPath = ("spec", "tlsSecret", "name")
+        secret = secrets.get(ResourceId("Secret", entry.id.namespace, host.spec.tls_secret.name))
+        if secret is None:
+            entry.reject(path, f"no Secret {host.spec.tls_secret.name!r} in namespace {entry.id.namespace}")
+        elif not secret.ok:
+            entry.reject(path, f"{secret.id} is rejected: {why_rejected(secret)}")
+        elif isinstance(secret.resource, Secret) and secret.resource.type != "kubernetes.io/tls":
+            entry.reject(path, f"{secret.id} has type {secret.resource.type}, not kubernetes.io/tls")
+        if not entry.ok:
+            continue
+        winner = by_hostname.setdefault(host.spec.hostname, entry)
+        if winner is not entry:
+            entry.reject(
+                ("spec", "hostname"), f"hostname {host.spec.hostname} is already served by {winner.id}"
+            )
+    return [
+        HostIR(
+            id=e.key,
+            hostname=host.spec.hostname,
+            secret=f"{e.id.namespace}/{host.spec.tls_secret.name}",
+            insecure=host.spec.insecure.action,
+        )
+        for e in by_hostname.values()
+        if isinstance(host := e.resource, Host)
+    ]
+
+
+def tls_secrets(hosts: Iterable[HostIR], secrets: dict[ResourceId, Entry]) -> tuple[TlsSecret, ...]:
+    found: dict[str, TlsSecret] = {}
+    for host in hosts:
+        namespace, name = host.secret.split("/", 1)
+        secret = secrets[ResourceId("Secret", namespace, name)].resource
+        assert isinstance(secret, Secret)
+        found[host.secret] = TlsSecret(
+            name=host.secret,
+            certificate_chain=(secret.value("tls.crt") or b"").decode(),
+            private_key=(secret.value("tls.key") or b"").decode(),
+        )
+    return tuple(found[name] for name in sorted(found))

@@ -1,0 +1,132 @@
+"""JWTPolicies (references resolved, `secretRef` inlined, one namespace default), the one
+AuthService, and which policy a Mapping gets."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from pydantic import ValidationError
+
+from legation.api.v1alpha1 import (
+    JWTPolicy,
+    Mapping,
+    ResourceId,
+    Secret,
+)
+from legation.controller.compiler.entries import Entry, age, why_rejected
+from legation.controller.compiler.ir import FieldPath
+
+__all__ = ["compile_auth_service", "compile_policies", "missing_policy", "policy_of"]
+
+
+def compile_policies(
+    entries: list[Entry], secrets: dict[ResourceId, Entry]
+) -> tuple[dict[Entry, JWTPolicy], dict[str, Entry]]:
+    """The resolved policy of each JWTPolicy entry, and each namespace's default policy entry."""
+    resolved: dict[Entry, JWTPolicy] = {}
+    for entry in entries:
+        policy = entry.resource
+        assert isinstance(policy, JWTPolicy)
+        for where, reason in policy.spec.reference_errors():
+            entry.reject(("spec", *where), reason)
+        data = policy.model_dump(mode="json", by_alias=True, exclude={"status"})
+        for i, provider in enumerate(policy.spec.providers):
+            ref = provider.jwks.secret_ref
+            if ref is None:
+                continue
+            path: FieldPath = ("spec", "providers", i, "jwks", "secretRef")
+            value = _secret_value(entry, secrets, path, ref.name, ref.key)
+            if value is not None:
+                jwks = data["spec"]["providers"][i]["jwks"]
+                jwks.pop("secretRef")
+                jwks["inline"] = value
+        if entry.ok:
+            try:
+                resolved[entry] = JWTPolicy.model_validate(data)
+            except ValidationError as exc:  # pragma: no cover - the input was already valid
+                entry.reject(("spec",), str(exc))
+    defaults: dict[str, Entry] = {}
+    for entry in sorted(entries, key=age):
+        assert isinstance(entry.resource, JWTPolicy)
+        if not entry.resource.spec.namespace_default:
+            continue
+        winner = defaults.setdefault(entry.id.namespace, entry)
+        if winner is not entry:
+            entry.reject(
+                ("spec", "namespaceDefault"),
+                f"only one JWTPolicy per namespace may set namespaceDefault; {winner.id} is older",
+            )
+    return {e: p for e, p in resolved.items() if e.ok}, defaults
+
+
+def _secret_value(
+    entry: Entry, secrets: dict[ResourceId, Entry], path: FieldPath, name: str, key: str
+) -> str | None:
+    secret = secrets.get(ResourceId("Secret", entry.id.namespace, name))
+    if secret is None:
+        entry.reject((*path, "name"), f"no Secret {name!r} in namespace {entry.id.namespace}")
+        return None
+    if not secret.ok:
+        entry.reject((*path, "name"), f"{secret.id} is rejected: {why_rejected(secret)}")
+        return None
+    assert isinstance(secret.resource, Secret)
+    value = secret.resource.value(key)
+    if value is None:
+        entry.reject((*path, "key"), f"{secret.id} has no key {key!r}")
+        return None
+    try:
+        return value.decode()
+    except UnicodeDecodeError:
+        entry.reject((*path, "key"), f"key {key!r} of {secret.id} is not UTF-8 text")
+        return None
+
+
+def compile_auth_service(entries: list[Entry]) -> Entry | None:
+    winner: Entry | None = None
+    for entry in sorted(entries, key=age):
+        if winner is None:
+            winner = entry
+        else:
+            entry.reject(("metadata", "name"), f"only one AuthService is allowed; {winner.id} is older")
+    return winner
+
+
+def policy_of(
+    entry: Entry, mapping: Mapping, current: dict[ResourceId, Entry], defaults: dict[str, Entry]
+) -> str | None:
+    auth, ns = mapping.spec.auth, entry.id.namespace
+    if auth is not None and auth.disabled:
+        return None
+    if auth is not None and auth.policy is not None:
+        policy = current.get(ResourceId("JWTPolicy", ns, auth.policy))
+        path: FieldPath = ("spec", "auth", "policy")
+        if policy is None:
+            entry.reject(path, missing_policy(auth.policy, ns, current))
+            return None
+        if not policy.ok:
+            entry.reject(path, f"{policy.id} is rejected: {why_rejected(policy)}")
+            return None
+        return policy.key
+    default = defaults.get(ns)
+    if default is None:
+        return None
+    if not default.ok:
+        entry.reject(
+            ("spec", "auth"),
+            f"the namespace's default {default.id} is rejected ({why_rejected(default)}); "
+            "the Mapping is not served without it (set auth to override)",
+        )
+        return None
+    return default.key
+
+
+def missing_policy(name: str, namespace: str, present: Iterable[ResourceId]) -> str:
+    """Why a Mapping of `namespace` cannot use the JWTPolicy `name`: none of `present` is it
+    (pointing at a JWTPolicy of that name in another namespace, the likely mistake)."""
+    elsewhere = sorted(r.namespace for r in present if r.kind == "JWTPolicy" and r.name == name)
+    hint = (
+        f" (JWTPolicy {elsewhere[0]}/{name} exists, but a Mapping may only use its own namespace's)"
+        if elsewhere
+        else ""
+    )
+    return f"no JWTPolicy {name!r} in namespace {namespace}{hint}"
