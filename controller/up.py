@@ -1,42 +1,46 @@
 """`legation up [DIR]`: the whole gateway on one machine, for trying it out and for demos.
 
-Starts, in order, each waiting for the previous to be ready: a demo upstream (`legation echo`)
-for every loopback service the Mappings name, the controller on DIR (plus the demo Secrets it
-generates into the state directory), the authz and rate limit services following the
-controller's feeds, and Envoy with a bootstrap pointing at the controller. Then it prints the
-URLs and a few curl lines, and waits. Ctrl-C (or SIGTERM) stops everything in reverse order;
-if any process dies, the rest are stopped too and the exit code is 1. Each process logs to
-`<state-dir>/logs/<name>.log`.
+First it checks that nothing is in the way: no other `up` on the same state directory (a lock
+held while it runs), no port of its own already taken (each refusal names the flag that avoids
+it); only then does it write anything. Then it starts, in order, each waiting for the previous
+to be ready: a demo upstream (`legation echo`) for every loopback service the Mappings name,
+the controller on DIR (plus the demo Secrets it generates into the state directory), the authz
+and rate limit services following the controller's feeds, and Envoy with a bootstrap pointing
+at the controller. Then it prints the URLs and a few curl lines, and follows the Mappings: a
+loopback service added later gets its demo upstream, one no longer named loses it. Ctrl-C (or
+SIGTERM) stops everything in reverse order; if any process but a demo upstream dies, the rest
+are stopped too and the exit code is 1. Each process logs to `<state-dir>/logs/<name>.log`
+(the previous run's logs are kept as `<name>.log.1`).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import shutil
 import signal
 import socket
-import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
 import yaml
 
 from controller.bootstrap import bootstrap
-from controller.fields import parse_service
-from controller.resources import Mapping
-from controller.sources.directory import DirectorySource
-from controller.validate import validate_snapshot
+from controller.demo_upstreams import DemoUpstreams, from_api, from_directory
+from controller.envoy import HTTPS_LISTENER
+from controller.up_preflight import PORT_FLAGS, PreflightError, check_ports, gateway_ports, lock_state
+from controller.up_processes import Child, Stack, binary, log_tail
 from legation.demo import TLS_HOSTNAMES, DemoFiles
 
 __all__ = ["add_arguments", "run"]
 
-_LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+_SYNC_INTERVAL = 1.0
+"""Seconds between two looks at the controller's Mappings for demo upstreams to start or stop."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,18 +51,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--redis-url", metavar="URL", help="rate limit counters in Redis (default: in memory)"
     )
     parser.add_argument(
-        "--state-dir", default=".legation", help="demo keys, logs, bootstrap (default %(default)s)"
+        "--state-dir",
+        default=".legation",
+        help="demo keys, logs, bootstrap; one `up` at a time per directory (default %(default)s)",
     )
     ports = parser.add_argument_group("ports (all on 127.0.0.1)")
-    for flag, default, what in (
-        ("--http-port", 8080, "Envoy HTTP"),
-        ("--https-port", 8443, "Envoy HTTPS"),
-        ("--envoy-admin-port", 9901, "Envoy admin"),
-        ("--xds-port", 18000, "controller ADS"),
-        ("--api-port", 8877, "controller HTTP API and page"),
-        ("--authz-port", 9001, "authz gRPC"),
-        ("--ratelimit-port", 8081, "rate limit gRPC"),
-    ):
+    for flag, default, what in PORT_FLAGS:
         ports.add_argument(flag, type=int, default=default, help=f"{what} (default %(default)s)")
     parser.add_argument(
         "--no-demo-upstreams", action="store_true", help="do not start demo upstreams for loopback services"
@@ -68,55 +66,52 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-@dataclass
-class _Child:
-    name: str
-    process: subprocess.Popen[bytes]
-    log: Path
-
-
-@dataclass
-class _Stack:
-    log_dir: Path
-    children: list[_Child] = field(default_factory=list)
-
-    def start(self, name: str, argv: Sequence[str]) -> _Child:
-        log = self.log_dir / f"{name}.log"
-        out: IO[bytes] = log.open("wb")
-        # Own session: a terminal's Ctrl-C reaches only us, and we stop the children in order.
-        process = subprocess.Popen(
-            argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent
-        )
-        out.close()
-        child = _Child(name, process, log)
-        self.children.append(child)
-        return child
-
-    def dead(self) -> _Child | None:
-        return next((c for c in self.children if c.process.poll() is not None), None)
-
-    def stop(self) -> None:
-        for child in reversed(self.children):
-            if child.process.poll() is None:
-                child.process.send_signal(signal.SIGTERM)
-            deadline = time.monotonic() + 10
-            while child.process.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.05)
-            if child.process.poll() is None:
-                child.process.kill()
-                child.process.wait()
+_HOST = "127.0.0.1"
+_LOG_LEVEL = "info"
+_LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
 
 
 class _Stopped(Exception):
     pass
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """Ports chosen for this run beyond the command line's."""
+
+    authz_ops: int
+    ratelimit_ops: int
+    reserved: dict[int, str]
+    """Every port of the gateway itself → what listens there (never a demo upstream)."""
+
+
 def run(args: argparse.Namespace) -> int:
     state = Path(args.state_dir)
-    files = DemoFiles(state)
+    try:
+        lock = lock_state(state)  # first: nothing in a running instance's state dir is touched
+    except PreflightError as exc:
+        return _refuse(exc)
+    try:
+        check_ports(gateway_ports(args))
+        return _run_locked(args, DemoFiles(state))
+    except PreflightError as exc:
+        return _refuse(exc)
+    finally:
+        lock.release()
+
+
+def _refuse(exc: PreflightError) -> int:
+    print(f"legation up: {exc}", file=sys.stderr, flush=True)
+    return 1
+
+
+def _run_locked(args: argparse.Namespace, files: DemoFiles) -> int:
     files.ensure()
-    (state / "logs").mkdir(exist_ok=True)
-    stack = _Stack(state / "logs")
+    (files.root / "logs").mkdir(exist_ok=True)
+    stack = Stack(files.root / "logs")
+    stack.rotate_logs()
+    plan = _plan(args)
+    upstreams = None if args.no_demo_upstreams else _demo_upstreams(stack, plan)
     stop_requested = False
 
     def request_stop(signum: int, frame: object) -> None:
@@ -125,21 +120,13 @@ def run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
-
-    def interrupted() -> bool:
-        return stop_requested
-
     code = 0
     try:
-        _start_all(args, files, stack, interrupted)
+        _start_all(
+            args, files=files, stack=stack, plan=plan, upstreams=upstreams, interrupted=lambda: stop_requested
+        )
         _print_ready(args, files)
-        while not stop_requested:
-            died = stack.dead()
-            if died is not None:
-                print(f"\n{died.name} exited with code {died.process.returncode}; see {died.log}", flush=True)
-                code = 1
-                break
-            time.sleep(0.2)
+        code = _watch(args, stack=stack, upstreams=upstreams, stopped=lambda: stop_requested)
     except _Stopped as exc:
         print(f"\n{exc}", flush=True)
         code = 1 if not stop_requested else 0
@@ -150,50 +137,105 @@ def run(args: argparse.Namespace) -> int:
     return code
 
 
-def _start_all(
-    args: argparse.Namespace, files: DemoFiles, stack: _Stack, interrupted: Callable[[], bool]
-) -> None:
-    legation = _binary("legation")
-    host = "127.0.0.1"
-    api = f"http://{host}:{args.api_port}"
-    log_level = "info"
+def _plan(args: argparse.Namespace) -> _Plan:
+    authz_ops, ratelimit_ops = _free_port(), _free_port()
+    reserved = {use.port: use.what for use in gateway_ports(args)}
+    reserved[authz_ops] = "authz metrics"
+    reserved[ratelimit_ops] = "rate limit metrics"
+    redis = urllib.parse.urlsplit(args.redis_url) if args.redis_url else None
+    if redis is not None and redis.hostname in ("127.0.0.1", "localhost", "::1"):
+        reserved[redis.port or 6379] = "Redis"
+    return _Plan(authz_ops=authz_ops, ratelimit_ops=ratelimit_ops, reserved=reserved)
 
-    def wait(what: str, ready: Callable[[], bool], child: _Child) -> None:
+
+def _demo_upstreams(stack: Stack, plan: _Plan) -> DemoUpstreams:
+    def say(line: str) -> None:
+        print(line, flush=True)
+
+    return DemoUpstreams(stack=stack, legation=binary("legation"), reserved=plan.reserved, say=say)
+
+
+def _watch(
+    args: argparse.Namespace, *, stack: Stack, upstreams: DemoUpstreams | None, stopped: Callable[[], bool]
+) -> int:
+    """Until stopped (0) or a process dies (1): follow the Mappings with the demo upstreams."""
+    api = f"http://127.0.0.1:{args.api_port}"
+    next_sync = time.monotonic()
+    while not stopped():
+        if upstreams is not None:
+            upstreams.reap()
+            if time.monotonic() >= next_sync:
+                _follow(upstreams, api)
+                next_sync = time.monotonic() + _SYNC_INTERVAL
+        died = stack.dead()
+        if died is not None:
+            print(f"\n{died.name} exited with code {died.process.returncode}; see {died.log}", flush=True)
+            return 1
+        time.sleep(0.2)
+    return 0
+
+
+def _follow(upstreams: DemoUpstreams, api: str) -> None:
+    wanted = from_api(api)
+    if wanted is None:
+        return  # the controller cannot say now: keep what runs
+    for (host, port), name, _child in upstreams.sync(wanted):
+        print(f"  upstream {host}:{port} ({name}) started", flush=True)
+
+
+class _Waiter:
+    """Waits for one child to be ready, printing one progress line."""
+
+    def __init__(self, timeout: float, interrupted: Callable[[], bool]) -> None:
+        self._timeout = timeout
+        self._interrupted = interrupted
+
+    def __call__(self, what: str, ready: Callable[[], bool], child: Child) -> None:
         start = time.monotonic()
         print(f"  {what:<24} ", end="", flush=True)
-        while not ready():
-            if interrupted():
-                raise _Stopped("interrupted")
-            if child.process.poll() is not None:
-                print("failed", flush=True)
-                tail = child.log.read_text(errors="replace").splitlines()[-15:]
-                raise _Stopped(
-                    f"{child.name} exited with code {child.process.returncode}:\n" + "\n".join(tail)
-                )
-            if time.monotonic() - start > args.ready_timeout:
-                print("timed out", flush=True)
-                raise _Stopped(f"{child.name} not ready after {args.ready_timeout:.0f} s; see {child.log}")
+        # Our child must be alive when the probe answers: the probe alone could reach another
+        # process on that port (the preflight makes that unlikely, this makes it harmless).
+        while not (ready() and child.process.poll() is None):
+            self._check(child, start)
             time.sleep(0.05)
         print(f"ready in {time.monotonic() - start:.1f} s", flush=True)
 
-    print(f"legation up: {args.dir} (state and logs in {files.root}/)", flush=True)
-    if not args.no_demo_upstreams:
-        for (svc_host, port), name in _loopback_services(args.dir).items():
-            if _port_open(svc_host, port):
-                print(
-                    f"  upstream {svc_host}:{port:<8} already served by something else: left alone",
-                    flush=True,
-                )
-                continue
-            child = stack.start(
-                f"upstream-{port}", [legation, "echo", "--listen", f"{svc_host}:{port}", "--name", name]
-            )
-            wait(f"upstream {port} ({name})", _opens(svc_host, port), child)
+    def _check(self, child: Child, start: float) -> None:
+        if self._interrupted():
+            raise _Stopped("interrupted")
+        if child.process.poll() is not None:
+            print("failed", flush=True)
+            raise _Stopped(f"{child.name} exited with code {child.process.returncode}:\n{log_tail(child)}")
+        if time.monotonic() - start > self._timeout:
+            print("timed out", flush=True)
+            raise _Stopped(f"{child.name} not ready after {self._timeout:.0f} s; see {child.log}")
 
+
+def _start_all(
+    args: argparse.Namespace,
+    *,
+    files: DemoFiles,
+    stack: Stack,
+    plan: _Plan,
+    upstreams: DemoUpstreams | None,
+    interrupted: Callable[[], bool],
+) -> None:
+    wait = _Waiter(args.ready_timeout, interrupted)
+    print(f"legation up: {args.dir} (state and logs in {files.root}/)", flush=True)
+    if upstreams is not None:
+        for (host, port), name, child in upstreams.sync(from_directory(args.dir)):
+            wait(f"upstream {port} ({name})", _opens(host, port), child)
+    api = _start_controller(args, files=files, stack=stack, wait=wait)
+    _start_services(args, api=api, stack=stack, plan=plan, wait=wait)
+    _start_envoy(args, files=files, stack=stack, wait=wait)
+
+
+def _start_controller(args: argparse.Namespace, *, files: DemoFiles, stack: Stack, wait: _Waiter) -> str:
+    host = _HOST
     controller = stack.start(
         "controller",
         [
-            legation, "controller",
+            binary("legation"), "controller",
             "--source", args.dir,
             "--source", str(files.manifests),
             "--xds-listen", f"{host}:{args.xds_port}",
@@ -203,36 +245,42 @@ def _start_all(
             "--envoy-https-port", str(args.https_port),
             "--authz-service", f"{host}:{args.authz_port}",
             "--ratelimit-service", f"{host}:{args.ratelimit_port}",
-            "--log-level", log_level,
+            "--log-level", _LOG_LEVEL,
         ],
     )  # fmt: skip
+    api = f"http://{host}:{args.api_port}"
     wait("controller", lambda: _http_ok(f"{api}/readyz"), controller)
+    return api
 
-    authz_ops = _free_port()
+
+def _start_services(args: argparse.Namespace, *, api: str, stack: Stack, plan: _Plan, wait: _Waiter) -> None:
+    legation, host = binary("legation"), _HOST
     authz = stack.start(
         "authz",
         [
             legation, "authz",
             "--config-url", f"{api}/feed/authz",
             "--listen", f"{host}:{args.authz_port}",
-            "--metrics-listen", f"{host}:{authz_ops}",
-            "--log-level", log_level,
+            "--metrics-listen", f"{host}:{plan.authz_ops}",
+            "--log-level", _LOG_LEVEL,
         ],
     )  # fmt: skip
-    ratelimit_ops = _free_port()
     ratelimit_argv = [
         legation, "ratelimit",
         "--config-url", f"{api}/feed/ratelimit",
         "--listen", f"{host}:{args.ratelimit_port}",
-        "--metrics-listen", f"{host}:{ratelimit_ops}",
-        "--log-level", log_level,
+        "--metrics-listen", f"{host}:{plan.ratelimit_ops}",
+        "--log-level", _LOG_LEVEL,
     ]  # fmt: skip
     if args.redis_url:
         ratelimit_argv += ["--redis-url", args.redis_url]
     ratelimit = stack.start("ratelimit", ratelimit_argv)
-    wait("authz", lambda: _http_ok(f"http://{host}:{authz_ops}/readyz"), authz)
-    wait("ratelimit", lambda: _http_ok(f"http://{host}:{ratelimit_ops}/readyz"), ratelimit)
+    wait("authz", lambda: _http_ok(f"http://{host}:{plan.authz_ops}/readyz"), authz)
+    wait("ratelimit", lambda: _http_ok(f"http://{host}:{plan.ratelimit_ops}/readyz"), ratelimit)
 
+
+def _start_envoy(args: argparse.Namespace, *, files: DemoFiles, stack: Stack, wait: _Waiter) -> None:
+    host = _HOST
     config = bootstrap(
         xds=f"{host}:{args.xds_port}",
         node_id="legation-up",
@@ -244,7 +292,7 @@ def _start_all(
     envoy = stack.start(
         "envoy",
         [
-            _binary("envoy"),
+            binary("envoy"),
             "-c", str(bootstrap_path),
             "--concurrency", "2",
             "--disable-hot-restart",
@@ -253,15 +301,24 @@ def _start_all(
         ],
     )  # fmt: skip
     admin = f"http://{host}:{args.envoy_admin_port}"
-    wait(
-        "envoy",
-        lambda: (
-            _http_ok(f"{admin}/ready")
-            and _port_open(host, args.http_port)
-            and _port_open(host, args.https_port)
-        ),
-        envoy,
-    )
+
+    https = _serves_https(f"http://{host}:{args.api_port}")
+
+    def ready() -> bool:
+        listening = _port_open(host, args.http_port) and (not https or _port_open(host, args.https_port))
+        return _http_ok(f"{admin}/ready") and listening
+
+    wait("envoy", ready, envoy)
+
+
+def _serves_https(api: str) -> bool:
+    """Whether the controller's snapshot has the HTTPS listener (only when there are Hosts)."""
+    try:
+        with urllib.request.urlopen(f"{api}/api/envoy", timeout=5) as response:
+            listeners = json.loads(response.read())["resources"].get(_LISTENER_TYPE, {})
+    except (OSError, ValueError, KeyError):
+        return True  # cannot tell: wait for it, as before
+    return HTTPS_LISTENER in listeners
 
 
 def _print_ready(args: argparse.Namespace, files: DemoFiles) -> None:
@@ -291,40 +348,6 @@ Ctrl-C stops everything.""",
     )
 
 
-def _loopback_services(directory: str) -> dict[tuple[str, int], str]:
-    """(host, port) of every loopback service a valid Mapping names → a name for its upstream."""
-    found: dict[tuple[str, int], str] = {}
-    report = validate_snapshot(DirectorySource(directory).load())
-    mappings = sorted(
-        (r for r in report.resources if isinstance(r, Mapping)),
-        key=lambda m: (m.metadata.namespace, m.metadata.name),
-    )
-    for mapping in mappings:
-        upstream = parse_service(mapping.spec.service)
-        if upstream.host in _LOOPBACK and not upstream.tls:
-            host = "127.0.0.1" if upstream.host == "localhost" else upstream.host
-            found.setdefault((host, upstream.port), f"{mapping.metadata.namespace}/{mapping.metadata.name}")
-    return found
-
-
-def _die_with_parent() -> None:
-    """Linux: the child gets SIGTERM if `legation up` itself is killed (SIGKILL runs no cleanup)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
-def _binary(name: str) -> str:
-    here = str(Path(sys.executable).parent)
-    found = shutil.which(name, path=here) or shutil.which(name)
-    if found is None:
-        raise SystemExit(f"legation up: no `{name}` found next to {sys.executable} or on PATH")
-    return found
-
-
 def _http_ok(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=1) as response:
@@ -347,6 +370,6 @@ def _port_open(host: str, port: int) -> bool:
 
 def _free_port() -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((_HOST, 0))
         port: int = s.getsockname()[1]
         return port
