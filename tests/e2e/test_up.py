@@ -134,8 +134,11 @@ def test_a_loopback_service_added_while_running_gets_a_demo_upstream(gateway: Ga
         assert response.json()["name"] == "team-up/added"
     finally:
         path.unlink()
-    gateway.wait_until(lambda: not tcp_open(HOST, port), what="the demo upstream stopped")
-    assert f"upstream 127.0.0.1:{port} stopped" in gateway.process.stdout_text()
+    gateway.wait_until(
+        lambda: f"upstream 127.0.0.1:{port} stopped" in gateway.process.stdout_text(),
+        what="the demo upstream stopped",
+    )
+    assert not tcp_open(HOST, port)
 
 
 def test_a_mapping_naming_a_gateway_port_never_gets_a_demo_upstream(gateway: Gateway) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 import socket
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import pytest
 from controller.demo_upstreams import DemoUpstreams, loopback_services
 from controller.up import add_arguments
 from controller.up_preflight import PortUse, PreflightError, check_ports, gateway_ports, lock_state
-from controller.up_processes import Stack
+from controller.up_processes import Child, Stack, log_tail
 
 
 @pytest.fixture
@@ -85,3 +86,23 @@ def test_the_gateways_own_and_taken_ports_are_skipped_once(tmp_path: Path, held_
             f"port {held_port} is in use by something else: left to it",
         ]
     )  # and once only
+
+
+def test_a_log_tail_shown_on_the_terminal_has_no_grpc_core_lines(tmp_path: Path) -> None:
+    log = tmp_path / "controller.log"
+    log.write_text(
+        '{"msg": "cannot listen", "listen": "127.0.0.1:18000"}\n'
+        "E0000 00:00:1764962400.123456   4242 add_port.cc:83] Failed to add :18000: address in use\n"
+        '{"msg": "exiting"}\n'
+    )
+    child = Child("controller", subprocess.Popen(["true"]), log)
+    child.process.wait()
+    assert log_tail(child) == '{"msg": "cannot listen", "listen": "127.0.0.1:18000"}\n{"msg": "exiting"}'
+
+
+def test_logs_of_the_previous_run_are_kept_once(tmp_path: Path) -> None:
+    (tmp_path / "envoy.log").write_text("run 1\n")
+    (tmp_path / "envoy.log.1").write_text("run 0\n")
+    Stack(tmp_path).rotate_logs()
+    assert (tmp_path / "envoy.log.1").read_text() == "run 1\n"
+    assert not (tmp_path / "envoy.log").exists()
