@@ -15,7 +15,7 @@ from pathlib import Path
 __all__ = ["Child", "Stack", "binary", "log_tail"]
 
 _STOP_GRACE = 10.0
-_GRPC_CORE_LINE = re.compile(r"^[DIWEF]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ \S+:\d+\]")
+_GRPC_CORE_LINE = re.compile(r"^[DIWEF]\d{4} [\d:.]+ +\d+ \S+:\d+\]")
 """A line written by gRPC's C core (`E0000 00:00:1700000000.123 4242 add_port.cc:83] …`): kept in
 the log file, never shown on the terminal, where it reads as noise (our own log says the same)."""
 
