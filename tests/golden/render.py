@@ -22,9 +22,10 @@ from typing import Any
 from google.protobuf import json_format
 
 from legation.controller.serving.pipeline import Stages, build
-from legation.controller.sources import SourceSnapshot, content_version
+from legation.controller.sources import SourceSnapshot
 from legation.controller.translate.envoy import EnvoyOptions
 from legation.controller.xds.snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET
+from legation.core.digest import content_version
 from legation.core.errors import ConfigError, format_path
 from legation.core.yamlfile import load_documents
 

@@ -67,13 +67,13 @@ def policy(
     )
 
 
-def secret(name: str, ns: str = "team-a", *, type: str = "Opaque", **string_data: str) -> Secret:
+def secret(name: str, ns: str = "team-a", *, kind: str = "Opaque", **string_data: str) -> Secret:
     return Secret.model_validate(
         {
             "apiVersion": "v1",
             "kind": "Secret",
             "metadata": meta(name, ns),
-            "type": type,
+            "type": kind,
             "stringData": string_data,
         }
     )
@@ -198,7 +198,7 @@ def test_same_input_in_any_order_gives_identical_output(tls_pair: dict[str, str]
         mapping("b2", "team-b", prefix="/y/", auth={"policy": "q"}, limit="5/m per claim:sub; 1/s"),
         mapping("b3", "team-b", path="/y/z"),
         mapping("bad", "team-b", auth={"policy": "missing"}),
-        secret("api-tls", type="kubernetes.io/tls", **tls_pair),
+        secret("api-tls", kind="kubernetes.io/tls", **tls_pair),
         host("api"),
         host("api2", hostname="api.example.com"),
         auth_service("default"),
@@ -438,7 +438,7 @@ def test_secret_backed_jwks_is_resolved_inline() -> None:
 
 def test_hosts_need_a_tls_secret_of_their_namespace(tls_pair: dict[str, str]) -> None:
     result = run(
-        secret("api-tls", type="kubernetes.io/tls", **tls_pair),
+        secret("api-tls", kind="kubernetes.io/tls", **tls_pair),
         secret("opaque", jwks="{}"),
         host("api", ts="2024-01-01T00:00:00Z"),
         host("again", ts="2024-02-01T00:00:00Z"),

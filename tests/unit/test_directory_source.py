@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 import legation.controller.sources as sources_module
-from legation.controller.sources import Source, SourceSnapshot, StatusSink, content_version
+from legation.controller.sources import Source, SourceSnapshot, StatusSink
 from legation.controller.sources.directory import DirectorySource
+from legation.core.digest import content_version
 
 TIMEOUT = 5.0  # generous: a change is normally seen in well under a second
 
@@ -135,7 +136,7 @@ def test_unchanged_files_are_not_parsed_again(tmp_path: Path) -> None:
 def test_directory_source_is_a_source() -> None:
     source: Source = DirectorySource(".")
     assert callable(source.snapshots)
-    assert sorted(sources_module.__all__) == ["Source", "SourceSnapshot", "StatusSink", "content_version"]
+    assert sorted(sources_module.__all__) == ["Source", "SourceSnapshot", "StatusSink"]
     assert not isinstance(source, StatusSink)  # a directory has nowhere to write status
 
 

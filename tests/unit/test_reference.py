@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 from legation.api.v1alpha1 import Secret, ratelimit_annotation
 from legation.controller.commands import reference
 from legation.controller.commands.crds import KINDS
-from legation.controller.commands.reference import ReferenceError, format_duration, model_rows
+from legation.controller.commands.reference import ReferenceDocError, format_duration, model_rows
 
 ROOT = Path(__file__).parents[2]
 REFERENCE = ROOT / "docs" / "reference.md"
@@ -61,7 +61,7 @@ def test_a_field_without_a_description_is_refused() -> None:
         documented: int = Field(default=1, description="Has words.")
         bare: int = 2
 
-    with pytest.raises(ReferenceError, match="bare: no description"):
+    with pytest.raises(ReferenceDocError, match="bare: no description"):
         model_rows(Undocumented)
 
 

@@ -32,7 +32,7 @@ from legation.controller.xds.snapshot import (
     SECRET,
     Snapshot,
     SnapshotStore,
-    content_version,
+    snapshot_version,
 )
 from legation.controller.xds.sotw import AdsStream
 
@@ -126,7 +126,7 @@ def test_version_is_a_content_hash_independent_of_insertion_order() -> None:
     a = Snapshot.build({CLUSTER: {"a": cluster("a"), "b": cluster("b")}, LISTENER: {}})
     b = Snapshot.build({LISTENER: {}, CLUSTER: {"b": cluster("b"), "a": cluster("a")}})
     assert a.version == b.version
-    assert a.version == content_version(a.encoded)
+    assert a.version == snapshot_version(a.encoded)
     assert Snapshot.build({CLUSTER: {"a": cluster("a", 2), "b": cluster("b")}}).version != a.version
 
 

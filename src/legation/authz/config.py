@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from legation.api.v1alpha1.jwtpolicy import JWTPolicy
+from legation.core.digest import content_version
 from legation.core.errors import ConfigError, ConfigErrors
-from legation.core.yamlfile import content_version, load_documents, read_config_files
+from legation.core.yamlfile import load_documents, read_config_files
 
 __all__ = ["LoadedPolicies", "load_policies", "load_policy_texts"]
 

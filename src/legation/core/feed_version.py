@@ -4,7 +4,7 @@ controller, which only publishes, does not import the HTTP client (aiohttp) to u
 
 from __future__ import annotations
 
-import hashlib
+from legation.core.digest import content_version
 
 __all__ = ["VERSION_HEADER", "feed_version"]
 
@@ -13,5 +13,4 @@ VERSION_HEADER = "X-Legation-Version"
 
 def feed_version(content: str | bytes) -> str:
     """The version of a feed's content: equal content, equal version, on every replica."""
-    raw = content.encode() if isinstance(content, str) else content
-    return hashlib.sha256(raw).hexdigest()[:16]
+    return content_version([("", content)])

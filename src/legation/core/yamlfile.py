@@ -14,7 +14,6 @@ messages are those of the pure loader.
 
 from __future__ import annotations
 
-import hashlib
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,7 +25,7 @@ from pydantic import BaseModel, ValidationError
 from legation.core.errors import ConfigError, ConfigErrors
 from legation.core.model_keys import did_you_mean
 
-__all__ = ["Document", "content_version", "load_documents", "read_config_files"]
+__all__ = ["Document", "load_documents", "read_config_files"]
 
 
 def _unique_mapping(
@@ -291,11 +290,3 @@ def read_config_files(path: str | Path) -> list[tuple[str, str]]:
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigErrors([ConfigError(file=str(file), reason=f"cannot read: {exc}")]) from exc
     return texts
-
-
-def content_version(texts: Sequence[tuple[str, str]]) -> str:
-    """A short digest of (file, text) pairs: equal inputs, equal version, on every replica."""
-    digest = hashlib.sha256()
-    for file, text in sorted(texts):
-        digest.update(f"{len(file)}:{file}{len(text)}:{text}".encode())
-    return digest.hexdigest()[:12]

@@ -8,8 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from legation.api.ratelimit import UNIT_SECONDS, Algorithm, Descriptor, DomainConfig, RateLimit, Replaces
+from legation.core.digest import content_version
 from legation.core.errors import ConfigError, ConfigErrors
-from legation.core.yamlfile import Document, content_version, load_documents, read_config_files
+from legation.core.yamlfile import Document, load_documents, read_config_files
 from legation.ratelimit.rules import Limit, Node, RuleSet, make_limit, wildcard_pattern
 
 __all__ = [

@@ -42,7 +42,6 @@ import contextlib
 import gc
 import threading
 from collections.abc import Iterator, Sequence
-from typing import Any
 
 from legation.api.v1alpha1 import (
     AuthService,
@@ -57,7 +56,7 @@ from legation.api.v1alpha1 import (
 )
 from legation.api.v1alpha1.fields import Upstream, parse_service
 from legation.controller.compiler.clusters import upstream_cluster
-from legation.controller.compiler.entries import Entry
+from legation.controller.compiler.entries import AnyEntry, Entry, of_kind
 from legation.controller.compiler.hosts import check_secret, compile_hosts, tls_secrets
 from legation.controller.compiler.ir import (
     IR,
@@ -128,32 +127,30 @@ def gc_paused() -> Iterator[None]:
 def _compile(
     resources: Sequence[tuple[Origin, Resource]], rejected: dict[ResourceId, Rejected]
 ) -> CompileResult:
-    entries = sorted(
+    entries: list[AnyEntry] = sorted(
         (Entry(resource_id(r), origin, r) for origin, r in resources), key=lambda e: (e.id, e.origin)
     )
-    current: dict[ResourceId, Entry] = {}
+    current: dict[ResourceId, AnyEntry] = {}
     for entry in entries:
         first = current.setdefault(entry.id, entry)
         if first is not entry:
             entry.reject(("metadata", "name"), f"duplicate {entry.id} (also in {first.origin})")
     stand_ins = _stand_ins(rejected, current)
 
-    def of_kind(kind: type[Any]) -> list[Entry]:
-        return [e for e in current.values() if isinstance(e.resource, kind)]
-
     current |= stand_ins
-    secrets = {e.id: e for e in of_kind(Secret)}
-    for entry in secrets.values():
-        check_secret(entry)
-    secrets |= {rid: e for rid, e in stand_ins.items() if rid.kind == "Secret"}
-    policies, defaults = compile_policies(of_kind(JWTPolicy), secrets)
+    for secret in of_kind(current.values(), Secret):
+        check_secret(secret)
+    secrets = {rid: e for rid, e in current.items() if rid.kind == "Secret"}  # stand-ins too
+    policies, defaults = compile_policies(of_kind(current.values(), JWTPolicy), secrets)
     for rid in sorted(r for r, why in rejected.items() if why.namespace_default and r in stand_ins):
         defaults.setdefault(rid.namespace, stand_ins[rid])
-    auth_service = compile_auth_service(of_kind(AuthService))
-    hosts = compile_hosts(of_kind(Host), secrets)
+    auth_service = compile_auth_service(of_kind(current.values(), AuthService))
+    hosts = compile_hosts(of_kind(current.values(), Host), secrets)
     upstreams: dict[tuple[Upstream, bool, CircuitBreakers | None], Cluster] = {}
     accepted = [
-        a for e in of_kind(Mapping) if (a := check_mapping(e, current, defaults, upstreams)) is not None
+        a
+        for e in of_kind(current.values(), Mapping)
+        if (a := check_mapping(e, current, defaults, upstreams)) is not None
     ]
     routes = compile_routes(accepted)
 
@@ -163,7 +160,6 @@ def _compile(
             clusters[member.cluster.name] = member.cluster
     auth_ir = None
     if auth_service is not None:
-        assert isinstance(auth_service.resource, AuthService)
         auth_spec = auth_service.resource.spec
         cluster = upstream_cluster(parse_service(auth_spec.service), True, None)
         clusters[cluster.name] = cluster
@@ -191,12 +187,12 @@ def _compile(
 
 
 def _stand_ins(
-    rejected: dict[ResourceId, Rejected], current: dict[ResourceId, Entry]
-) -> dict[ResourceId, Entry]:
+    rejected: dict[ResourceId, Rejected], current: dict[ResourceId, AnyEntry]
+) -> dict[ResourceId, AnyEntry]:
     """An already rejected entry (no resource, no status) per input that was invalid on its own
     and has no valid namesake, so that references to it find it and say why it is rejected."""
-    stand_ins: dict[ResourceId, Entry] = {}
+    stand_ins: dict[ResourceId, AnyEntry] = {}
     for rid, why in rejected.items():
         if rid not in current:
-            stand_ins[rid] = Entry(rid, Origin(file=""), None, [Problem((), why.reason)])
+            stand_ins[rid] = AnyEntry(rid, Origin(file=""), None, [Problem((), why.reason)])
     return stand_ins

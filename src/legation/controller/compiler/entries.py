@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import datetime
 import functools
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar, cast
 
 from pydantic import BaseModel
 
@@ -19,15 +21,20 @@ from legation.controller.compiler.ir import (
     Problem,
 )
 
-__all__ = ["Entry", "age", "why_rejected"]
+__all__ = ["AnyEntry", "Entry", "age", "of_kind", "why_rejected"]
+
+R = TypeVar("R", bound=Resource)
 
 
 @dataclass(eq=False)
-class Entry:
+class Entry(Generic[R]):
+    """One resource being compiled: what it is, where it came from, and what is wrong with it."""
+
     id: ResourceId
     origin: Origin
-    resource: Resource | None
-    """None for a stand-in of an input that was invalid on its own (see `_stand_ins`)."""
+    resource: R
+    """None only in an `AnyEntry` stand-in for an input that was invalid on its own (see
+    `compile._stand_ins`); `of_kind` never yields those."""
     problems: list[Problem] = field(default_factory=list)
 
     @functools.cached_property
@@ -44,9 +51,17 @@ class Entry:
         self.problems.append(Problem(path, reason))
 
 
-def age(entry: Entry) -> tuple[int, float, str, str]:
-    """Sort key: oldest first (see the module docstring)."""
-    assert entry.resource is not None  # stand-ins are never sorted by age
+AnyEntry = Entry[Any]
+"""An entry of any kind (or a stand-in), as in the compiler's index by resource id."""
+
+
+def of_kind(entries: Iterable[AnyEntry], kind: type[R]) -> list[Entry[R]]:
+    """The entries holding a `kind` resource, typed as such (stand-ins hold none)."""
+    return [cast("Entry[R]", e) for e in entries if isinstance(e.resource, kind)]
+
+
+def age(entry: Entry[R]) -> tuple[int, float, str, str]:
+    """Sort key: oldest first (see `compile`'s docstring)."""
     meta: BaseModel = entry.resource.metadata
     stamp = getattr(meta, "creation_timestamp", None) or (meta.model_extra or {}).get("creationTimestamp")
     seconds = _parse_timestamp(stamp) if isinstance(stamp, str) else None
@@ -63,6 +78,6 @@ def _parse_timestamp(text: str) -> float | None:
     return moment.timestamp()
 
 
-def why_rejected(entry: Entry) -> str:
+def why_rejected(entry: AnyEntry) -> str:
     """Why `entry` is rejected, each problem with its field path (for those that depend on it)."""
     return "; ".join(str(p) for p in entry.problems)

@@ -9,7 +9,7 @@ from legation.api.v1alpha1 import (
     ResourceId,
     Secret,
 )
-from legation.controller.compiler.entries import Entry, age, why_rejected
+from legation.controller.compiler.entries import AnyEntry, Entry, age, why_rejected
 from legation.controller.compiler.ir import (
     FieldPath,
     HostIR,
@@ -19,17 +19,15 @@ from legation.controller.compiler.ir import (
 __all__ = ["check_secret", "compile_hosts", "tls_secrets"]
 
 
-def check_secret(entry: Entry) -> None:
-    assert isinstance(entry.resource, Secret)
+def check_secret(entry: Entry[Secret]) -> None:
     for path, reason in entry.resource.tls_errors():
         entry.reject(path, reason)
 
 
-def compile_hosts(entries: list[Entry], secrets: dict[ResourceId, Entry]) -> list[HostIR]:
-    by_hostname: dict[str, Entry] = {}
+def compile_hosts(entries: list[Entry[Host]], secrets: dict[ResourceId, AnyEntry]) -> list[HostIR]:
+    by_hostname: dict[str, Entry[Host]] = {}
     for entry in sorted(entries, key=age):
         host = entry.resource
-        assert isinstance(host, Host)
         path: FieldPath = ("spec", "tlsSecret", "name")
         secret = secrets.get(ResourceId("Secret", entry.id.namespace, host.spec.tls_secret.name))
         if secret is None:
@@ -57,7 +55,7 @@ def compile_hosts(entries: list[Entry], secrets: dict[ResourceId, Entry]) -> lis
     ]
 
 
-def tls_secrets(hosts: Iterable[HostIR], secrets: dict[ResourceId, Entry]) -> tuple[TlsSecret, ...]:
+def tls_secrets(hosts: Iterable[HostIR], secrets: dict[ResourceId, AnyEntry]) -> tuple[TlsSecret, ...]:
     found: dict[str, TlsSecret] = {}
     for host in hosts:
         namespace, name = host.secret.split("/", 1)

@@ -8,25 +8,25 @@ from collections.abc import Iterable
 from pydantic import ValidationError
 
 from legation.api.v1alpha1 import (
+    AuthService,
     JWTPolicy,
     Mapping,
     ResourceId,
     Secret,
 )
-from legation.controller.compiler.entries import Entry, age, why_rejected
+from legation.controller.compiler.entries import AnyEntry, Entry, age, why_rejected
 from legation.controller.compiler.ir import FieldPath
 
 __all__ = ["compile_auth_service", "compile_policies", "missing_policy", "policy_of"]
 
 
 def compile_policies(
-    entries: list[Entry], secrets: dict[ResourceId, Entry]
-) -> tuple[dict[Entry, JWTPolicy], dict[str, Entry]]:
+    entries: list[Entry[JWTPolicy]], secrets: dict[ResourceId, AnyEntry]
+) -> tuple[dict[Entry[JWTPolicy], JWTPolicy], dict[str, AnyEntry]]:
     """The resolved policy of each JWTPolicy entry, and each namespace's default policy entry."""
-    resolved: dict[Entry, JWTPolicy] = {}
+    resolved: dict[Entry[JWTPolicy], JWTPolicy] = {}
     for entry in entries:
         policy = entry.resource
-        assert isinstance(policy, JWTPolicy)
         for where, reason in policy.spec.reference_errors():
             entry.reject(("spec", *where), reason)
         data = policy.model_dump(mode="json", by_alias=True, exclude={"status"})
@@ -45,9 +45,8 @@ def compile_policies(
                 resolved[entry] = JWTPolicy.model_validate(data)
             except ValidationError as exc:  # pragma: no cover - the input was already valid
                 entry.reject(("spec",), str(exc))
-    defaults: dict[str, Entry] = {}
+    defaults: dict[str, AnyEntry] = {}
     for entry in sorted(entries, key=age):
-        assert isinstance(entry.resource, JWTPolicy)
         if not entry.resource.spec.namespace_default:
             continue
         winner = defaults.setdefault(entry.id.namespace, entry)
@@ -60,7 +59,7 @@ def compile_policies(
 
 
 def _secret_value(
-    entry: Entry, secrets: dict[ResourceId, Entry], path: FieldPath, name: str, key: str
+    entry: AnyEntry, secrets: dict[ResourceId, AnyEntry], path: FieldPath, name: str, key: str
 ) -> str | None:
     secret = secrets.get(ResourceId("Secret", entry.id.namespace, name))
     if secret is None:
@@ -81,8 +80,8 @@ def _secret_value(
         return None
 
 
-def compile_auth_service(entries: list[Entry]) -> Entry | None:
-    winner: Entry | None = None
+def compile_auth_service(entries: list[Entry[AuthService]]) -> Entry[AuthService] | None:
+    winner: Entry[AuthService] | None = None
     for entry in sorted(entries, key=age):
         if winner is None:
             winner = entry
@@ -92,7 +91,10 @@ def compile_auth_service(entries: list[Entry]) -> Entry | None:
 
 
 def policy_of(
-    entry: Entry, mapping: Mapping, current: dict[ResourceId, Entry], defaults: dict[str, Entry]
+    entry: Entry[Mapping],
+    mapping: Mapping,
+    current: dict[ResourceId, AnyEntry],
+    defaults: dict[str, AnyEntry],
 ) -> str | None:
     auth, ns = mapping.spec.auth, entry.id.namespace
     if auth is not None and auth.disabled:

@@ -20,7 +20,7 @@ from legation.api.v1alpha1.ratelimit_annotation import (
     RateLimitRule,
 )
 from legation.controller.compiler.clusters import upstream_cluster
-from legation.controller.compiler.entries import Entry, age
+from legation.controller.compiler.entries import AnyEntry, Entry, age
 from legation.controller.compiler.ir import (
     Cluster,
     Destination,
@@ -64,7 +64,7 @@ ROUTE_FIELDS = (
 class Accepted:
     """A Mapping that passed its own checks, with what the checks resolved."""
 
-    entry: Entry
+    entry: Entry[Mapping]
     mapping: Mapping
     match: RouteMatch
     policy: str | None
@@ -73,13 +73,12 @@ class Accepted:
 
 
 def check_mapping(
-    entry: Entry,
-    current: dict[ResourceId, Entry],
-    defaults: dict[str, Entry],
+    entry: Entry[Mapping],
+    current: dict[ResourceId, AnyEntry],
+    defaults: dict[str, AnyEntry],
     clusters: dict[tuple[Upstream, bool, CircuitBreakers | None], Cluster],
 ) -> Accepted | None:
     mapping = entry.resource
-    assert isinstance(mapping, Mapping)
     if not entry.ok:  # a duplicate
         return None
     rules: tuple[RateLimitRule, ...] = ()

@@ -52,7 +52,8 @@ from legation.controller.kubernetes.client import KINDS, SECRETS, KubeClient, Ku
 from legation.controller.kubernetes.informer import Backoff, Informer
 from legation.controller.kubernetes.leader import LeaderElector
 from legation.controller.kubernetes.status import ORIGIN_PREFIX, StatusWriter
-from legation.controller.sources import SourceSnapshot, content_version
+from legation.controller.sources import SourceSnapshot
+from legation.core.digest import content_version
 from legation.core.yamlfile import Document, load_documents
 
 __all__ = ["KubernetesOptions", "KubernetesSource", "default_lease_namespace", "document_data", "origin_of"]

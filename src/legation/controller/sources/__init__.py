@@ -14,8 +14,7 @@ followed with watchfiles); the Kubernetes source implements the same Protocol, b
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -23,7 +22,7 @@ from legation.controller.compiler.ir import ResourceStatus
 from legation.core.errors import ConfigError
 from legation.core.yamlfile import Document
 
-__all__ = ["Source", "SourceSnapshot", "StatusSink", "content_version"]
+__all__ = ["Source", "SourceSnapshot", "StatusSink"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -60,11 +59,3 @@ class StatusSink(Protocol):
     `status`; a directory has nowhere to write them, so it is no sink)."""
 
     def report(self, statuses: tuple[ResourceStatus, ...], source: SourceSnapshot) -> None: ...
-
-
-def content_version(inputs: Iterable[tuple[str, str]]) -> str:
-    """The version of a set of (origin, content) inputs, independent of their order."""
-    digest = hashlib.sha256()
-    for origin, content in sorted(inputs):
-        digest.update(f"{len(origin)}:{origin}{len(content)}:{content}".encode())
-    return digest.hexdigest()[:16]

@@ -26,7 +26,8 @@ from pathlib import Path
 
 import watchfiles
 
-from legation.controller.sources import SourceSnapshot, content_version
+from legation.controller.sources import SourceSnapshot
+from legation.core.digest import content_version
 from legation.core.errors import ConfigError
 from legation.core.yamlfile import Document, load_documents
 

@@ -11,7 +11,8 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Sequence
 
-from legation.controller.sources import Source, SourceSnapshot, content_version
+from legation.controller.sources import Source, SourceSnapshot
+from legation.core.digest import content_version
 
 __all__ = ["MergedSource"]
 

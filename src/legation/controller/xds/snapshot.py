@@ -8,13 +8,13 @@ from the content, so identical inputs give identical versions on every controlle
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from google.protobuf.message import Message
 
+from legation.core.digest import content_version
 from legation.core.envoy_types import (
     ADS_ORDER,
     CLUSTER,
@@ -36,7 +36,7 @@ __all__ = [
     "WILDCARD_TYPES",
     "Snapshot",
     "SnapshotStore",
-    "content_version",
+    "snapshot_version",
 ]
 
 _NAME_FIELD = {ENDPOINT: "cluster_name"}
@@ -45,18 +45,13 @@ Encoded = Mapping[str, bytes]
 """Resources of one type, by name, serialized."""
 
 
-def content_version(encoded: Mapping[str, Encoded]) -> str:
-    """A short digest of serialized resources: the same content always gives the same version."""
-    digest = hashlib.sha256()
-    for type_url in sorted(encoded):
-        for name in sorted(encoded[type_url]):
-            for part in (type_url, name):
-                digest.update(part.encode())
-                digest.update(b"\0")
-            payload = encoded[type_url][name]
-            digest.update(len(payload).to_bytes(8, "big"))
-            digest.update(payload)
-    return digest.hexdigest()[:16]
+def snapshot_version(encoded: Mapping[str, Encoded]) -> str:
+    """The version of serialized resources: the same content always gives the same version."""
+    return content_version(
+        (f"{type_url}\0{name}", payload)
+        for type_url, by_name in encoded.items()
+        for name, payload in by_name.items()
+    )
 
 
 @dataclass(frozen=True, eq=False)
@@ -80,7 +75,7 @@ class Snapshot:
     def build(cls, resources: Mapping[str, Mapping[str, Message]]) -> Snapshot:
         """A snapshot whose version is the digest of its content."""
         snapshot = cls("", resources)
-        object.__setattr__(snapshot, "version", content_version(snapshot.encoded))
+        object.__setattr__(snapshot, "version", snapshot_version(snapshot.encoded))
         return snapshot
 
     def replaced(self, type_url: str, resources: Mapping[str, Message]) -> Snapshot:
