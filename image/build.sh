@@ -28,13 +28,17 @@ VENV=${VENV:-.venv}
 ARCH=${ARCH:-$(uname -m)}
 DEBIAN_MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 DEBIAN_SECURITY_MIRROR=${DEBIAN_SECURITY_MIRROR:-http://deb.debian.org/debian-security}
-export STORAGE_DRIVER=${STORAGE_DRIVER:-vfs}
+STORAGE_DRIVER=${STORAGE_DRIVER:-vfs}
 OUT=build/image
 # What the image runs: Debian bookworm (glibc 2.36) and CPython 3.11, in both the Debian base and
 # the official python:3.11-slim-bookworm.
 SUITE=bookworm
 GLIBC_MINOR=36
 PY_VERSION=3.11
+
+# Every buildah call names the storage driver (buildah ignores $STORAGE_DRIVER). Storage that
+# already holds images of another driver refuses it: then set STORAGE_DRIVER to that driver.
+buildah() { command buildah --storage-driver "$STORAGE_DRIVER" "$@"; }
 
 log() { echo "image/build.sh: $*" >&2; }
 
@@ -80,12 +84,13 @@ dependency_wheels() {
     touch "$dir/.complete"
 }
 
-# build/image/legation: legation's own wheel, rebuilt every time (it is the code under test).
-# setuptools stages files in build/lib: cleared first, so that a deleted module never ships.
+# build/image/legation: legation's own wheel, rebuilt every time (it is the code under test), with
+# fixed timestamps: the same sources give the same bytes, and buildah reuses the layers built from
+# it. setuptools stages files in build/lib: cleared first, so that a deleted module never ships.
 project_wheel() {
     local dir=$OUT/legation
     rm -rf "$dir" build/lib build/bdist.*
-    "$VENV/bin/uv" build -q --wheel --out-dir "$dir"
+    SOURCE_DATE_EPOCH=315532800 "$VENV/bin/uv" build -q --wheel --out-dir "$dir"
     rm -f "$dir/.gitignore"
     log "legation wheel: $(basename "$dir"/legation-*.whl)"
 }
@@ -159,8 +164,14 @@ image() {
         pull=false  # a local image: never look for it in a registry
     fi
     log "image: buildah build $IMAGE from $base_image (storage driver $STORAGE_DRIVER)"
-    buildah build --quiet --isolation chroot --layers --pull="$pull" \
-        --build-arg PYTHON_IMAGE="$base_image" -t "$IMAGE" -f Dockerfile . >/dev/null
+    local -a build=(build --quiet --isolation chroot --layers --pull="$pull" \
+        --build-arg PYTHON_IMAGE="$base_image" -f Dockerfile)
+    # The build stage gets a name of its own, then the image; what an earlier build left without
+    # a name (vfs stores every layer whole) goes, and the named stage and its parents stay as the
+    # cache for the next build.
+    buildah "${build[@]}" --target build -t "$IMAGE-build" . >/dev/null
+    buildah "${build[@]}" -t "$IMAGE" . >/dev/null
+    buildah rmi --prune >/dev/null
     if [ -n "${IMAGE_ARCHIVE:-}" ]; then
         rm -f "$IMAGE_ARCHIVE"
         buildah push --quiet "$IMAGE" "docker-archive:$IMAGE_ARCHIVE:$IMAGE"
