@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from legation.demo import DemoFiles
+from legation.controller.commands.demo import DemoFiles
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGE = "localhost/legation:dev"
