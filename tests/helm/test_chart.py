@@ -26,6 +26,7 @@ import yaml
 from fixtures.managed import free_port, http_get, wait_for
 
 from legation.api.v1alpha1 import parse_resource
+from legation.api.v1alpha1.kinds import CUSTOM_KINDS
 from legation.controller.commands import crds
 from legation.controller.commands.bootstrap import bootstrap as legation_bootstrap
 from legation.core.yamlfile import load_documents
@@ -178,7 +179,7 @@ def test_the_helm_test_mapping_is_valid_for_the_crd_and_the_controller(
     rendered: dict[str, list[dict[str, Any]]],
 ) -> None:
     (mapping,) = of_kind(rendered["defaults"], "Mapping")
-    schema = crds.openapi_schema(next(k for k in crds.KINDS if k.kind == "Mapping"))
+    schema = crds.openapi_schema(next(k for k in CUSTOM_KINDS if k.kind == "Mapping"))
     jsonschema.Draft4Validator(schema).validate(mapping)
     (doc,) = load_documents(yaml.safe_dump(mapping), file="helm-test.yaml")
     resource = parse_resource(doc)
@@ -211,8 +212,8 @@ def test_rendered_crds_are_the_generated_ones(
     kube_tools: KubeTools, tmp_path: Path, rendered: dict[str, list[dict[str, Any]]]
 ) -> None:
     found = {o["metadata"]["name"]: o for o in of_kind(rendered["defaults"], "CustomResourceDefinition")}
-    assert found.keys() == {k.name for k in crds.KINDS}
-    for kind in crds.KINDS:
+    assert found.keys() == {k.name for k in CUSTOM_KINDS}
+    for kind in CUSTOM_KINDS:
         obj = found[kind.name]
         assert obj["spec"] == crds.crd(kind)["spec"]
         assert obj["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}

@@ -67,58 +67,58 @@ providers:
 CASES = {
     "none algorithm": (
         spec(PROVIDER.replace("jwks:", "algorithms: [none]\n    jwks:") + "rules: [{public: true}]"),
-        "p.yaml:8: spec.providers[0].algorithms[0]: Input should be 'RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512', 'ES256', 'ES384', 'EdDSA', 'HS256', 'HS384' or 'HS512'",
+        "p.yaml:8: JWTPolicy ns/p: spec.providers[0].algorithms[0]: Input should be 'RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512', 'ES256', 'ES384', 'EdDSA', 'HS256', 'HS384' or 'HS512'",
     ),
     "HS mixed with RS": (
         spec(PROVIDER.replace("jwks:", "algorithms: [HS256, RS256]\n    jwks:") + "rules: [{public: true}]"),
-        "p.yaml:8: spec.providers[0].algorithms: HS* algorithms cannot be mixed with asymmetric ones in one provider",
+        "p.yaml:8: JWTPolicy ns/p: spec.providers[0].algorithms: HS* algorithms cannot be mixed with asymmetric ones in one provider",
     ),
     "HS with a JWKS uri": (
         spec(
             "providers:\n  - name: corp\n    issuer: https://idp/\n    algorithms: [HS256]\n"
             "    jwks: {uri: https://idp/jwks}\nrules: [{public: true}]"
         ),
-        "p.yaml:6: spec.providers[0]: HS* algorithms need a secret key source (inline, file or secretRef), not a uri",
+        "p.yaml:6: JWTPolicy ns/p: spec.providers[0]: HS* algorithms need a secret key source (inline, file or secretRef), not a uri",
     ),
     "clock skew too large": (
         spec(PROVIDER.replace("jwks:", "clockSkew: 10m\n    jwks:") + "rules: [{public: true}]"),
-        "p.yaml:8: spec.providers[0].clockSkew: clockSkew must be at most 300s",
+        "p.yaml:8: JWTPolicy ns/p: spec.providers[0].clockSkew: clockSkew must be at most 300s",
     ),
     "two jwks sources": (
         spec(PROVIDER.replace("{inline", "{uri: https://x/, inline") + "rules: [{public: true}]"),
-        "p.yaml:8: spec.providers[0].jwks: set exactly one of uri, inline, file, secretRef",
+        "p.yaml:8: JWTPolicy ns/p: spec.providers[0].jwks: set exactly one of uri, inline, file, secretRef",
     ),
     "unknown provider in a rule": (
         spec(PROVIDER + "rules: [{requires: {anyOf: [other]}}]"),
-        "p.yaml:9: spec.rules[0].requires: unknown provider 'other'",
+        "p.yaml:9: JWTPolicy ns/p: spec.rules[0].requires: unknown provider 'other'",
     ),
     "rule neither public nor requires": (
         spec(PROVIDER + "rules: [{match: {pathPrefix: /x}}]"),
-        "p.yaml:9: spec.rules[0]: a rule is either public: true or has requires",
+        "p.yaml:9: JWTPolicy ns/p: spec.rules[0]: a rule is either public: true or has requires",
     ),
     "bad RE2": (
         spec(PROVIDER + "rules: [{match: {regex: '(?=x)'}, public: true}]"),
-        "p.yaml:9: spec.rules[0].match.regex: invalid RE2 regex: invalid perl operator: (?=",
+        "p.yaml:9: JWTPolicy ns/p: spec.rules[0].match.regex: invalid RE2 regex: invalid perl operator: (?=",
     ),
     "unknown field": (
         spec(PROVIDER + "rules: [{public: true}]\nclaimToHeaders: {sub: x-user}"),
-        "p.yaml:10: spec.claimToHeaders: unknown key (did you mean 'claimsToHeaders'?)",
+        "p.yaml:10: JWTPolicy ns/p: spec.claimToHeaders: unknown key (did you mean 'claimsToHeaders'?)",
     ),
-    "no rules": (spec(PROVIDER), "p.yaml:4: spec.rules: Field required"),
+    "no rules": (spec(PROVIDER), "p.yaml:4: JWTPolicy ns/p: spec.rules: Field required"),
     "unknown method": (
         spec(PROVIDER + "rules: [{match: {methods: [FETCH]}, public: true}]"),
-        "p.yaml:9: spec.rules[0].match.methods: unknown HTTP method 'FETCH'",
+        "p.yaml:9: JWTPolicy ns/p: spec.rules[0].match.methods: unknown HTTP method 'FETCH'",
     ),
     "token source with two places": (
         spec(
             PROVIDER.replace("jwks:", "tokenSources: [{header: A, cookie: b}]\n    jwks:")
             + "rules: [{public: true}]"
         ),
-        "p.yaml:8: spec.providers[0].tokenSources[0]: set exactly one of header, cookie, query",
+        "p.yaml:8: JWTPolicy ns/p: spec.providers[0].tokenSources[0]: set exactly one of header, cookie, query",
     ),
     "wrong kind": (
         spec(PROVIDER + "rules: [{public: true}]").replace("kind: JWTPolicy", "kind: JwtPolicy"),
-        "p.yaml:2: kind: Input should be 'JWTPolicy'",
+        "p.yaml:2: kind: the authz service reads JWTPolicy documents, not 'JwtPolicy'",
     ),
 }
 

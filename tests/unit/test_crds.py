@@ -21,12 +21,12 @@ import yaml
 from pydantic import BaseModel, Field
 
 from legation.api.v1alpha1 import parse_resource
+from legation.api.v1alpha1.kinds import CUSTOM_KINDS as KINDS
+from legation.api.v1alpha1.kinds import Kind
 from legation.controller.commands import crds
 from legation.controller.commands.crds import (
-    KINDS,
     Condition,
     CrdError,
-    Kind,
     ResourceStatus,
     crd,
     structural_schema,

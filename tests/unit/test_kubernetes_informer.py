@@ -32,7 +32,10 @@ NS = "demo"
 
 @contextlib.asynccontextmanager
 async def informing(
-    client: KubeClient, resource: kc.ResourceType = kc.MAPPINGS, namespace: str | None = NS, **options: Any
+    client: KubeClient,
+    resource: kc.ResourceType = kc.KINDS["Mapping"],
+    namespace: str | None = NS,
+    **options: Any,
 ) -> AsyncIterator[Informer]:
     informer = Informer(client, resource, namespace, **options)
     task = asyncio.create_task(informer.run())
@@ -52,7 +55,7 @@ async def cluster(tmp_path: Path) -> AsyncIterator[tuple[KubeEmulator, KubeClien
 
 
 async def create(client: KubeClient, obj: dict[str, Any]) -> dict[str, Any]:
-    return await client.request("POST", kc.MAPPINGS.path(obj["metadata"]["namespace"]), body=obj)
+    return await client.request("POST", kc.KINDS["Mapping"].path(obj["metadata"]["namespace"]), body=obj)
 
 
 def lists(emulator: KubeEmulator) -> int:
@@ -75,12 +78,14 @@ async def test_list_then_watch_follows_every_change_and_its_version(
         await eventually(lambda: (NS, "b") in informer.objects)
         assert informer.resource_version == b["metadata"]["resourceVersion"]
 
-        changed = await merge_patch(client, kc.MAPPINGS.path(NS, "a"), {"spec": {"prefix": "/changed/"}})
+        changed = await merge_patch(
+            client, kc.KINDS["Mapping"].path(NS, "a"), {"spec": {"prefix": "/changed/"}}
+        )
         await eventually(lambda: informer.objects[(NS, "a")]["spec"]["prefix"] == "/changed/")
         assert informer.objects[(NS, "a")]["metadata"]["generation"] == 2
         assert informer.resource_version == changed["metadata"]["resourceVersion"]
 
-        await client.request("DELETE", kc.MAPPINGS.path(NS, "b"))
+        await client.request("DELETE", kc.KINDS["Mapping"].path(NS, "b"))
         await eventually(lambda: (NS, "b") not in informer.objects)
         assert len(changes) == 4
         assert informer.lists == 1
@@ -135,8 +140,8 @@ async def test_a_410_relists_and_loses_no_change_made_meanwhile(
         emulator.hold_watches()
         emulator.drop_watches()
         await eventually(lambda: emulator.open_watches == 0 and informer.watches == 2)
-        await merge_patch(client, kc.MAPPINGS.path(NS, "changed"), {"spec": {"prefix": "/new/"}})
-        await client.request("DELETE", kc.MAPPINGS.path(NS, "deleted"))
+        await merge_patch(client, kc.KINDS["Mapping"].path(NS, "changed"), {"spec": {"prefix": "/new/"}})
+        await client.request("DELETE", kc.KINDS["Mapping"].path(NS, "deleted"))
         await create(client, mapping("created"))
         emulator.compact()
         emulator.release_watches()  # the held watch resumes from a compacted version: 410
@@ -208,7 +213,7 @@ async def test_reconnects_when_the_api_server_goes_away_and_comes_back(tmp_path:
         async with kmock.Server(emulator, host="127.0.0.1", port=port):
             client = await KubeClient.connect(str(write_kubeconfig(tmp_path / "kubeconfig", url)))
             await create(client, mapping("a"))
-            informer = Informer(client, kc.MAPPINGS, NS, backoff=backoff)
+            informer = Informer(client, kc.KINDS["Mapping"], NS, backoff=backoff)
             task = asyncio.create_task(informer.run())
             await asyncio.wait_for(informer.synced.wait(), 5)
             await eventually(lambda: emulator.open_watches == 1)

@@ -92,7 +92,7 @@ async def test_documents_look_like_the_directory_sources(
     _emulator, client, kubeconfig = cluster
     annotations = {"legation.dev/rate-limit": "10/s", LAST_APPLIED: '{"kind": "Mapping"}'}
     created = await post(
-        client, kc.MAPPINGS, mapping("orders", annotations=annotations, labels={"team": "a"})
+        client, kc.KINDS["Mapping"], mapping("orders", annotations=annotations, labels={"team": "a"})
     )
     async with following(kubeconfig) as follow:
         snapshot = await follow.next()
@@ -124,19 +124,19 @@ async def test_status_and_resource_version_changes_make_no_new_snapshot(
     cluster: tuple[KubeEmulator, KubeClient, Path],
 ) -> None:
     _emulator, client, kubeconfig = cluster
-    await post(client, kc.MAPPINGS, mapping("a"))
+    await post(client, kc.KINDS["Mapping"], mapping("a"))
     async with following(kubeconfig) as follow:
         first = await follow.next()
         await merge_patch(
-            client, kc.MAPPINGS.path(NS, "a", "status"), {"status": {"conditions": [{"type": "X"}]}}
+            client, kc.KINDS["Mapping"].path(NS, "a", "status"), {"status": {"conditions": [{"type": "X"}]}}
         )
-        await merge_patch(client, kc.MAPPINGS.path(NS, "a"), {"metadata": {"labels": {"x": "1"}}})
+        await merge_patch(client, kc.KINDS["Mapping"].path(NS, "a"), {"metadata": {"labels": {"x": "1"}}})
         second = await follow.next()
         assert second.version != first.version
         assert second.documents[0].data["metadata"]["labels"] == {"x": "1"}
         assert "status" not in second.documents[0].data
         await merge_patch(
-            client, kc.MAPPINGS.path(NS, "a", "status"), {"status": {"conditions": [{"type": "Y"}]}}
+            client, kc.KINDS["Mapping"].path(NS, "a", "status"), {"status": {"conditions": [{"type": "Y"}]}}
         )
         with pytest.raises(TimeoutError):
             await follow.next(timeout=0.5)
@@ -148,7 +148,7 @@ async def test_a_burst_of_changes_gives_one_snapshot(cluster: tuple[KubeEmulator
         empty = await follow.next()
         assert empty.documents == ()
         for i in range(20):
-            await post(client, kc.MAPPINGS, mapping(f"m{i:02}", prefix=f"/m{i}/"))
+            await post(client, kc.KINDS["Mapping"], mapping(f"m{i:02}", prefix=f"/m{i}/"))
         burst = await follow.next()
         assert len(burst.documents) == 20
         assert [d.file for d in burst.documents] == sorted(d.file for d in burst.documents)
@@ -158,8 +158,8 @@ async def test_a_burst_of_changes_gives_one_snapshot(cluster: tuple[KubeEmulator
 async def test_replicas_build_identical_snapshots(cluster: tuple[KubeEmulator, KubeClient, Path]) -> None:
     _emulator, client, kubeconfig = cluster
     for name in ("b", "a", "c"):
-        await post(client, kc.MAPPINGS, mapping(name, prefix=f"/{name}/"))
-    await post(client, kc.HOSTS, {
+        await post(client, kc.KINDS["Mapping"], mapping(name, prefix=f"/{name}/"))
+    await post(client, kc.KINDS["Host"], {
         "apiVersion": "legation.dev/v1alpha1", "kind": "Host", "metadata": {"name": "h", "namespace": NS},
         "spec": {"hostname": "api.example.com", "tlsSecret": {"name": "missing"}},
     })  # fmt: skip
@@ -187,7 +187,7 @@ async def test_only_referenced_tls_and_opaque_secrets_are_in_snapshots(
         "apiVersion": "legation.dev/v1alpha1", "kind": "Host", "metadata": {"name": "h", "namespace": NS},
         "spec": {"hostname": "api.example.com", "tlsSecret": {"name": "api-tls"}},
     }  # fmt: skip
-    await post(client, kc.HOSTS, host)
+    await post(client, kc.KINDS["Host"], host)
     async with following(kubeconfig) as follow:
         snapshot = await follow.next()
         assert snapshot.origins == ("kubernetes:Host/demo/h", "kubernetes:Secret/demo/api-tls")
@@ -198,7 +198,7 @@ async def test_only_referenced_tls_and_opaque_secrets_are_in_snapshots(
         with pytest.raises(TimeoutError):
             await follow.next(timeout=0.5)
         # The Host now names a Secret of a type that is never kept.
-        await merge_patch(client, kc.HOSTS.path(NS, "h"), {"spec": {"tlsSecret": {"name": "token"}}})
+        await merge_patch(client, kc.KINDS["Host"].path(NS, "h"), {"spec": {"tlsSecret": {"name": "token"}}})
         changed = await follow.next()
         assert changed.origins == ("kubernetes:Host/demo/h",)
         statuses = build(changed, EnvoyOptions()).statuses
@@ -209,7 +209,7 @@ async def test_only_referenced_tls_and_opaque_secrets_are_in_snapshots(
 async def test_only_the_given_namespaces_are_read(cluster: tuple[KubeEmulator, KubeClient, Path]) -> None:
     emulator, client, kubeconfig = cluster
     for namespace in ("one", "two", "three"):
-        await post(client, kc.MAPPINGS, mapping("m", namespace=namespace))
+        await post(client, kc.KINDS["Mapping"], mapping("m", namespace=namespace))
     async with following(kubeconfig, namespaces=("one", "three")) as follow:
         snapshot = await follow.next()
     assert snapshot.origins == ("kubernetes:Mapping/one/m", "kubernetes:Mapping/three/m")
@@ -223,7 +223,7 @@ async def test_an_invalid_object_names_its_origin_and_field(
     cluster: tuple[KubeEmulator, KubeClient, Path],
 ) -> None:
     _emulator, client, kubeconfig = cluster
-    await post(client, kc.MAPPINGS, mapping("bad", prefix="no-slash"))
+    await post(client, kc.KINDS["Mapping"], mapping("bad", prefix="no-slash"))
     async with following(kubeconfig) as follow:
         snapshot = await follow.next()
     (status,) = build(snapshot, EnvoyOptions()).statuses
@@ -261,8 +261,8 @@ async def test_in_cluster_credentials_from_the_service_account(
         monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-such-kubeconfig"))
         client = await KubeClient.connect(serviceaccount=str(account))
         assert client.server == f"https://127.0.0.1:{port}"
-        await client.request("POST", kc.MAPPINGS.path(NS), body=mapping("a"))
-        listed = await client.request("GET", kc.MAPPINGS.path(NS))
+        await client.request("POST", kc.KINDS["Mapping"].path(NS), body=mapping("a"))
+        listed = await client.request("GET", kc.KINDS["Mapping"].path(NS))
         assert [i["metadata"]["name"] for i in listed["items"]] == ["a"]
         assert all(r.headers.get("Authorization") == "Bearer pod-token" for r in emulator)
         await client.close()
@@ -279,5 +279,5 @@ async def test_a_wrong_token_is_refused(tmp_path: Path) -> None:
         with pytest.raises(kc.KubeError):
             await KubeClient.connect(str(config))
         client = await KubeClient.connect(str(write_kubeconfig(tmp_path / "ok", url, token="right")))
-        assert (await client.request("GET", kc.MAPPINGS.path(NS)))["items"] == []
+        assert (await client.request("GET", kc.KINDS["Mapping"].path(NS)))["items"] == []
         await client.close()

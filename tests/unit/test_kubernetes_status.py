@@ -78,10 +78,12 @@ async def test_verdicts_are_written_as_conditions_and_unchanged_ones_skipped(
     cluster: tuple[KubeEmulator, KubeClient, Path],
 ) -> None:
     emulator, client, kubeconfig = cluster
-    await client.request("POST", kc.MAPPINGS.path(NS), body=mapping("good", "/good/"))
-    await client.request("POST", kc.MAPPINGS.path(NS), body=mapping("bad", "bad"))
+    await client.request("POST", kc.KINDS["Mapping"].path(NS), body=mapping("good", "/good/"))
+    await client.request("POST", kc.KINDS["Mapping"].path(NS), body=mapping("bad", "bad"))
     await merge_patch(
-        client, kc.MAPPINGS.path(NS, "good", "status"), {"status": {"conditions": [{"type": "Other"}]}}
+        client,
+        kc.KINDS["Mapping"].path(NS, "good", "status"),
+        {"status": {"conditions": [{"type": "Other"}]}},
     )
     async with controller(kubeconfig) as running:
         bad = await eventually(lambda: condition(emulator, "bad"))
@@ -98,20 +100,24 @@ async def test_verdicts_are_written_as_conditions_and_unchanged_ones_skipped(
         assert status_patches(emulator) == 3  # ours, and the two verdicts
 
         # A change that leaves both verdicts as they were writes nothing.
-        await merge_patch(client, kc.MAPPINGS.path(NS, "good"), {"metadata": {"labels": {"x": "y"}}})
+        await merge_patch(client, kc.KINDS["Mapping"].path(NS, "good"), {"metadata": {"labels": {"x": "y"}}})
         await eventually(lambda: running.runs == 2)
         await asyncio.sleep(0.5)
         assert status_patches(emulator) == 3
         assert running.source.status is not None and running.source.status.skipped >= 2
 
         # Another reason, still rejected: the transition time stays; fixed: it moves.
-        await merge_patch(client, kc.MAPPINGS.path(NS, "bad"), {"spec": {"prefix": "bad2", "timeout": "x"}})
+        await merge_patch(
+            client, kc.KINDS["Mapping"].path(NS, "bad"), {"spec": {"prefix": "bad2", "timeout": "x"}}
+        )
         again = await eventually(
             lambda: (c := condition(emulator, "bad")) and c["observedGeneration"] == 2 and c
         )
         assert again["lastTransitionTime"] == bad["lastTransitionTime"]
         assert "spec.timeout" in again["message"]
-        await merge_patch(client, kc.MAPPINGS.path(NS, "bad"), {"spec": {"prefix": "/bad/", "timeout": None}})
+        await merge_patch(
+            client, kc.KINDS["Mapping"].path(NS, "bad"), {"spec": {"prefix": "/bad/", "timeout": None}}
+        )
         fixed = await eventually(lambda: (c := condition(emulator, "bad")) and c["status"] == "True" and c)
         assert fixed["observedGeneration"] == 3
 
@@ -120,10 +126,13 @@ async def test_every_legation_kind_gets_its_condition(cluster: tuple[KubeEmulato
     emulator, client, kubeconfig = cluster
     api = "legation.dev/v1alpha1"
     objects = {
-        kc.MAPPINGS: {"kind": "Mapping", "spec": {"prefix": "/m/", "service": "127.0.0.1:80"}},
-        kc.AUTHSERVICES: {"kind": "AuthService", "spec": {"service": "127.0.0.1:9001"}},
-        kc.HOSTS: {"kind": "Host", "spec": {"hostname": "api.example.com", "tlsSecret": {"name": "none"}}},
-        kc.JWTPOLICIES: {"kind": "JWTPolicy", "spec": {"providers": [], "rules": []}},
+        kc.KINDS["Mapping"]: {"kind": "Mapping", "spec": {"prefix": "/m/", "service": "127.0.0.1:80"}},
+        kc.KINDS["AuthService"]: {"kind": "AuthService", "spec": {"service": "127.0.0.1:9001"}},
+        kc.KINDS["Host"]: {
+            "kind": "Host",
+            "spec": {"hostname": "api.example.com", "tlsSecret": {"name": "none"}},
+        },
+        kc.KINDS["JWTPolicy"]: {"kind": "JWTPolicy", "spec": {"providers": [], "rules": []}},
     }
     for resource, obj in objects.items():
         body = {"apiVersion": api, "metadata": {"name": "x", "namespace": NS}, **obj}
@@ -150,7 +159,7 @@ def stored(emulator: KubeEmulator, resource: kc.ResourceType) -> dict[str, Any]:
 
 async def test_only_the_leader_writes(cluster: tuple[KubeEmulator, KubeClient, Path]) -> None:
     emulator, client, kubeconfig = cluster
-    await client.request("POST", kc.MAPPINGS.path(NS), body=mapping("m", "/m/"))
+    await client.request("POST", kc.KINDS["Mapping"].path(NS), body=mapping("m", "/m/"))
     async with controller(kubeconfig) as running:
         await eventually(lambda: running.runs == 1)
         writer = running.source.status
@@ -158,7 +167,7 @@ async def test_only_the_leader_writes(cluster: tuple[KubeEmulator, KubeClient, P
         leading = False
         writer.is_leader = lambda: leading
         writer.leadership_changed(False)
-        await client.request("POST", kc.MAPPINGS.path(NS), body=mapping("n", "n"))
+        await client.request("POST", kc.KINDS["Mapping"].path(NS), body=mapping("n", "n"))
         await eventually(lambda: running.runs == 2)
         await asyncio.sleep(0.5)
         assert condition(emulator, "n") is None, "a follower writes nothing"
@@ -172,17 +181,17 @@ async def test_a_verdict_never_lands_on_a_recreated_object(
     cluster: tuple[KubeEmulator, KubeClient, Path],
 ) -> None:
     emulator, client, kubeconfig = cluster
-    await client.request("POST", kc.MAPPINGS.path(NS), body=mapping("m", "/m/"))
+    await client.request("POST", kc.KINDS["Mapping"].path(NS), body=mapping("m", "/m/"))
     async with controller(kubeconfig) as running:
         await eventually(lambda: condition(emulator, "m"))
         old_uid = emulator.object(MAPPINGS, NS, "m")["metadata"]["uid"]  # type: ignore[index]
         # The verdict about the old object, written against the new one, must be refused.
         with pytest.raises(kc.ApiError) as refused:
-            await client.request("DELETE", kc.MAPPINGS.path(NS, "m"))
-            await client.request("POST", kc.MAPPINGS.path(NS), body=mapping("m", "bad"))
+            await client.request("DELETE", kc.KINDS["Mapping"].path(NS, "m"))
+            await client.request("POST", kc.KINDS["Mapping"].path(NS), body=mapping("m", "bad"))
             await merge_patch(
                 client,
-                kc.MAPPINGS.path(NS, "m", "status"),
+                kc.KINDS["Mapping"].path(NS, "m", "status"),
                 {"metadata": {"uid": old_uid}, "status": {"conditions": []}},
             )
         assert refused.value.code == 409

@@ -9,8 +9,8 @@ import pytest
 from pydantic import BaseModel, Field
 
 from legation.api.v1alpha1 import Secret, ratelimit_annotation
+from legation.api.v1alpha1.kinds import CUSTOM_KINDS as KINDS
 from legation.controller.commands import reference
-from legation.controller.commands.crds import KINDS
 from legation.controller.commands.reference import ReferenceDocError, format_duration, model_rows
 
 ROOT = Path(__file__).parents[2]

@@ -10,10 +10,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from legation.api.v1alpha1.jwtpolicy import JWTPolicy
+from legation.api.v1alpha1 import JWTPolicy, parse_resource
 from legation.core.digest import content_version
 from legation.core.errors import ConfigError, ConfigErrors
-from legation.core.yamlfile import load_documents, read_config_files
+from legation.core.yamlfile import Document, load_documents, read_config_files
 
 __all__ = ["LoadedPolicies", "load_policies", "load_policy_texts"]
 
@@ -24,6 +24,21 @@ class LoadedPolicies:
     version: str
     files: tuple[str, ...]
     origin: dict[str, str]  # policy key -> the file it came from (relative key files resolve there)
+
+
+def _policy(doc: Document, errors: list[ConfigError]) -> JWTPolicy | None:
+    """The document as a JWTPolicy, read the way the controller reads it (the schema's one parser
+    and kinds registry), or None with its problems added to `errors`."""
+    kind = doc.data.get("kind") if isinstance(doc.data, dict) else None
+    if kind != "JWTPolicy":
+        errors.append(doc.error(("kind",), f"the authz service reads JWTPolicy documents, not {kind!r}"))
+        return None
+    resource = parse_resource(doc)
+    if isinstance(resource, list):
+        errors.extend(resource)
+        return None
+    assert isinstance(resource, JWTPolicy)  # the registry maps kind JWTPolicy to its model
+    return resource
 
 
 def load_policies(path: str | Path) -> LoadedPolicies:
@@ -41,12 +56,8 @@ def load_policy_texts(texts: Sequence[tuple[str, str]]) -> LoadedPolicies:
             errors.append(exc)
             continue
         for doc in documents:
-            policy = doc.validate(JWTPolicy, errors)
+            policy = _policy(doc, errors)
             if policy is None:
-                continue
-            references = policy.spec.reference_errors()
-            if references:
-                errors.extend(doc.error(("spec", *path), reason) for path, reason in references)
                 continue
             if policy.key in seen:
                 errors.append(

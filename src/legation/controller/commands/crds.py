@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -31,20 +30,16 @@ from pydantic.alias_generators import to_camel
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 from pydantic_core import core_schema
 
-from legation.api.v1alpha1 import AuthService, Host, Mapping
-from legation.api.v1alpha1.jwtpolicy import JWTPolicy
+from legation.api.v1alpha1.kinds import CUSTOM_KINDS, Kind
 from legation.api.v1alpha1.meta import API_VERSION
 from legation.core.durations import _PART, parse_duration
 
 __all__ = [
     "DURATION_MARK",
     "GROUP",
-    "KINDS",
     "VERSION",
-    "Column",
     "Condition",
     "CrdError",
-    "Kind",
     "ResourceStatus",
     "SchemaGenerator",
     "crd",
@@ -106,114 +101,6 @@ class ResourceStatus(_StatusModel):
 
 
 # --- the kinds ---------------------------------------------------------------------------------
-
-_ACCEPTED = '.status.conditions[?(@.type=="Accepted")]'
-
-
-@dataclass(frozen=True)
-class Column:
-    """An additionalPrinterColumn: what `kubectl get` shows."""
-
-    name: str
-    json_path: str
-    type: str = "string"
-    description: str = ""
-    priority: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"name": self.name, "type": self.type, "jsonPath": self.json_path}
-        if self.description:
-            out["description"] = self.description
-        if self.priority:
-            out["priority"] = self.priority
-        return out
-
-
-_STATUS_COLUMNS = (
-    Column("Accepted", f"{_ACCEPTED}.status", description="Compiled into Envoy config."),
-    Column("Reason", f"{_ACCEPTED}.reason", description="Why not, in one word.", priority=1),
-    Column("Age", ".metadata.creationTimestamp", type="date"),
-)
-
-
-@dataclass(frozen=True)
-class Kind:
-    """One CRD: the resource model (its `spec` field's model gives the schema) and its names."""
-
-    model: type[BaseModel]
-    plural: str
-    short_names: tuple[str, ...]
-    columns: tuple[Column, ...]
-    summary: str
-    """Describes the kind when its model has no docstring."""
-
-    @property
-    def kind(self) -> str:
-        return self.model.__name__
-
-    @property
-    def name(self) -> str:
-        return f"{self.plural}.{GROUP}"
-
-    @property
-    def spec_model(self) -> type[BaseModel]:
-        annotation = self.model.model_fields["spec"].annotation
-        assert isinstance(annotation, type) and issubclass(annotation, BaseModel), annotation
-        return annotation
-
-
-KINDS: tuple[Kind, ...] = (
-    Kind(
-        Mapping,
-        "mappings",
-        ("lmap",),
-        (
-            Column("Host", ".spec.hostname", description="Hostname matched."),
-            Column("Prefix", ".spec.prefix", description="Path prefix matched."),
-            Column("Path", ".spec.path", description="Exact path matched.", priority=1),
-            Column("Service", ".spec.service", description="Upstream."),
-            Column("Policy", ".spec.auth.policy", description="JWTPolicy applied.", priority=1),
-            *_STATUS_COLUMNS,
-        ),
-        "One route (or one canary share of a route).",
-    ),
-    Kind(
-        JWTPolicy,
-        "jwtpolicies",
-        ("jwtpol",),
-        (
-            Column("Providers", ".spec.providers[*].name", description="Trusted identity providers."),
-            Column("Default", ".spec.namespaceDefault", type="boolean", description="Namespace default."),
-            *_STATUS_COLUMNS,
-        ),
-        "A team's authentication and authorization policy: the JWT providers it trusts and path "
-        "rules (first match wins, no match = deny). Mappings of its namespace name it in auth.policy.",
-    ),
-    Kind(
-        AuthService,
-        "authservices",
-        ("authsvc",),
-        (
-            Column("Service", ".spec.service", description="The ext_authz gRPC service."),
-            Column("Fail open", ".spec.failureModeAllow", type="boolean", priority=1),
-            *_STATUS_COLUMNS,
-        ),
-        "Gateway-wide ext_authz settings.",
-    ),
-    Kind(
-        Host,
-        "hosts",
-        ("lhost",),
-        (
-            Column("Hostname", ".spec.hostname", description="The TLS hostname (SNI)."),
-            Column("Secret", ".spec.tlsSecret.name", description="The kubernetes.io/tls Secret."),
-            Column("Insecure", ".spec.insecure.action", description="Plain-HTTP handling.", priority=1),
-            *_STATUS_COLUMNS,
-        ),
-        "TLS termination for a hostname.",
-    ),
-)
-
 
 # --- pydantic JSON schema → structural OpenAPI v3 ----------------------------------------------
 
@@ -465,7 +352,7 @@ def write(directory: Path, *, helm: bool) -> list[Path]:
     """Write every CRD into `directory`; remove generated files of kinds that no longer exist."""
     directory.mkdir(parents=True, exist_ok=True)
     written = []
-    for kind in KINDS:
+    for kind in CUSTOM_KINDS:
         path = directory / filename(kind)
         path.write_text(render(kind, helm=helm), encoding="utf-8")
         written.append(path)

@@ -28,7 +28,8 @@ from pydantic_core import core_schema
 
 from legation.api.v1alpha1 import ObjectMeta, Secret
 from legation.api.v1alpha1 import ratelimit_annotation as rla
-from legation.controller.commands.crds import DURATION_MARK, KINDS, SchemaGenerator
+from legation.api.v1alpha1.kinds import CUSTOM_KINDS as KINDS
+from legation.controller.commands.crds import DURATION_MARK, SchemaGenerator
 
 __all__ = ["HEADER", "ReferenceDocError", "Row", "main", "model_rows", "render"]
 

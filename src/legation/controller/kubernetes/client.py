@@ -20,18 +20,18 @@ import httpx
 import kr8s
 import kr8s.asyncio
 
+from legation.api.v1alpha1.kinds import CUSTOM_KINDS, Kind
+from legation.api.v1alpha1.kinds import KINDS as ALL_KINDS
+
 __all__ = [
-    "AUTHSERVICES",
-    "HOSTS",
-    "JWTPOLICIES",
     "KINDS",
     "LEASES",
-    "MAPPINGS",
     "SECRETS",
     "ApiError",
     "KubeClient",
     "KubeError",
     "ResourceType",
+    "resource_type",
 ]
 
 log = logging.getLogger("legation.controller.kube")
@@ -70,15 +70,15 @@ class ResourceType:
         return "/".join(parts)
 
 
-MAPPINGS = ResourceType("legation.dev", "v1alpha1", "mappings", "Mapping")
-JWTPOLICIES = ResourceType("legation.dev", "v1alpha1", "jwtpolicies", "JWTPolicy")
-AUTHSERVICES = ResourceType("legation.dev", "v1alpha1", "authservices", "AuthService")
-HOSTS = ResourceType("legation.dev", "v1alpha1", "hosts", "Host")
-SECRETS = ResourceType("", "v1", "secrets", "Secret")
-LEASES = ResourceType("coordination.k8s.io", "v1", "leases", "Lease")
+def resource_type(kind: Kind) -> ResourceType:
+    """The API type of one of the schema's kinds (names from the one registry of kinds)."""
+    return ResourceType(kind.group, kind.version, kind.plural, kind.kind)
 
-KINDS: dict[str, ResourceType] = {r.kind: r for r in (MAPPINGS, JWTPOLICIES, AUTHSERVICES, HOSTS)}
+
+KINDS: dict[str, ResourceType] = {k.kind: resource_type(k) for k in CUSTOM_KINDS}
 """The Legation kinds, which carry status."""
+SECRETS = resource_type(ALL_KINDS["Secret"])
+LEASES = ResourceType("coordination.k8s.io", "v1", "leases", "Lease")
 
 
 class KubeError(Exception):
