@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2
 from envoy.config.core.v3 import base_pb2
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2, tls_pb2
@@ -21,7 +19,7 @@ from legation.controller.translate.options import (
 __all__ = ["cluster", "secret", "service_cluster"]
 
 
-def cluster(spec: Cluster, options: EnvoyOptions) -> Any:
+def cluster(spec: Cluster, options: EnvoyOptions) -> cluster_pb2.Cluster:
     cluster = _endpoint_cluster(spec.name, spec.host, spec.port, options)
     if spec.http2:
         _http2(cluster)
@@ -47,7 +45,7 @@ def cluster(spec: Cluster, options: EnvoyOptions) -> Any:
     return cluster
 
 
-def service_cluster(name: str, address: str, options: EnvoyOptions) -> Any:
+def service_cluster(name: str, address: str, options: EnvoyOptions) -> cluster_pb2.Cluster:
     """A cluster for one of Legation's gRPC services (host:port; HTTP/2 cleartext)."""
     upstream = parse_service(address)
     cluster = _endpoint_cluster(name, upstream.host, upstream.port, options)
@@ -55,7 +53,7 @@ def service_cluster(name: str, address: str, options: EnvoyOptions) -> Any:
     return cluster
 
 
-def _endpoint_cluster(name: str, host: str, port: int, options: EnvoyOptions) -> Any:
+def _endpoint_cluster(name: str, host: str, port: int, options: EnvoyOptions) -> cluster_pb2.Cluster:
     cluster = cluster_pb2.Cluster(name=name)
     if is_ip_literal(host):
         cluster.type = cluster_pb2.Cluster.STATIC

@@ -13,6 +13,7 @@ from envoy.extensions.filters.http.ext_authz.v3 import ext_authz_pb2
 from envoy.extensions.filters.http.ratelimit.v3 import rate_limit_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm
+from google.protobuf.message import Message
 
 from legation.api.v1alpha1 import AuthServiceSpec
 from legation.controller.compiler.ir import IR
@@ -50,11 +51,11 @@ def http_filters(auth: tuple[str, AuthServiceSpec] | None, options: EnvoyOptions
     return filters
 
 
-def _filter(name: str, config: Any) -> Any:
+def _filter(name: str, config: Message) -> hcm.HttpFilter:
     return hcm.HttpFilter(name=name, typed_config=pack(config))
 
 
-def _ext_authz(cluster: str, spec: AuthServiceSpec) -> Any:
+def _ext_authz(cluster: str, spec: AuthServiceSpec) -> ext_authz_pb2.ExtAuthz:
     config = ext_authz_pb2.ExtAuthz(
         transport_api_version=config_source_pb2.V3, failure_mode_allow=spec.failure_mode_allow
     )
@@ -67,7 +68,7 @@ def _ext_authz(cluster: str, spec: AuthServiceSpec) -> Any:
     return config
 
 
-def _ratelimit(options: EnvoyOptions) -> Any:
+def _ratelimit(options: EnvoyOptions) -> rate_limit_pb2.RateLimit:
     config = rate_limit_pb2.RateLimit(
         domain=options.ratelimit_domain,
         failure_mode_deny=options.ratelimit_failure_mode_deny,

@@ -3,8 +3,6 @@ SDS), each with one HTTP connection manager whose routes come over RDS."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from envoy.config.core.v3 import config_source_pb2
 from envoy.config.core.v3 import protocol_pb2 as protocol
 from envoy.config.listener.v3 import listener_pb2
@@ -27,7 +25,7 @@ from legation.controller.translate.options import (
 __all__ = ["http_listener", "https_listener"]
 
 
-def http_listener(options: EnvoyOptions, filters: list[Any]) -> Any:
+def http_listener(options: EnvoyOptions, filters: list[hcm.HttpFilter]) -> listener_pb2.Listener:
     listener = _listener(HTTP_LISTENER, options.listen_address, options.http_port)
     chain = listener.filter_chains.add()
     chain.filters.add(name="envoy.filters.network.http_connection_manager").typed_config.CopyFrom(
@@ -36,7 +34,9 @@ def http_listener(options: EnvoyOptions, filters: list[Any]) -> Any:
     return listener
 
 
-def https_listener(hosts: tuple[HostIR, ...], options: EnvoyOptions, filters: list[Any]) -> Any:
+def https_listener(
+    hosts: tuple[HostIR, ...], options: EnvoyOptions, filters: list[hcm.HttpFilter]
+) -> listener_pb2.Listener:
     listener = _listener(HTTPS_LISTENER, options.listen_address, options.https_port)
     # SNI is read by the TLS inspector before a filter chain is chosen.
     listener.listener_filters.add(name="envoy.filters.listener.tls_inspector").typed_config.CopyFrom(
@@ -57,18 +57,20 @@ def https_listener(hosts: tuple[HostIR, ...], options: EnvoyOptions, filters: li
     return listener
 
 
-def _listener(name: str, address: str, port: int) -> Any:
+def _listener(name: str, address: str, port: int) -> listener_pb2.Listener:
     listener = listener_pb2.Listener(name=name)
     listener.address.socket_address.address = address
     listener.address.socket_address.port_value = port
     return listener
 
 
-def _ads() -> Any:
+def _ads() -> config_source_pb2.ConfigSource:
     return config_source_pb2.ConfigSource(ads={}, resource_api_version=config_source_pb2.V3)
 
 
-def _connection_manager(stat_prefix: str, routes: str, filters: list[Any], options: EnvoyOptions) -> Any:
+def _connection_manager(
+    stat_prefix: str, routes: str, filters: list[hcm.HttpFilter], options: EnvoyOptions
+) -> hcm.HttpConnectionManager:
     manager = hcm.HttpConnectionManager(stat_prefix=stat_prefix, codec_type=hcm.HttpConnectionManager.AUTO)
     manager.rds.route_config_name = routes
     manager.rds.config_source.CopyFrom(_ads())

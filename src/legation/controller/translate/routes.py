@@ -127,7 +127,7 @@ def route_configurations(ir: IR, options: RouteOptions, names: Mapping[str, bool
     return configs
 
 
-def _insecure_route(out: Any, host: HostIR, options: RouteOptions) -> None:
+def _insecure_route(out: rc.Route, host: HostIR, options: RouteOptions) -> None:
     out.match.prefix = "/"
     if host.insecure == "Redirect":
         out.name = f"host:{host.id}:redirect"
@@ -145,7 +145,7 @@ def _insecure_route(out: Any, host: HostIR, options: RouteOptions) -> None:
         )
 
 
-def _route(out: Any, route: Route, options: RouteOptions) -> None:
+def _route(out: rc.Route, route: Route, options: RouteOptions) -> None:
     out.name = route.id
     _match(out.match, route.match)
     if route.policy is not None and not options.authz:
@@ -176,12 +176,12 @@ def _route(out: Any, route: Route, options: RouteOptions) -> None:
         out.typed_per_filter_config[CORS_FILTER].CopyFrom(pack(_cors(route.cors)))
 
 
-def _unavailable(out: Any, body: str) -> None:
+def _unavailable(out: rc.Route, body: str) -> None:
     out.direct_response.status = 503
     out.direct_response.body.inline_string = body
 
 
-def _match(out: Any, match: RouteMatch) -> None:
+def _match(out: rc.RouteMatch, match: RouteMatch) -> None:
     if match.kind == "prefix":
         out.prefix = match.value
     elif match.kind == "path":
@@ -208,7 +208,7 @@ def _present_or_exact(matcher: Any, value: str) -> None:
         matcher.string_match.exact = value
 
 
-def _action(out: Any, route: Route) -> None:
+def _action(out: rc.RouteAction, route: Route) -> None:
     weights: dict[str, int] = {}
     for destination in route.destinations:
         if destination.weight > 0:  # two canaries may share a cluster: one entry, summed
@@ -233,12 +233,12 @@ def _action(out: Any, route: Route) -> None:
         _rate_limit(out.rate_limits.add(), limit)
 
 
-def _rate_limit(out: Any, limit: RateLimitIR) -> None:
+def _rate_limit(out: rc.RateLimit, limit: RateLimitIR) -> None:
     for entry in limit.entries:
         out.actions.append(rate_limit_action(entry))
 
 
-def rate_limit_action(entry: DescriptorEntry) -> Any:
+def rate_limit_action(entry: DescriptorEntry) -> rc.RateLimit.Action:
     """The route `rate_limits` action that makes Envoy send `entry` (see ir.DescriptorEntry).
 
     If the value is missing from the request (no such header, no such claim), Envoy sends no
@@ -265,7 +265,7 @@ def rate_limit_action(entry: DescriptorEntry) -> Any:
     return action
 
 
-def _cors(cors: Cors) -> Any:
+def _cors(cors: Cors) -> cors_pb2.CorsPolicy:
     policy = cors_pb2.CorsPolicy()
     for origin in cors.origins:
         matcher = policy.allow_origin_string_match.add()
