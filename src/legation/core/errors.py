@@ -9,7 +9,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["ConfigError", "ConfigErrors", "LegationError", "format_path"]
+__all__ = ["ConfigError", "ConfigErrors", "FieldPath", "LegationError", "format_path"]
+
+FieldPath = tuple[str | int, ...]
+"""Where in a document a value sits: keys and list indexes from the top (`spec.providers[0]`)."""
 
 
 class LegationError(Exception):
@@ -34,7 +37,7 @@ class ConfigError(LegationError):
     file: str
     reason: str
     line: int | None = None
-    path: tuple[str | int, ...] = field(default=())
+    path: FieldPath = field(default=())
 
     @property
     def where(self) -> str:

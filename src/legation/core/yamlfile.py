@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from legation.core.errors import ConfigError, ConfigErrors
+from legation.core.errors import ConfigError, ConfigErrors, FieldPath
 from legation.core.model_keys import did_you_mean
 
 __all__ = ["Document", "load_documents", "read_config_files"]
@@ -204,14 +204,14 @@ class Document:
 M = TypeVar("M", bound=BaseModel)
 
 
-def _clean_loc(loc: Sequence[Any]) -> tuple[str | int, ...]:
+def _clean_loc(loc: Sequence[Any]) -> FieldPath:
     # pydantic adds pseudo-segments for unions, tagged models and validators: not YAML keys.
     return tuple(
         p for p in loc if isinstance(p, int) or not str(p).startswith(("function-", "union", "tagged-union"))
     )
 
 
-def _message(err: Any, model: type[BaseModel], path: tuple[str | int, ...]) -> str:
+def _message(err: Any, model: type[BaseModel], path: FieldPath) -> str:
     if err["type"] == "extra_forbidden":
         return "unknown key" + did_you_mean(model, path)
     return str(err["msg"]).removeprefix("Value error, ")

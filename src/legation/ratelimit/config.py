@@ -9,7 +9,7 @@ from pathlib import Path
 
 from legation.api.ratelimit import UNIT_SECONDS, Algorithm, Descriptor, DomainConfig, RateLimit, Replaces
 from legation.core.digest import content_version
-from legation.core.errors import ConfigError, ConfigErrors
+from legation.core.errors import ConfigError, ConfigErrors, FieldPath
 from legation.core.yamlfile import Document, load_documents, read_config_files
 from legation.ratelimit.rules import Limit, Node, RuleSet, make_limit, wildcard_pattern
 
@@ -95,7 +95,7 @@ def _cross_checks(parsed: list[tuple[Document, DomainConfig]]) -> list[ConfigErr
 
 
 def _duplicate_keys(
-    doc: Document, descriptors: Sequence[Descriptor], path: tuple[str | int, ...], parent: str
+    doc: Document, descriptors: Sequence[Descriptor], path: FieldPath, parent: str
 ) -> list[ConfigError]:
     errors: list[ConfigError] = []
     seen: set[tuple[str, str | None]] = set()

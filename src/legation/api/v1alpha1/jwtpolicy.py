@@ -16,6 +16,7 @@ from legation.api.v1alpha1.base import SpecModel
 from legation.api.v1alpha1.fields import HTTP_METHODS
 from legation.api.v1alpha1.meta import ObjectMeta
 from legation.core.durations import Duration
+from legation.core.errors import FieldPath
 
 __all__ = [
     "ASYMMETRIC_ALGORITHMS",
@@ -244,10 +245,10 @@ class PolicySpec(SpecModel):
     )
     forward_token: bool = Field(default=False, description="Keep the token's header for the upstream.")
 
-    def reference_errors(self) -> list[tuple[tuple[str | int, ...], str]]:
+    def reference_errors(self) -> list[tuple[FieldPath, str]]:
         """(field path under spec, reason) for names that do not resolve. Kept out of the
         validators so that each error can point at its own field."""
-        errors: list[tuple[tuple[str | int, ...], str]] = []
+        errors: list[tuple[FieldPath, str]] = []
         names = [p.name for p in self.providers]
         for i, name in enumerate(names):
             if name in names[:i]:

@@ -14,7 +14,7 @@ from legation.api.v1alpha1.kinds import KINDS, Resource, ResourceId, raw_id
 from legation.api.v1alpha1.mapping import Mapping
 from legation.api.v1alpha1.ratelimit_annotation import ANNOTATION, RateLimitAnnotationError
 from legation.api.v1alpha1.secret import Secret
-from legation.core.errors import ConfigError, format_path
+from legation.core.errors import ConfigError, FieldPath, format_path
 from legation.core.yamlfile import Document
 
 __all__ = ["ResourceError", "parse_resource"]
@@ -73,9 +73,9 @@ def _model_for(doc: Document, errors: list[ConfigError]) -> type[Resource] | Non
     return cast("type[Resource]", model)
 
 
-def _own_checks(resource: Resource) -> list[tuple[tuple[str | int, ...], str]]:
+def _own_checks(resource: Resource) -> list[tuple[FieldPath, str]]:
     """Checks that need the whole validated resource, each pointing at its own field."""
-    errors: list[tuple[tuple[str | int, ...], str]] = []
+    errors: list[tuple[FieldPath, str]] = []
     if isinstance(resource, JWTPolicy):
         errors.extend((("spec", *path), reason) for path, reason in resource.spec.reference_errors())
     elif isinstance(resource, Secret):
@@ -89,13 +89,13 @@ def _own_checks(resource: Resource) -> list[tuple[tuple[str | int, ...], str]]:
     return errors
 
 
-def _name_errors(metadata: Any) -> list[tuple[tuple[str | int, ...], str]]:
+def _name_errors(metadata: Any) -> list[tuple[FieldPath, str]]:
     """Kubernetes naming rules, checked on the raw metadata so that they are reported even when
     the rest of the resource is invalid (and for JWTPolicy, whose model is the authz service's)."""
     if not isinstance(metadata, dict):
         return []
     name, namespace = metadata.get("name"), metadata.get("namespace", "default")
-    errors: list[tuple[tuple[str | int, ...], str]] = []
+    errors: list[tuple[FieldPath, str]] = []
     if isinstance(name, str) and name and (len(name) > 253 or not DNS_NAME.fullmatch(name)):
         errors.append((("metadata", "name"), "must be lowercase letters, digits, '-' and '.' (DNS-1123)"))
     if isinstance(namespace, str) and (len(namespace) > 63 or not DNS_LABEL.fullmatch(namespace)):

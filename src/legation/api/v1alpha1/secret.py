@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, Field, field_validator
 
 from legation.api.v1alpha1.meta import ObjectMeta, TypedObject
+from legation.core.errors import FieldPath
 
 __all__ = ["Secret"]
 
@@ -59,7 +60,7 @@ class Secret(TypedObject):
             return self.string_data[key].encode()
         return base64.b64decode(self.data[key]) if key in self.data else None
 
-    def tls_errors(self) -> list[tuple[tuple[str | int, ...], str]]:
+    def tls_errors(self) -> list[tuple[FieldPath, str]]:
         """(field path, reason) for a kubernetes.io/tls Secret whose pair Envoy would refuse."""
         if self.type != "kubernetes.io/tls":
             return []
@@ -73,17 +74,17 @@ class Secret(TypedObject):
             self.value("tls.key") or b"",
         )
 
-    def _where(self, key: str) -> tuple[str | int, ...]:
+    def _where(self, key: str) -> FieldPath:
         return ("stringData", key) if key in self.string_data else ("data", key)
 
 
 def _check_pair(
-    crt_path: tuple[str | int, ...], crt: bytes, key_path: tuple[str | int, ...], key: bytes
-) -> list[tuple[tuple[str | int, ...], str]]:
+    crt_path: FieldPath, crt: bytes, key_path: FieldPath, key: bytes
+) -> list[tuple[FieldPath, str]]:
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
 
-    errors: list[tuple[tuple[str | int, ...], str]] = []
+    errors: list[tuple[FieldPath, str]] = []
     try:
         cert: x509.Certificate | None = x509.load_pem_x509_certificates(crt)[0]
     except ValueError:

@@ -16,10 +16,10 @@ from legation.api.v1alpha1 import (
     ResourceId,
 )
 from legation.controller.compiler.ir import (
-    FieldPath,
     Origin,
     Problem,
 )
+from legation.core.errors import FieldPath
 
 __all__ = ["AnyEntry", "Entry", "age", "of_kind", "why_rejected"]
 

@@ -11,10 +11,10 @@ from legation.api.v1alpha1 import (
 )
 from legation.controller.compiler.entries import AnyEntry, Entry, age, why_rejected
 from legation.controller.compiler.ir import (
-    FieldPath,
     HostIR,
     TlsSecret,
 )
+from legation.core.errors import FieldPath
 
 __all__ = ["check_secret", "compile_hosts", "tls_secrets"]
 

@@ -15,7 +15,7 @@ from legation.api.ratelimit import DomainConfig
 from legation.api.v1alpha1 import AuthServiceSpec, Cors, ResourceId, Retries
 from legation.api.v1alpha1.jwtpolicy import JWTPolicy
 from legation.api.v1alpha1.ratelimit_annotation import RateLimitRule
-from legation.core.errors import format_path
+from legation.core.errors import FieldPath, format_path
 from legation.core.yamlfile import Document
 
 __all__ = [
@@ -35,8 +35,6 @@ __all__ = [
     "RouteMatch",
     "TlsSecret",
 ]
-
-FieldPath = tuple[str | int, ...]
 
 
 @dataclass(frozen=True, order=True)

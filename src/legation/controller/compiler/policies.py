@@ -15,7 +15,7 @@ from legation.api.v1alpha1 import (
     Secret,
 )
 from legation.controller.compiler.entries import AnyEntry, Entry, age, why_rejected
-from legation.controller.compiler.ir import FieldPath
+from legation.core.errors import FieldPath
 
 __all__ = ["compile_auth_service", "compile_policies", "missing_policy", "policy_of"]
 

@@ -24,7 +24,6 @@ from legation.controller.compiler.entries import AnyEntry, Entry, age
 from legation.controller.compiler.ir import (
     Cluster,
     Destination,
-    FieldPath,
     Route,
     RouteMatch,
 )
@@ -32,6 +31,7 @@ from legation.controller.compiler.policies import (
     policy_of,
 )
 from legation.controller.compiler.ratelimits import rate_limits
+from legation.core.errors import FieldPath
 
 __all__ = [
     "ROUTE_FIELDS",
