@@ -7,6 +7,7 @@ import argparse
 import os
 import socket
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -112,3 +113,23 @@ def test_logs_of_the_previous_run_are_kept_once(tmp_path: Path) -> None:
     Stack(tmp_path).rotate_logs()
     assert (tmp_path / "envoy.log.1").read_text() == "run 1\n"
     assert not (tmp_path / "envoy.log").exists()
+
+
+def test_hint_names_legation_as_the_other_terminal_can_run_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from legation.controller.commands.up_run import _legation_command
+
+    bin_dir = tmp_path / ".venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    script = bin_dir / "legation"
+    script.write_text("#!/bin/sh\n")
+    script.chmod(0o755)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", [str(script), "up"])
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")  # a new user's shell: the venv is not on PATH
+    assert _legation_command() == ".venv/bin/legation"
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin")  # after `source .venv/bin/activate`
+    assert _legation_command() == "legation"
+    monkeypatch.setattr(sys, "argv", ["/x/legation/__main__.py", "up"])
+    assert _legation_command() == f"{sys.executable} -m legation"

@@ -4,10 +4,13 @@ prints the URLs, then watches the processes and follows the Mappings with demo u
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
+import sys
 import time
 import urllib.parse
 import urllib.request
@@ -276,20 +279,34 @@ Legation is up.
   envoy admin   http://127.0.0.1:{args.envoy_admin_port}/
   logs          {files.root}/logs/
 
-Try:
+Try, in a second terminal (this one runs the gateway; Ctrl-C stops it):
   curl -i {web}/orders/public/menu                    # public route: 200
   curl -i {web}/orders/42                             # no token: 401
-  TOKEN=$(legation token --state-dir {files.root} --sub alice --scope orders:read)
+  TOKEN=$({_legation_command()} token --state-dir {files.root} --sub alice --scope orders:read)
   curl -i -H "Authorization: Bearer $TOKEN" {web}/orders/42          # 200, x-user-id: alice upstream
   curl -i -X POST -H "Authorization: Bearer $TOKEN" {web}/orders/42  # scope missing: 403
   for i in $(seq 6); do curl -s -o /dev/null -w '%{{http_code}} ' {web}/catalog/search?q=tea; done  # 429s
   for i in $(seq 10); do curl -s {web}/catalog/items | grep -o '"name": *"[^"]*"'; done       # canary split
   curl -i --cacert {cert} https://{TLS_HOSTNAMES[0]}:{args.https_port}/catalog/items   # TLS with SNI
   curl -i -H 'Host: {TLS_HOSTNAMES[0]}' {web}/catalog/items           # 301 to https
-
-Ctrl-C stops everything.""",
+""",
         flush=True,
     )
+
+
+def _legation_command() -> str:
+    """How to run `legation` from another terminal: its name when that terminal's PATH finds this
+    very script (an activated venv), else the script's path (a new user's shell has no `legation`
+    until `source .venv/bin/activate`)."""
+    script = Path(sys.argv[0]).resolve()
+    if script.name != "legation":  # python -m legation
+        return f"{sys.executable} -m legation"
+    found = shutil.which("legation")
+    if found is not None and Path(found).resolve() == script:
+        return "legation"
+    with contextlib.suppress(ValueError):
+        return str(script.relative_to(Path.cwd()))
+    return str(script)
 
 
 def _http_ok(url: str) -> bool:
