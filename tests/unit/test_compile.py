@@ -407,6 +407,12 @@ def test_mappings_fail_closed_when_their_policy_is_rejected() -> None:
     assert result.policies == ()
 
 
+def test_the_feed_holds_only_the_policies_routes_use() -> None:
+    result = run(policy("used"), policy("unused"), mapping("m", auth={"policy": "used"}))
+    assert [p.key for p in result.policies] == ["team-a/used"]
+    assert state(result, "JWTPolicy", "team-a", "unused")[0] == "Accepted"  # valid, just not served
+
+
 def test_secret_backed_jwks_is_resolved_inline() -> None:
     jwks_text = '{"keys": []}'
     result = run(
@@ -414,6 +420,7 @@ def test_secret_backed_jwks_is_resolved_inline() -> None:
         policy("p", jwks={"secretRef": {"name": "keys", "key": "jwks"}}),
         policy("nokey", jwks={"secretRef": {"name": "keys", "key": "other"}}),
         policy("nosecret", jwks={"secretRef": {"name": "gone", "key": "jwks"}}),
+        mapping("m", auth={"policy": "p"}),
     )
     (p,) = result.policies
     assert p.key == "team-a/p"

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, Field
 
 from legation.api.v1alpha1.base import SpecModel
-from legation.api.v1alpha1.fields import ServiceAddress, check_status
+from legation.api.v1alpha1.fields import GatewayNames, ServiceAddress, check_status, gateways_field
 from legation.api.v1alpha1.meta import ApiVersion, ObjectMeta, Status, TypedObject
 from legation.core.durations import Duration
 
@@ -26,6 +26,7 @@ class IncludeBody(SpecModel):
 class AuthServiceSpec(SpecModel):
     """How Envoy calls the ext_authz service, gateway-wide."""
 
+    gateways: GatewayNames = gateways_field()
     service: ServiceAddress = Field(description="The authz gRPC service: `host:port` (https:// = TLS).")
     timeout: Duration = Field(default=0.2, gt=0, description="Per-check timeout. Default 200ms.")
     failure_mode_allow: bool = Field(

@@ -13,10 +13,12 @@ import http
 import ipaddress
 import re
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import re2
-from pydantic import AfterValidator
+from pydantic import AfterValidator, Field
+
+from legation.core.names import DEFAULT_GATEWAY, DNS_NAME, LABEL_PATTERN, dns_label
 
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT")
 MAX_REGEX_PROGRAM_SIZE = 100
@@ -24,9 +26,7 @@ MAX_REGEX_PROGRAM_SIZE = 100
 
 _RE2_QUIET = re2.Options()
 _RE2_QUIET.log_errors = False
-_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
-DNS_NAME = re.compile(rf"{_LABEL}(\.{_LABEL})*")
-DNS_LABEL = re.compile(_LABEL)
+_LABEL = LABEL_PATTERN
 _HOSTNAME = re.compile(rf"(\*\.)?{_LABEL}(\.{_LABEL})*")
 HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")  # an HTTP header name (RFC 9110 token)
 _SERVICE = re.compile(
@@ -202,3 +202,29 @@ def _ipv6(bracketed: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+# --- gateways ----------------------------------------------------------------------------------
+
+ANY_GATEWAY = "*"
+
+
+def _gateway_names(values: list[str]) -> list[str]:
+    for value in values:
+        if value != ANY_GATEWAY:
+            dns_label(value)
+    return unique(values)
+
+
+GatewayNames = Annotated[list[str], AfterValidator(_gateway_names)]
+"""`spec.gateways`: the gateways (`legation controller --gateway NAME`) that serve a resource."""
+
+
+def gateways_field() -> Any:
+    """The `gateways` field of the kinds a gateway serves (Mapping, Host, AuthService)."""
+    return Field(
+        default_factory=lambda: [DEFAULT_GATEWAY],
+        min_length=1,
+        description=f"The gateways that serve this resource (`legation controller --gateway NAME`); "
+        f"absent = [{DEFAULT_GATEWAY}], `{ANY_GATEWAY}` = every gateway.",
+    )

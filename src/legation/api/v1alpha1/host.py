@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field
 
 from legation.api.v1alpha1.base import SpecModel
-from legation.api.v1alpha1.fields import Hostname
+from legation.api.v1alpha1.fields import GatewayNames, Hostname, gateways_field
 from legation.api.v1alpha1.meta import ApiVersion, ObjectMeta, Status, TypedObject
 
 __all__ = ["Host", "HostSpec", "Insecure", "SecretName"]
@@ -30,6 +30,7 @@ class Insecure(SpecModel):
 class HostSpec(SpecModel):
     """TLS termination for one hostname (SNI)."""
 
+    gateways: GatewayNames = gateways_field()
     hostname: Hostname = Field(description="Exact name, `*.example.com`, or `*` (the default certificate).")
     tls_secret: SecretName = Field(description="A kubernetes.io/tls Secret in the Host's namespace.")
     insecure: Insecure = Field(default_factory=Insecure, description="Plain-HTTP handling; default Redirect.")

@@ -8,7 +8,7 @@ from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from legation.api.v1alpha1.base import SpecModel
 from legation.api.v1alpha1.fields import (
-    DNS_NAME,
+    GatewayNames,
     HeaderName,
     HeaderValue,
     Hostname,
@@ -20,12 +20,14 @@ from legation.api.v1alpha1.fields import (
     check_origin,
     check_regex,
     check_retry_on,
+    gateways_field,
     parse_service,
     unique,
 )
 from legation.api.v1alpha1.meta import ApiVersion, ObjectMeta, Status, TypedObject
 from legation.api.v1alpha1.ratelimit_annotation import ANNOTATION, RateLimitRule, parse_rate_limit
 from legation.core.durations import Duration
+from legation.core.names import DNS_NAME
 
 __all__ = ["AuthRef", "CircuitBreakers", "Cors", "Mapping", "MappingSpec", "Retries"]
 
@@ -121,6 +123,7 @@ class CircuitBreakers(SpecModel):
 class MappingSpec(SpecModel):
     """One route: what it matches, where it goes, and what Envoy does on the way."""
 
+    gateways: GatewayNames = gateways_field()
     hostname: Hostname = Field(default="*", description="Exact host, `*.example.com`, or `*` (any host).")
     prefix: UrlPath | None = Field(
         default=None, description="Path prefix match (one of prefix, path, regex)."

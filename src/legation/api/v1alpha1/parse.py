@@ -8,13 +8,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, cast
 
-from legation.api.v1alpha1.fields import DNS_LABEL, DNS_NAME
 from legation.api.v1alpha1.jwtpolicy import JWTPolicy
 from legation.api.v1alpha1.kinds import KINDS, Resource, ResourceId, raw_id
 from legation.api.v1alpha1.mapping import Mapping
 from legation.api.v1alpha1.ratelimit_annotation import ANNOTATION, RateLimitAnnotationError
 from legation.api.v1alpha1.secret import Secret
 from legation.core.errors import ConfigError, FieldPath, format_path
+from legation.core.names import DNS_LABEL, DNS_NAME
 from legation.core.yamlfile import Document
 
 __all__ = ["ResourceError", "parse_resource"]

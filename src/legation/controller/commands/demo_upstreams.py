@@ -21,6 +21,7 @@ from legation.controller.commands.up_preflight import bindable
 from legation.controller.commands.up_processes import Child, Stack
 from legation.controller.commands.validate import validate_snapshot
 from legation.controller.sources.directory import DirectorySource
+from legation.core.names import DEFAULT_GATEWAY
 
 __all__ = ["DemoUpstreams", "Endpoint", "from_api", "from_directory", "loopback_services"]
 
@@ -46,9 +47,9 @@ def loopback_services(mappings: Iterable[MappingRef]) -> dict[Endpoint, str]:
     return found
 
 
-def from_directory(directory: str) -> dict[Endpoint, str]:
-    """The loopback services of the valid Mappings in `directory`."""
-    report = validate_snapshot(DirectorySource(directory).load())
+def from_directory(directory: str, *, gateway: str = DEFAULT_GATEWAY) -> dict[Endpoint, str]:
+    """The loopback services of `gateway`'s valid Mappings in `directory`."""
+    report = validate_snapshot(DirectorySource(directory).load(), gateway=gateway)
     return loopback_services(
         (r.metadata.namespace, r.metadata.name, r.spec.service)
         for r in report.resources

@@ -26,6 +26,7 @@ from legation.controller.commands.up_preflight import (
     gateway_ports,
     lock_state,
 )
+from legation.core.names import DEFAULT_GATEWAY, dns_label
 
 __all__ = ["add_arguments", "run"]
 
@@ -36,6 +37,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--redis-url", metavar="URL", help="rate limit counters in Redis (default: in memory)"
+    )
+    parser.add_argument(
+        "--gateway",
+        default=DEFAULT_GATEWAY,
+        type=dns_label,
+        metavar="NAME",
+        help="serve the resources whose spec.gateways name this gateway (default %(default)s)",
     )
     parser.add_argument(
         "--state-dir",

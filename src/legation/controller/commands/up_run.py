@@ -170,7 +170,7 @@ def _start_all(
     wait = _Waiter(args.ready_timeout, interrupted)
     print(f"legation up: {args.dir} (state and logs in {files.root}/)", flush=True)
     if upstreams is not None:
-        for (host, port), name, child in upstreams.sync(from_directory(args.dir)):
+        for (host, port), name, child in upstreams.sync(from_directory(args.dir, gateway=args.gateway)):
             wait(f"upstream {port} ({name})", _opens(host, port), child)
     api = _start_controller(args, files=files, stack=stack, wait=wait)
     _start_services(args, api=api, stack=stack, plan=plan, wait=wait)
@@ -192,6 +192,7 @@ def _start_controller(args: argparse.Namespace, *, files: DemoFiles, stack: Stac
             "--envoy-https-port", str(args.https_port),
             "--authz-service", f"{host}:{args.authz_port}",
             "--ratelimit-service", f"{host}:{args.ratelimit_port}",
+            "--gateway", args.gateway,
             "--log-level", _LOG_LEVEL,
         ],
     )  # fmt: skip

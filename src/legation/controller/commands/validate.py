@@ -23,6 +23,7 @@ from legation.controller.sources.directory import DirectorySource
 from legation.controller.sources.merged import merge
 from legation.controller.translate.envoy import EnvoyOptions
 from legation.core.errors import ConfigError
+from legation.core.names import DEFAULT_GATEWAY, dns_label
 
 __all__ = ["Report", "add_arguments", "run", "validate_snapshot"]
 
@@ -43,10 +44,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "dir", metavar="DIR", nargs="+", help="directories (or files) of YAML manifests, read recursively"
     )
+    parser.add_argument(
+        "--gateway",
+        default=DEFAULT_GATEWAY,
+        type=dns_label,
+        metavar="NAME",
+        help="validate as the controller of this gateway would (default %(default)s)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    report = validate_snapshot(merge([DirectorySource(d).load() for d in args.dir]))
+    report = validate_snapshot(merge([DirectorySource(d).load() for d in args.dir]), gateway=args.gateway)
     for problem in report.problems:
         print(problem)
     if report.problems:
@@ -56,9 +64,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def validate_snapshot(snapshot: SourceSnapshot) -> Report:
-    """What the controller would reject in `snapshot`, and why (pure)."""
-    stages = build(snapshot, EnvoyOptions())
+def validate_snapshot(snapshot: SourceSnapshot, *, gateway: str = DEFAULT_GATEWAY) -> Report:
+    """What `gateway`'s controller would reject in `snapshot`, and why (pure)."""
+    stages = build(snapshot, EnvoyOptions(), gateway=gateway)
     return Report(
         resources=tuple(resource for _, resource in stages.resources),
         problems=tuple(problem_errors(stages)),

@@ -182,7 +182,14 @@ def _compile(
         )
         for e in entries
     )
-    feed = tuple(policy for entry, policy in sorted(policies.items(), key=lambda p: p[0].id) if entry.ok)
+    # Only the policies some route uses: the authz service needs no others, and their keys then
+    # stay out of the feed (and out of a gateway that serves none of their namespace's routes).
+    used = {r.policy for r in route_irs}
+    feed = tuple(
+        policy
+        for entry, policy in sorted(policies.items(), key=lambda p: p[0].id)
+        if entry.ok and entry.key in used
+    )
     return CompileResult(statuses=statuses, ir=ir, policies=feed, ratelimit=(domain(route_irs),))
 
 

@@ -33,6 +33,7 @@ from legation.controller.xds.server import SERVICE, XdsServer
 from legation.core.errors import format_path
 from legation.core.grpc_runtime import Health, ServerSettings, run_server, split_host_port
 from legation.core.logs import setup_logging
+from legation.core.names import DEFAULT_GATEWAY, dns_label
 from legation.core.service_main import run_until_stopped
 
 __all__ = ["add_arguments", "run"]
@@ -80,6 +81,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     kube.add_argument("--lease-duration", type=float, default=15.0, metavar="SECONDS", help="lease duration")
     kube.add_argument("--lease-renew", type=float, default=5.0, metavar="SECONDS", help="renew period")
+    parser.add_argument(
+        "--gateway",
+        default=DEFAULT_GATEWAY,
+        type=dns_label,
+        metavar="NAME",
+        help="serve the Mappings, Hosts and AuthServices whose spec.gateways name this gateway "
+        "(absent there = default, * = every gateway); default %(default)s",
+    )
     parser.add_argument("--xds-listen", default="127.0.0.1:18000", metavar="HOST:PORT", help="ADS (gRPC)")
     parser.add_argument(
         "--http-listen", default="127.0.0.1:8877", metavar="HOST:PORT", help="HTTP API, page, feeds"
@@ -150,6 +159,7 @@ def run(args: argparse.Namespace) -> int:
             xds_listen=args.xds_listen,
             http_listen=args.http_listen,
             grace=args.shutdown_grace,
+            gateway=args.gateway,
         )
     )
 
@@ -162,6 +172,7 @@ async def serve(
     xds_listen: str,
     http_listen: str,
     grace: float = 2.0,
+    gateway: str = DEFAULT_GATEWAY,
 ) -> None:
     state = ControllerState(source_description=description)
     xds = XdsServer()
@@ -182,7 +193,7 @@ async def serve(
         health=health,
         reflect=[SERVICE],
         background=[
-            _follow(source, options, state, xds, feeds, health),
+            _follow(source, options, state, xds, feeds, health, gateway=gateway),
             http.serve(sockets=[http.socket]),
         ],
         on_drain=drain,
@@ -196,13 +207,15 @@ async def _follow(
     xds: XdsServer,
     feeds: dict[str, Feed],
     health: Health,
+    *,
+    gateway: str,
 ) -> None:
     cache = ParseCache()
     # Sources that write verdicts back (Kubernetes status) take each run's statuses.
     sink = source if isinstance(source, StatusSink) else None
     async for snapshot in source.snapshots():
         try:
-            stages = await asyncio.to_thread(build, snapshot, options, parse=cache.parse)
+            stages = await asyncio.to_thread(build, snapshot, options, parse=cache.parse, gateway=gateway)
         except Exception as exc:
             log.exception("pipeline run failed; the previous configuration stays in force")
             state.last_error = f"{type(exc).__name__}: {exc}"

@@ -17,12 +17,14 @@ from dataclasses import dataclass, field
 
 from legation.api.v1alpha1 import Resource, ResourceError, ResourceId, parse_resource, raw_id
 from legation.controller.compiler.compile import compile_resources, gc_paused
+from legation.controller.compiler.gateways import claims, for_gateway
 from legation.controller.compiler.ir import CompileResult, Origin, Problem, Rejected, ResourceStatus
 from legation.controller.sources import SourceSnapshot
 from legation.controller.translate.envoy import EnvoyOptions, translate
 from legation.controller.translate.feeds import authz_feed_text, ratelimit_feed_text
 from legation.controller.xds.snapshot import Snapshot
 from legation.core.errors import ConfigError
+from legation.core.names import DEFAULT_GATEWAY
 from legation.core.yamlfile import Document
 
 __all__ = ["ControllerState", "Run", "Stages", "build", "problem_errors", "status_errors"]
@@ -54,16 +56,22 @@ class Stages:
         return tuple(s for s in self.statuses if not s.accepted)
 
 
-def build(snapshot: SourceSnapshot, options: EnvoyOptions, *, parse: Parser = parse_resource) -> Stages:
-    """Run every stage on `snapshot`. Pure, apart from timing itself. `parse` may be a caching
-    wrapper of `parse_resource` (a change to one file then re-validates only that file)."""
+def build(
+    snapshot: SourceSnapshot,
+    options: EnvoyOptions,
+    *,
+    parse: Parser = parse_resource,
+    gateway: str = DEFAULT_GATEWAY,
+) -> Stages:
+    """Run every stage on `snapshot` for `gateway`. Pure, apart from timing itself. `parse` may be
+    a caching wrapper of `parse_resource` (a change to one file then re-validates only that file)."""
     start = time.perf_counter()
     with gc_paused():  # nothing built here has cycles; profile: 1.82 -> 1.34 s at 10k Mappings
-        stages = _build(snapshot, options, parse)
+        stages = _build(snapshot, options, parse, gateway)
     return dataclasses.replace(stages, seconds=time.perf_counter() - start)
 
 
-def _build(snapshot: SourceSnapshot, options: EnvoyOptions, parse: Parser) -> Stages:
+def _build(snapshot: SourceSnapshot, options: EnvoyOptions, parse: Parser, gateway: str) -> Stages:
     resources: list[tuple[Origin, Resource]] = []
     invalid: list[ResourceStatus] = []
     rejected: dict[ResourceId, Rejected] = {}
@@ -71,11 +79,14 @@ def _build(snapshot: SourceSnapshot, options: EnvoyOptions, parse: Parser) -> St
         parsed = parse(doc)
         origin = Origin.of(doc)
         if isinstance(parsed, list):
+            if not claims(doc.data, gateway):
+                continue  # another gateway's resource: not ours to report
             invalid.append(status := _invalid_status(doc, origin, parsed))
             if status.id.namespace:  # it names a resource others may depend on
                 rejected[status.id] = _rejected(status, doc)
         else:
             resources.append((origin, parsed))
+    resources = for_gateway(resources, gateway)
     result = compile_resources(resources, rejected)
     located = _locate(result.statuses, snapshot.documents)
     statuses = sorted((*located, *invalid), key=lambda s: (s.id, s.origin))
