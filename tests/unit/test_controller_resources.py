@@ -154,7 +154,7 @@ def test_every_mapping_field() -> None:
         "uid": "0b6a3c1e-5f9e-4d0a-9b7c-2f1d1c6a9e01",
         "resourceVersion": "4711",
     }
-    assert m.status == {"conditions": [{"type": "Accepted", "status": "True"}]}
+    assert m.status == {"gateways": {"default": {"conditions": [{"type": "Accepted", "status": "True"}]}}}
     assert [str(r) for r in m.rate_limits] == ["5/15m per header:x-api-key,method", "50/s per path"]
     s = m.spec
     assert (s.hostname, s.regex, s.prefix) == ("shop.example.com", "/catalog/[0-9]+", None)

@@ -27,6 +27,7 @@ from legation.controller.commands import crds
 from legation.controller.commands.crds import (
     Condition,
     CrdError,
+    GatewayStatus,
     ResourceStatus,
     crd,
     structural_schema,
@@ -219,7 +220,10 @@ def _models_in(annotation: Any) -> Iterator[type[BaseModel]]:
 def schema_at(schema: dict[str, Any], path: str) -> dict[str, Any]:
     node = schema
     for part in path.strip(".").split("."):
-        while "properties" not in node:  # through lists and maps to the model inside
+        if "additionalProperties" in node and part not in node.get("properties", {}):
+            node = node["additionalProperties"]  # `part` is a key of a map (status.gateways.NAME)
+            continue
+        while "properties" not in node:  # through lists to the model inside
             node = node.get("items") or node["additionalProperties"]
         node = node["properties"][part]
     return node
@@ -285,7 +289,7 @@ def test_printer_columns_name_fields_of_the_schema(kind: Kind) -> None:
         path = column["jsonPath"]
         if path.startswith(".metadata."):
             continue
-        # `.status.conditions[?(@.type=="Accepted")].status` → status.conditions.status
+        # `.status.gateways.default.conditions[?(@.type=="Accepted")].status` → …conditions.status
         dotted = re.sub(r"\[[^]]*\]", "", path)
         node = schema_at(schema, dotted)
         expected = {"string": "string", "boolean": "boolean", "integer": "integer"}[column["type"]]
@@ -360,13 +364,15 @@ spec:
   addResponseHeaders: {x-served-by: legation}
   removeRequestHeaders: [x-internal]
 status:
-  conditions:
-    - type: Accepted
-      status: "False"
-      reason: Invalid
-      message: "spec.service: invalid service"
-      observedGeneration: 3
-      lastTransitionTime: "2026-11-26T10:00:00Z"
+  gateways:
+    default:
+      conditions:
+        - type: Accepted
+          status: "False"
+          reason: Invalid
+          message: "spec.service: invalid service"
+          observedGeneration: 3
+          lastTransitionTime: "2026-11-26T10:00:00Z"
 ---
 apiVersion: legation.dev/v1alpha1
 kind: JWTPolicy
@@ -409,8 +415,9 @@ def test_every_other_field_is_accepted_by_the_crd_and_the_model(index: int) -> N
 
 
 def test_status_as_the_controller_writes_it_is_accepted() -> None:
+    accepted = Condition(type="Accepted", status="True", reason="Accepted", observed_generation=1)
     status = ResourceStatus(
-        conditions=[Condition(type="Accepted", status="True", reason="Accepted", observed_generation=1)]
+        gateways={"default": GatewayStatus(conditions=[accepted]), "blue": GatewayStatus(conditions=[])}
     ).model_dump(by_alias=True, exclude_none=True, mode="json")
     document = {"apiVersion": "legation.dev/v1alpha1", "kind": "Host", "status": status}
     document["spec"] = {"hostname": "a.example.com", "tlsSecret": {"name": "a"}}

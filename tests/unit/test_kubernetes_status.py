@@ -34,10 +34,14 @@ async def cluster(tmp_path: Path) -> AsyncIterator[tuple[KubeEmulator, KubeClien
         yield running
 
 
-def condition(emulator: KubeEmulator, name: str) -> dict[str, Any] | None:
+def conditions_of(obj: dict[str, Any], gateway: str = "default") -> list[dict[str, Any]]:
+    entry = ((obj.get("status") or {}).get("gateways") or {}).get(gateway) or {}
+    return list(entry.get("conditions") or [])
+
+
+def condition(emulator: KubeEmulator, name: str, gateway: str = "default") -> dict[str, Any] | None:
     obj = emulator.object(MAPPINGS, NS, name) or {}
-    conditions = (obj.get("status") or {}).get("conditions") or []
-    return next((c for c in conditions if c["type"] == "Accepted"), None)
+    return next((c for c in conditions_of(obj, gateway) if c["type"] == "Accepted"), None)
 
 
 def status_patches(emulator: KubeEmulator) -> int:
@@ -55,7 +59,7 @@ class Controller:
 
     async def _follow(self) -> None:
         async for snapshot in self.source.snapshots():
-            stages = build(snapshot, EnvoyOptions())
+            stages = build(snapshot, EnvoyOptions(), gateway=self.source.options.gateway)
             self.source.report(stages.statuses, stages.source)
             self.runs += 1
 
@@ -83,7 +87,7 @@ async def test_verdicts_are_written_as_conditions_and_unchanged_ones_skipped(
     await merge_patch(
         client,
         kc.KINDS["Mapping"].path(NS, "good", "status"),
-        {"status": {"conditions": [{"type": "Other"}]}},
+        {"status": {"gateways": {"default": {"conditions": [{"type": "Other"}]}}}},
     )
     async with controller(kubeconfig) as running:
         bad = await eventually(lambda: condition(emulator, "bad"))
@@ -95,7 +99,7 @@ async def test_verdicts_are_written_as_conditions_and_unchanged_ones_skipped(
             "Accepted",
             "Accepted by the controller",
         )
-        other = emulator.object(MAPPINGS, NS, "good")["status"]["conditions"]  # type: ignore[index]
+        other = conditions_of(emulator.object(MAPPINGS, NS, "good") or {})
         assert {"type": "Other"} in other, "conditions of other types are kept"
         assert status_patches(emulator) == 3  # ours, and the two verdicts
 
@@ -143,7 +147,7 @@ async def test_every_legation_kind_gets_its_condition(cluster: tuple[KubeEmulato
             found = {}
             for resource in objects:
                 obj = stored(emulator, resource)
-                for c in (obj.get("status") or {}).get("conditions") or []:
+                for c in conditions_of(obj):
                     found[resource.kind] = (c["status"], c["message"])
             return found if len(found) == 4 else None
 
@@ -192,7 +196,7 @@ async def test_a_verdict_never_lands_on_a_recreated_object(
             await merge_patch(
                 client,
                 kc.KINDS["Mapping"].path(NS, "m", "status"),
-                {"metadata": {"uid": old_uid}, "status": {"conditions": []}},
+                {"metadata": {"uid": old_uid}, "status": {"gateways": {}}},
             )
         assert refused.value.code == 409
         new = await eventually(lambda: (c := condition(emulator, "m")) and c)
@@ -314,3 +318,24 @@ async def test_concurrent_campaigns_elect_exactly_one(cluster: tuple[KubeEmulato
             await asyncio.sleep(0.1)
             leaders = [e.identity for e in electors if e.is_leader]
             assert leaders == [holder(emulator)]
+
+
+async def test_two_gateways_write_their_own_entries_without_clobbering(
+    cluster: tuple[KubeEmulator, KubeClient, Path],
+) -> None:
+    emulator, client, kubeconfig = cluster
+    shared = mapping("shared", "/shared/")
+    shared["spec"]["gateways"] = ["*"]
+    blue_only = mapping("blue-only", "blue-no-slash")  # rejected, but only blue says so
+    blue_only["spec"]["gateways"] = ["blue"]
+    for body in (shared, blue_only):
+        await client.request("POST", kc.KINDS["Mapping"].path(NS), body=body)
+    async with controller(kubeconfig), controller(kubeconfig, gateway="blue"):
+        default = await eventually(lambda: condition(emulator, "shared"))
+        blue = await eventually(lambda: condition(emulator, "shared", "blue"))
+        rejected = await eventually(lambda: condition(emulator, "blue-only", "blue"))
+        await asyncio.sleep(0.5)  # both writers settle; neither may remove the other's entry
+        assert condition(emulator, "shared") is not None and condition(emulator, "shared", "blue") is not None
+    assert (default["status"], blue["status"], rejected["status"]) == ("True", "True", "False")
+    gateways = (emulator.object(MAPPINGS, NS, "blue-only") or {}).get("status", {}).get("gateways", {})
+    assert set(gateways) == {"blue"}  # the default gateway writes nothing on blue's resources

@@ -91,7 +91,8 @@ class Kind:
         return annotation
 
 
-_ACCEPTED = '.status.conditions[?(@.type=="Accepted")]'
+_ACCEPTED = '.status.gateways.default.conditions[?(@.type=="Accepted")]'
+"""`kubectl get` shows the default gateway's verdict; `-o yaml` shows every gateway's."""
 _STATUS_COLUMNS = (
     Column("Accepted", f"{_ACCEPTED}.status", description="Compiled into Envoy config."),
     Column("Reason", f"{_ACCEPTED}.reason", description="Why not, in one word.", priority=1),

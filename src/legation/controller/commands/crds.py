@@ -40,6 +40,7 @@ __all__ = [
     "VERSION",
     "Condition",
     "CrdError",
+    "GatewayStatus",
     "ResourceStatus",
     "SchemaGenerator",
     "crd",
@@ -90,13 +91,23 @@ class Condition(_StatusModel):
     )
 
 
-class ResourceStatus(_StatusModel):
-    """Written by the controller (its leader only); ignored on input."""
+class GatewayStatus(_StatusModel):
+    """One gateway's view of the resource (as a Gateway API route's status.parents entry)."""
 
     conditions: list[Condition] = Field(
         default_factory=list,
-        description="The resource's conditions, one per type.",
+        description="The resource's conditions in this gateway, one per type.",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+
+
+class ResourceStatus(_StatusModel):
+    """Written by the controllers (the leader of each gateway); ignored on input."""
+
+    gateways: dict[str, GatewayStatus] = Field(
+        default_factory=dict,
+        description="By gateway name (`legation controller --gateway`): each gateway writes only its "
+        "own entry, so several gateways never overwrite each other's verdicts.",
     )
 
 

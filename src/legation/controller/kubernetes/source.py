@@ -54,6 +54,7 @@ from legation.controller.kubernetes.leader import LeaderElector
 from legation.controller.kubernetes.status import ORIGIN_PREFIX, StatusWriter
 from legation.controller.sources import SourceSnapshot
 from legation.core.digest import content_version
+from legation.core.names import DEFAULT_GATEWAY
 from legation.core.yamlfile import Document, load_documents
 
 __all__ = ["KubernetesOptions", "KubernetesSource", "default_lease_namespace", "document_data", "origin_of"]
@@ -103,6 +104,8 @@ class KubernetesOptions:
     quiet_seconds: float = 0.1
     max_batch_seconds: float = 1.0
     watch_seconds: int = 300
+    gateway: str = DEFAULT_GATEWAY
+    """The gateway whose entry under status.gateways this controller writes."""
 
 
 def origin_of(kind: str, namespace: str, name: str) -> str:
@@ -291,6 +294,7 @@ class KubernetesSource:
                 client,
                 self.observed,
                 is_leader=(lambda: leader.is_leader) if leader is not None else lambda: True,
+                gateway=opts.gateway,
             )
             if leader is not None:
                 leader.on_change = self.status.leadership_changed

@@ -7,13 +7,15 @@ settle for `batch_seconds`, then writes what differs from what the watch last sa
 a few requests at a time, as JSON merge patches of the status subresource:
 
     status:
-      conditions:
-      - type: Accepted
-        status: "True" | "False"
-        reason: Accepted | Rejected
-        message: ...            # every problem, with its field path, when rejected
-        observedGeneration: 3   # the metadata.generation the verdict is about
-        lastTransitionTime: ... # kept while status stays the same
+      gateways:
+        default:                  # the gateway's name: each gateway writes only its own entry
+          conditions:
+          - type: Accepted
+            status: "True" | "False"
+            reason: Accepted | Rejected
+            message: ...            # every problem, with its field path, when rejected
+            observedGeneration: 3   # the metadata.generation the verdict is about
+            lastTransitionTime: ... # kept while status stays the same
 
 Conditions of other types (written by someone else) are kept. The patch carries the object's
 uid as a precondition, so a verdict about a deleted object never lands on a new one of the same
@@ -36,6 +38,7 @@ from legation.controller.kubernetes.client import KINDS, ApiError, KubeClient, K
 from legation.controller.kubernetes.informer import Backoff
 from legation.controller.sources import SourceSnapshot
 from legation.core.errors import format_path
+from legation.core.names import DEFAULT_GATEWAY
 
 __all__ = ["CONDITION", "Desired", "StatusWriter", "desired_statuses"]
 
@@ -107,6 +110,15 @@ def desired_statuses(
     return result
 
 
+def _conditions(observed: dict[str, Any], gateway: str) -> list[dict[str, Any]]:
+    """The conditions `gateway` wrote on the object, as the watch last saw them."""
+    status = observed.get("status")
+    gateways = status.get("gateways") if isinstance(status, dict) else None
+    entry = gateways.get(gateway) if isinstance(gateways, dict) else None
+    conditions = entry.get("conditions") if isinstance(entry, dict) else None
+    return [c for c in conditions or () if isinstance(c, dict)]
+
+
 def _now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -122,8 +134,11 @@ class StatusWriter:
         is_leader: Callable[[], bool] = lambda: True,
         batch_seconds: float = 0.2,
         concurrency: int = 4,
+        gateway: str = DEFAULT_GATEWAY,
     ) -> None:
         self.client = client
+        self.gateway = gateway
+        """Whose entry under status.gateways this writer owns."""
         self.observe = observe
         """The object as the watch last saw it (status included), or None when gone."""
         self.is_leader = is_leader
@@ -202,8 +217,7 @@ class StatusWriter:
         if desired.uid is not None and metadata.get("uid") != desired.uid:
             return  # the verdict is about an object that no longer exists
         version = metadata.get("resourceVersion")
-        status = observed.get("status") if isinstance(observed.get("status"), dict) else {}
-        conditions = [c for c in (status or {}).get("conditions") or () if isinstance(c, dict)]
+        conditions = _conditions(observed, self.gateway)
         current = next((c for c in conditions if c.get("type") == CONDITION), None)
         written = self._written.get(ref)
         if desired.matches(current) or (written is not None and written == (desired, version)):
@@ -219,7 +233,8 @@ class StatusWriter:
             "lastTransitionTime": current.get("lastTransitionTime") if keep_time and current else _now(),
         }
         others = [c for c in conditions if c.get("type") != CONDITION]
-        patch: dict[str, Any] = {"status": {"conditions": [*others, condition]}}
+        # A merge patch of our entry only: other gateways' entries under status.gateways stay.
+        patch: dict[str, Any] = {"status": {"gateways": {self.gateway: {"conditions": [*others, condition]}}}}
         if desired.uid is not None:
             patch["metadata"] = {"uid": desired.uid}
         await self.client.request(

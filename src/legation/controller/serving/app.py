@@ -136,6 +136,7 @@ def run(args: argparse.Namespace) -> int:
                 lease_namespace=args.lease_namespace,
                 lease_seconds=args.lease_duration,
                 renew_seconds=args.lease_renew,
+                gateway=args.gateway,
             )
         )
         description = "kubernetes " + (", ".join(args.namespace) if args.namespace else "(all namespaces)")
