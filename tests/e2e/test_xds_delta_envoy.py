@@ -145,7 +145,7 @@ async def test_delta_envoy_gets_only_changes_keeps_serving_through_a_nack_and_re
         assert status.types[ROUTE].acked_version == routes_v2.version  # the last routes it took
         for _ in range(3):
             assert await get(edge) == (200, "v2")
-        assert first.status()["rejected_versions"] == [bad.version]
+        assert first.status()["rejected_versions"] == {NODE: [bad.version]}
         assert first.snapshot_for(NODE) is good  # what a (re)connecting Envoy is served
     assert first.nodes() == []  # close() ended the stream; Envoy keeps what it has
     assert await get(edge) == (200, "v2")

@@ -185,9 +185,9 @@ async def test_changes_are_served_acked_and_a_nack_keeps_the_last_good_config(
     assert status.types[ROUTE].acked_version == good.version  # what Envoy still runs
     for _ in range(3):
         assert await get(edge) == (200, "v2")
-    assert xds.status()["rejected_versions"] == [bad.version]
+    assert xds.status()["rejected_versions"] == {"edge": [bad.version]}
 
-    # an Envoy (re)connecting now starts from the last accepted snapshot, not the rejected one
+    # this Envoy reconnecting starts from the last snapshot it accepted, not the one it rejected
     await asyncio.to_thread(edge.process.stop)
     edge.process.start()
     await asyncio.to_thread(edge.wait_ready)

@@ -8,6 +8,7 @@ No API server runs here: `helm install` itself is not exercised, only what it wo
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import re
 import shlex
@@ -23,12 +24,16 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from fixtures.managed import free_port, http_get, wait_for
 
 from legation.api.v1alpha1 import parse_resource
 from legation.api.v1alpha1.kinds import CUSTOM_KINDS
 from legation.controller.commands import crds
+from legation.controller.commands.bootstrap import XdsTls, sds_files
 from legation.controller.commands.bootstrap import bootstrap as legation_bootstrap
+from legation.controller.xds.identity import PeerIdentity
 from legation.core.yamlfile import load_documents
 
 from .conftest import KubeTools
@@ -37,6 +42,9 @@ ROOT = Path(__file__).parents[2]
 CHART = ROOT / "charts" / "legation"
 RELEASE, NAMESPACE = "legation", "legation-system"
 LEGATION_IMAGE_COMPONENTS = ("controller", "authz", "ratelimit")
+CONTROLLER_HOST = f"{RELEASE}-controller.{NAMESPACE}.svc"
+XDS_TLS = XdsTls(cert_dir="/etc/legation/xds-tls", sds_dir="/etc/envoy", server_name=CONTROLLER_HOST)
+XDS_SECRETS = [f"{RELEASE}-xds-ca", f"{RELEASE}-controller-xds-tls", f"{RELEASE}-envoy-xds-tls"]
 
 PROFILES: dict[str, dict[str, Any]] = {
     "defaults": {},
@@ -250,6 +258,7 @@ def test_defaults(rendered: dict[str, list[dict[str, Any]]]) -> None:
         "PodDisruptionBudget": 4,
         "Mapping": 1,
         "Pod": 1,
+        "Secret": 3,  # the xDS CA, and the controller's and the Envoys' certificates
     }
     ratelimit = container(objects, "ratelimit")
     assert not any(a.startswith("--redis-url") for a in ratelimit["args"])
@@ -291,7 +300,7 @@ def test_existing_secret_for_the_redis_url(kube_tools: KubeTools, tmp_path: Path
     )
     (env,) = container(objects, "ratelimit")["env"]
     assert env["valueFrom"]["secretKeyRef"] == {"name": "corp-redis", "key": "uri"}
-    assert of_kind(objects, "Secret") == []
+    assert [s["metadata"]["name"] for s in of_kind(objects, "Secret")] == XDS_SECRETS
 
 
 def test_ha(rendered: dict[str, list[dict[str, Any]]]) -> None:
@@ -648,7 +657,7 @@ def test_bootstrap_is_what_legation_envoy_bootstrap_prints(rendered: dict[str, l
     objects = rendered["defaults"]
     chart = envoy_bootstrap(objects)
     expected = legation_bootstrap(
-        xds=service_address(objects, "controller", "grpc-xds"), node_cluster=f"{RELEASE}-envoy"
+        xds=service_address(objects, "controller", "grpc-xds"), node_cluster=f"{RELEASE}-envoy", tls=XDS_TLS
     )
     extra_clusters = [c for c in chart["static_resources"]["clusters"] if c["name"] != "legation-xds"]
     assert [c["name"] for c in extra_clusters] == ["legation-admin"]
@@ -664,6 +673,27 @@ def test_bootstrap_is_what_legation_envoy_bootstrap_prints(rendered: dict[str, l
     ]
     assert monitor["typed_config"]["max_active_downstream_connections"] == limit
     assert chart == expected
+    config_map = one(objects, "ConfigMap", f"{RELEASE}-envoy")["data"]
+    for name, content in sds_files(XDS_TLS).items():
+        assert yaml.safe_load(config_map[name]) == content, name
+
+
+def envoy_files(objects: list[dict[str, Any]], tmp: Path) -> str:
+    """The Envoy pod's files under `tmp`: the ConfigMap's (bootstrap and SDS files) and the xDS
+    client certificate Secret's, with the paths between them moved there; the bootstrap's text."""
+    config_dir, cert_dir = tmp / "etc-envoy", tmp / "xds-tls"
+    config_dir.mkdir(exist_ok=True)
+    cert_dir.mkdir(exist_ok=True)
+
+    def moved(text: str) -> str:
+        return text.replace("/etc/legation/xds-tls", str(cert_dir)).replace("/etc/envoy", str(config_dir))
+
+    for name, content in one(objects, "Secret", f"{RELEASE}-envoy-xds-tls")["data"].items():
+        (cert_dir / name).write_bytes(base64.b64decode(content))
+    data = one(objects, "ConfigMap", f"{RELEASE}-envoy")["data"]
+    for name, content in data.items():
+        (config_dir / name).write_text(moved(content))
+    return moved(data["bootstrap.yaml"])
 
 
 def test_bootstrap_and_arguments_pass_envoy_validation(
@@ -673,7 +703,7 @@ def test_bootstrap_and_arguments_pass_envoy_validation(
 
     objects = rendered["ha"]
     config = tmp_path / "bootstrap.yaml"
-    config.write_text(one(objects, "ConfigMap", f"{RELEASE}-envoy")["data"]["bootstrap.yaml"])
+    config.write_text(envoy_files(objects, tmp_path))
     envoy = container(objects, "envoy")
     assert envoy["command"] == ["envoy"]
     args = [
@@ -692,21 +722,22 @@ def test_bootstrap_and_arguments_pass_envoy_validation(
 
 @pytest.mark.e2e
 def test_the_stats_port_exposes_probes_and_metrics_only(
-    rendered: dict[str, list[dict[str, Any]]], envoy: Any
+    rendered: dict[str, list[dict[str, Any]]], envoy: Any, tmp_path: Path
 ) -> None:
     """The real Envoy on the chart's bootstrap (ports moved to free loopback ones, the controller
     replaced by a closed port): /healthz, /ready and /stats/prometheus answer on the stats port,
     the rest of the admin interface does not."""
-    text = one(rendered["defaults"], "ConfigMap", f"{RELEASE}-envoy")["data"]["bootstrap.yaml"]
+    text = envoy_files(rendered["defaults"], tmp_path)
     controller = service_address(rendered["defaults"], "controller", "grpc-xds").split(":")[0]
-    text = text.replace(controller, "127.0.0.1").replace("port_value: 18000", f"port_value: {free_port()}")
+    text = text.replace(f"address: {controller}", "address: 127.0.0.1")
+    text = text.replace("port_value: 18000", f"port_value: {free_port()}")
     text = text.replace(
         "address: 0.0.0.0, port_value: 8002", "address: 127.0.0.1, port_value: ${LISTENER_PORT}"
     )
     text = text.replace("port_value: 9901", "port_value: ${ADMIN_PORT}")
     # Listeners open once the first xDS fetch times out (15s per type): shorter here, for speed.
     text = text.replace("resource_api_version: V3}", "resource_api_version: V3, initial_fetch_timeout: 0.5s}")
-    for gone in ("port_value: 8002", "port_value: 9901", "port_value: 18000", controller):
+    for gone in ("port_value: 8002", "port_value: 9901", "port_value: 18000", f"address: {controller}"):
         assert gone not in text
     assert text.count("initial_fetch_timeout") == 2
     proxy = envoy(text, wait=False)
@@ -726,6 +757,111 @@ def test_the_stats_port_exposes_probes_and_metrics_only(
     proxy.process.ensure_alive()
     log = proxy.process.stderr_path.read_text()
     assert "deprecated" not in log and "no configured limit" not in log, log
+
+
+# --- xDS over mTLS --------------------------------------------------------------------------------
+
+
+def secret_file(objects: list[dict[str, Any]], name: str, key: str) -> bytes:
+    return base64.b64decode(one(objects, "Secret", name)["data"][key])
+
+
+def mounted_secret(objects: list[dict[str, Any]], component: str, volume: str) -> tuple[str, str]:
+    """(mount path, Secret name) of one of a component's volumes."""
+    pod = deployment(objects, component)["spec"]["template"]["spec"]
+    [source] = [v["secret"]["secretName"] for v in pod["volumes"] if v["name"] == volume]
+    [path] = [m["mountPath"] for m in container(objects, component)["volumeMounts"] if m["name"] == volume]
+    return path, source
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_xds_is_mtls_with_certificates_from_the_charts_ca(
+    rendered: dict[str, list[dict[str, Any]]], profile: str
+) -> None:
+    objects = rendered[profile]
+    path, secret = mounted_secret(objects, "controller", "xds-tls")
+    assert secret == f"{RELEASE}-controller-xds-tls"
+    args = container(objects, "controller")["args"]
+    assert flag(args, "--xds-tls-cert") == f"{path}/tls.crt"
+    assert flag(args, "--xds-tls-key") == f"{path}/tls.key"
+    assert flag(args, "--xds-client-ca") == f"{path}/ca.crt"
+    assert mounted_secret(objects, "envoy", "xds-tls") == (XDS_TLS.cert_dir, f"{RELEASE}-envoy-xds-tls")
+    [cluster] = [
+        c for c in envoy_bootstrap(objects)["static_resources"]["clusters"] if c["name"] == "legation-xds"
+    ]
+    context = cluster["transport_socket"]["typed_config"]
+    assert context["@type"].endswith("UpstreamTlsContext") and context["sni"] == CONTROLLER_HOST
+    assert [c["name"] for c in context["common_tls_context"]["tls_certificate_sds_secret_configs"]] == [
+        "xds-client-certificate"
+    ]
+
+    ca = x509.load_pem_x509_certificate(secret_file(objects, f"{RELEASE}-xds-ca", "tls.crt"))
+    server = x509.load_pem_x509_certificate(secret_file(objects, secret, "tls.crt"))
+    client = x509.load_pem_x509_certificate(secret_file(objects, f"{RELEASE}-envoy-xds-tls", "tls.crt"))
+    for name in (secret, f"{RELEASE}-envoy-xds-tls"):
+        assert secret_file(objects, name, "ca.crt") == ca.public_bytes(serialization.Encoding.PEM)
+    for leaf in (server, client):
+        leaf.verify_directly_issued_by(ca)
+    assert CONTROLLER_HOST in server.extensions.get_extension_for_class(
+        x509.SubjectAlternativeName
+    ).value.get_values_for_type(x509.DNSName)
+    names = client.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    identity = PeerIdentity(tuple(names.get_values_for_type(x509.DNSName)))
+    assert identity.names == (f"{RELEASE}-envoy",)
+    node = flag_value(container(objects, "envoy")["args"], "--service-node").replace("$(POD_NAME)", "envoy-0")
+    assert identity.allows(node) and node == f"{RELEASE}-envoy/envoy-0"
+    # The CA's key signs nothing at run time: no pod mounts it.
+    for d in of_kind(objects, "Deployment"):
+        assert f"{RELEASE}-xds-ca" not in json.dumps(d["spec"]["template"]), d["metadata"]["name"]
+
+
+def flag_value(args: list[str], name: str) -> str:
+    """The argument after `name` (flags written as two list items)."""
+    return args[args.index(name) + 1]
+
+
+@pytest.mark.e2e
+def test_envoy_on_the_charts_bootstrap_and_certificates_syncs_with_a_controller(
+    rendered: dict[str, list[dict[str, Any]]], launch: Any, tmp_path: Path
+) -> None:
+    """The chart's certificates and bootstrap with a real controller and Envoy (addresses moved to
+    loopback; the certificate names and the SNI stay the Service's, as in the cluster)."""
+    from fixtures.managed import HOST, legation_binary
+
+    objects = rendered["defaults"]
+    server_dir = tmp_path / "controller-tls"
+    server_dir.mkdir()
+    for key in ("tls.crt", "tls.key", "ca.crt"):
+        (server_dir / key).write_bytes(secret_file(objects, f"{RELEASE}-controller-xds-tls", key))
+    source = tmp_path / "manifests"
+    source.mkdir()
+    xds, api = free_port(), free_port()
+    launch.spawn(
+        "controller",
+        [
+            legation_binary(), "controller", "--source", str(source),
+            "--xds-listen", f"{HOST}:{xds}", "--http-listen", f"{HOST}:{api}",
+            "--xds-tls-cert", str(server_dir / "tls.crt"), "--xds-tls-key", str(server_dir / "tls.key"),
+            "--xds-client-ca", str(server_dir / "ca.crt"), "--ratelimit-service", "none",
+        ],
+    )  # fmt: skip
+    wait_for(lambda: http_get(f"http://{HOST}:{api}/readyz")[0] == 200, timeout=30, what="controller")
+    text = envoy_files(objects, tmp_path)
+    text = text.replace(f"address: {CONTROLLER_HOST}", f"address: {HOST}")
+    text = text.replace("port_value: 18000", f"port_value: {xds}")
+    text = text.replace("address: 0.0.0.0, port_value: 8002", f"address: {HOST}, port_value: {free_port()}")
+    text = text.replace("port_value: 9901", "port_value: ${ADMIN_PORT}")
+    text = text.replace("id: envoy  #", f"id: {RELEASE}-envoy/envoy-0  #")
+    proxy = launch.envoy(text, wait=False)
+
+    def synced() -> bool:
+        nodes = json.loads(http_get(f"http://{HOST}:{api}/api/envoys")[1])["nodes"]
+        return [(n["node_id"], n["identity"], n["state"]) for n in nodes] == [
+            (f"{RELEASE}-envoy/envoy-0", f"{RELEASE}-envoy", "acked")
+        ]
+
+    wait_for(synced, timeout=30, what="Envoy synced over the chart's mTLS")
+    assert proxy.stat("control_plane.connected_state") == 1
 
 
 # --- values.schema.json ------------------------------------------------------------------------------

@@ -379,7 +379,7 @@ async def test_envoys_show_acked_versions_and_the_last_nack(
     assert "connect_timeout rejected" in node["last_nack"]["error"]
     assert node["types"][CLUSTER]["state"] == "nacked"
     assert [n["version"] for n in envoys["nacks"]] == [bad_version]
-    assert envoys["rejected_versions"] == [bad_version]
+    assert envoys["rejected_versions"] == {"edge-1": [bad_version]}
     status = (await client.get("/api/status")).json()
     assert status["envoys"]["nodes"] == 1
     assert status["envoys"]["nacks"] == 1

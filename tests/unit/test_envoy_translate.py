@@ -19,6 +19,7 @@ from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.extensions.access_loggers.file.v3 import file_pb2
 from envoy.extensions.filters.http.cors.v3 import cors_pb2
 from envoy.extensions.filters.http.ext_authz.v3 import ext_authz_pb2
+from envoy.extensions.filters.http.header_mutation.v3 import header_mutation_pb2
 from envoy.extensions.filters.http.ratelimit.v3 import rate_limit_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
@@ -125,9 +126,10 @@ def test_without_resources_only_the_http_listener_and_the_service_clusters() -> 
     Snapshot.build(out)  # every message is of its type URL and carries its key as its name
 
 
-def test_filter_order_cors_authz_ratelimit_router() -> None:
+def test_filter_order_method_override_cors_authz_ratelimit_router() -> None:
     listener = translated("")[LISTENER][HTTP_LISTENER]
     assert [f.name for f in manager(listener).http_filters] == [
+        "legation.method_override",
         "envoy.filters.http.cors",
         "envoy.filters.http.ext_authz",
         "envoy.filters.http.ratelimit",
@@ -135,6 +137,7 @@ def test_filter_order_cors_authz_ratelimit_router() -> None:
     ]
     without = translated("", ratelimit_service=None, default_authz_service=None)
     assert [f.name for f in manager(without[LISTENER][HTTP_LISTENER]).http_filters] == [
+        "legation.method_override",
         "envoy.filters.http.cors",
         "envoy.filters.http.router",
     ]
@@ -148,7 +151,7 @@ def test_connection_manager_edge_settings_and_json_access_log() -> None:
     assert m.use_remote_address.value is True
     assert m.normalize_path.value is True and m.merge_slashes is True
     assert m.path_with_escaped_slashes_action == hcm.HttpConnectionManager.REJECT_REQUEST
-    assert m.strip_any_host_port is True
+    assert m.strip_any_host_port is True and m.strip_trailing_host_dot is True
     assert m.common_http_protocol_options.headers_with_underscores_action == 2  # DROP_HEADER
     [log] = m.access_log
     config = unpack(log.typed_config, file_pb2.FileAccessLog)
@@ -577,6 +580,27 @@ def test_ext_authz_filter_from_the_auth_service_and_policy_per_route() -> None:
     assert dict(private.check_settings.context_extensions) == {"legation.policy": "demo/jwt"}
     assert not private.disabled
     assert authz_per_route(route(routes, "*", "demo/public")).disabled is True
+
+
+def test_method_override_headers_are_removed_first_unless_the_route_allows_them() -> None:
+    text = AUTH_SERVICE + POLICY + mapping("private", auth={"policy": "jwt"}, allowMethodOverride=True)
+    out = translated(text + mapping("public", allowMethodOverride=True) + mapping("plain"))
+    removal = unpack(
+        http_filter(out[LISTENER][HTTP_LISTENER], "legation.method_override").typed_config,
+        header_mutation_pb2.HeaderMutation,
+    )
+    assert [m.remove for m in removal.mutations.request_mutations] == [
+        "x-http-method-override",
+        "x-http-method",
+        "x-method-override",
+    ]
+    routes = out[ROUTE][HTTP_ROUTES]
+    for name in ("demo/private", "demo/public"):
+        opt_in = route(routes, "*", name).typed_per_filter_config["legation.method_override"]
+        assert unpack(opt_in, rc.FilterConfig).disabled is True
+    assert "legation.method_override" not in route(routes, "*", "demo/plain").typed_per_filter_config
+    private = authz_per_route(route(routes, "*", "demo/private")).check_settings.context_extensions
+    assert dict(private) == {"legation.policy": "demo/jwt", "legation.methodOverride": "allow"}
 
 
 def test_default_authz_service_when_there_is_no_auth_service() -> None:

@@ -407,7 +407,7 @@ async def test_servicer_serves_delta_next_to_state_of_the_world(
     assert xds.nodes() == []
 
 
-async def test_delta_nack_falls_back_for_late_envoys_and_a_reconnect_resyncs(
+async def test_delta_nack_falls_back_for_that_node_only_and_a_reconnect_resyncs(
     ads: tuple[XdsServer, grpc.aio.Channel],
 ) -> None:
     xds, channel = ads
@@ -427,9 +427,11 @@ async def test_delta_nack_falls_back_for_late_envoys_and_a_reconnect_resyncs(
         )
     )
     await wait_until(lambda: len(xds.nacks) == 1)
-    assert xds.status()["rejected_versions"] == [bad.version]
+    assert xds.status()["rejected_versions"] == {"edge": [bad.version]}
     assert xds.nodes()[0].state == "nacked"
-    # a late Envoy (or this one reconnecting) holding the good versions is sent nothing new
+    other = Client(channel, "other")  # another node is served the newest snapshot
+    assert (await other.ask(delta_request(CLUSTER))).system_version_info == bad.version
+    # this node reconnecting, holding the good versions, is sent nothing new
     late = Client(channel, "edge")
     held = {r.name: r.version for r in cds.resources}
     resync = await late.ask(delta_request(CLUSTER, initial_resource_versions=held))

@@ -174,7 +174,7 @@ def test_store_serves_node_snapshots_then_the_default() -> None:
     assert store.versions() == {"": default.version, "b": own.version}
 
 
-def test_store_falls_back_to_the_last_accepted_while_the_current_is_rejected() -> None:
+def test_store_falls_back_to_what_the_node_accepted_while_it_rejects_the_current() -> None:
     store = SnapshotStore()
     good, bad, fixed = snap(routes={"r1": "good"}), snap(routes={"r1": "bad"}), snap(routes={"r1": "fixed"})
     store.set(good)
@@ -182,16 +182,39 @@ def test_store_falls_back_to_the_last_accepted_while_the_current_is_rejected() -
     store.set(bad)
     store.accepted("a", bad)  # e.g. listeners and clusters ACKed before routes were NACKed
     assert store.serve("a") is bad  # nothing rejected yet
-    store.rejected(bad.version)
-    assert store.serve("a") is good and store.serve("new-node") is good
-    assert store.rejected_versions() == [bad.version]
+    store.rejected("a", bad.version)
+    assert store.serve("a") is good  # what a kept
+    assert store.serve("new-node") is bad  # a's NACK is a's business
+    assert store.rejected_versions() == {"a": [bad.version]}
     store.accepted("a", bad)  # a rejected version never becomes the fallback
     assert store.serve("a") is good
     store.set(fixed)
     assert store.serve("a") is fixed  # the next snapshot is served normally
     store.set(snap(routes={"r1": "own"}), node_id="b")
-    store.rejected(store.serve("b").version)  # type: ignore[union-attr]
+    store.rejected("b", store.serve("b").version)  # type: ignore[union-attr]
     assert store.serve("b").version == snap(routes={"r1": "own"}).version  # type: ignore[union-attr]
+
+
+def test_a_node_that_rejects_what_it_never_accepted_before_gets_the_current() -> None:
+    store = SnapshotStore()
+    only = snap(routes={"r1": "only"})
+    store.set(only)
+    store.rejected("a", only.version)
+    assert store.serve("a") is only  # nothing better to offer; the protocol never re-sends it
+
+
+def test_nodes_remembered_are_bounded() -> None:
+    store = SnapshotStore(remember_nodes=2)
+    one, two = snap(routes={"r1": "one"}), snap(routes={"r1": "two"})
+    store.set(one)
+    store.accepted("a", one)
+    store.set(two)
+    store.rejected("a", two.version)
+    store.rejected("x", two.version)
+    assert store.serve("a") is one
+    store.rejected("y", two.version)  # a is the least recently heard of: forgotten
+    assert store.serve("a") is two
+    assert list(store.rejected_versions()) == ["x", "y"]
 
 
 # --------------------------------------------------------------------------- protocol
@@ -389,7 +412,7 @@ async def test_servicer_serves_per_node_snapshots_and_pushes_changes(
     assert xds.nodes() == []
 
 
-async def test_envoys_connecting_after_a_nack_get_the_last_accepted_snapshot(
+async def test_a_nack_rolls_back_only_the_node_that_sent_it(
     ads: tuple[XdsServer, grpc.aio.Channel],
 ) -> None:
     xds, channel = ads
@@ -404,10 +427,12 @@ async def test_envoys_connecting_after_a_nack_get_the_last_accepted_snapshot(
     pushed = await asyncio.wait_for(first.call.read(), 5)
     await first.outbox.put(first.envoy.nack(pushed, good.version, "rejected"))
     await wait_until(lambda: len(xds.nacks) == 1)
-    assert xds.status()["rejected_versions"] == [bad.version]
-    late = Client(channel, "c")
-    assert names(await late.ask(late.envoy.request(LISTENER))) == ["good"]
+    assert xds.status()["rejected_versions"] == {"a": [bad.version]}
+    late = Client(channel, "c")  # another node: a's NACK does not concern it
+    assert names(await late.ask(late.envoy.request(LISTENER))) == ["bad"]
+    again = Client(channel, "a")  # a reconnecting keeps what it accepted
+    assert names(await again.ask(again.envoy.request(LISTENER))) == ["good"]
     fixed = snap(listeners={"fixed": 1})
     xds.set_snapshot(fixed)
-    for client in (first, late):
+    for client in (first, late, again):
         assert names(await asyncio.wait_for(client.call.read(), 5)) == ["fixed"]

@@ -1,7 +1,13 @@
 """The authorization decision for one HTTP request: policy → rule → tokens → claims → verdict.
 
-Deny by default at every step: no policy, unknown policy, ambiguous path, no matching rule,
-missing or invalid token, missing claim. Knows nothing of gRPC; the server adapts.
+Deny by default at every step: no policy, unknown policy, ambiguous path or host, no matching
+rule, missing or invalid token, missing claim, a claim to forward holding control characters.
+Knows nothing of gRPC; the server adapts.
+
+Method-override headers (X-HTTP-Method-Override…) make some upstreams run a POST as a DELETE.
+The gateway removes them before authorization unless the route opts in; if one arrives anyway
+(another Envoy in front), the request is refused. On a route that opts in, the rules must allow
+the request's method and every overriding one: a GET-only rule never admits a DELETE.
 """
 
 from __future__ import annotations
@@ -10,12 +16,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from legation.api.v1alpha1.mapping import METHOD_OVERRIDE_HEADERS
 from legation.authz.policy import (
     CompiledPolicy,
     CompiledRule,
     claim_at,
     claim_header_value,
     claim_values,
+    has_control_characters,
+    normalize_host,
     normalize_path,
 )
 from legation.authz.tokens import TokenCache, TokenError, find_token, parse_cookies, verify, without_cookies
@@ -31,6 +40,7 @@ class HttpRequest:
     path: str  # as received: with query string
     headers: Mapping[str, str]  # lowercase names
     policy: str | None  # from context_extensions["legation.policy"]
+    method_override: bool = False  # context_extensions["legation.methodOverride"] == "allow"
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,8 +89,24 @@ class Authorizer:
         if split is _AMBIGUOUS:
             return _deny(policy.key, 400, "invalid_request", "ambiguous path")
         path, query = split
-        host = request.host.rpartition(":")[0] if request.host.rpartition(":")[2].isdigit() else request.host
-        rule = policy.rule_for(request.method.upper(), host.lower(), path)
+        host = normalize_host(request.host)
+        if host is None:
+            return _deny(policy.key, 400, "invalid_request", "ambiguous host")
+        methods = _methods(request)
+        if methods is None:
+            return _deny(policy.key, 400, "invalid_request", "method override not allowed")
+        allowed = []
+        for method in methods:  # the request's own first; every overriding one must pass too
+            verdict = await self._decide(policy, request, method=method, host=host, path=path, query=query)
+            if not verdict.allow:
+                return verdict
+            allowed.append(verdict)
+        return allowed[0]  # headers and metadata as for the request's own method
+
+    async def _decide(
+        self, policy: CompiledPolicy, request: HttpRequest, *, method: str, host: str, path: str, query: str
+    ) -> Verdict:
+        rule = policy.rule_for(method, host, path)
         if rule is None:
             return _forbidden(policy.key, "no rule matches")
         if rule.public:
@@ -149,6 +175,21 @@ class Authorizer:
         return None
 
 
+def _methods(request: HttpRequest) -> list[str] | None:
+    """The request's method, then each distinct overriding one; None if override headers are
+    present on a route that does not allow them."""
+    method = request.method.upper()
+    overrides = [
+        value.strip().upper()
+        for name in METHOD_OVERRIDE_HEADERS
+        for value in request.headers.get(name, "").split(",")
+        if value.strip()
+    ]
+    if overrides and not request.method_override:
+        return None
+    return list(dict.fromkeys([method, *overrides]))
+
+
 def _challenge(realm: str, error: str | None = None, description: str | None = None) -> str:
     value = f'Bearer realm="{realm}"'
     if error:
@@ -185,6 +226,11 @@ def _token_denied(realm: str, exc: TokenError) -> Verdict:
     return _deny(realm, _STATUS[exc.kind], exc.kind, exc.description)
 
 
+def _unforwardable(realm: str, claim: str) -> Verdict:
+    # Refused, never cleaned: `alice\0admin` must not reach the upstream as `aliceadmin`.
+    return _deny(realm, 401, "invalid_token", f"claim {claim} holds control characters")
+
+
 def _allow(
     policy: CompiledPolicy, claims: Mapping[str, Any] | None, reason: str, request_headers: Mapping[str, str]
 ) -> Verdict:
@@ -211,11 +257,15 @@ def _allow(
     for claim, header in policy.claims_to_headers:
         value = claim_header_value(claim_at(claims, claim))
         if value is not None:
+            if has_control_characters(value):
+                return _unforwardable(policy.key, claim)
             headers.append((header, value))
     metadata = {}
     for claim in ("sub", "iss", *policy.metadata_claims):
         value = claim_header_value(claim_at(claims, claim))
         if value is not None:
+            if has_control_characters(value):
+                return _unforwardable(policy.key, claim)
             metadata[claim] = value
     subject = claims.get("sub")
     # A header we set (overwriting the client's copy) must not also be listed for removal:

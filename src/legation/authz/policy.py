@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -26,6 +27,8 @@ __all__ = [
     "claim_header_value",
     "claim_values",
     "compile_policy",
+    "has_control_characters",
+    "normalize_host",
     "normalize_path",
 ]
 
@@ -174,18 +177,38 @@ def _scalar(value: Any) -> str:
 
 def claim_header_value(value: Any) -> str | None:
     """A claim as a header value: arrays comma-joined, objects as compact JSON; None if absent.
-    Control characters are dropped: a claim must never be able to inject a header."""
+    Never altered: a value with control characters is refused by the caller (see
+    `has_control_characters`), since `alice\0admin` silently becoming `aliceadmin` would make
+    two identities one."""
     if value is None:
         return None
     if isinstance(value, list):
-        text = ",".join(_scalar(v) if not isinstance(v, dict | list) else json.dumps(v) for v in value)
-    elif isinstance(value, dict):
-        text = json.dumps(value, separators=(",", ":"), sort_keys=True)
-    else:
-        text = _scalar(value)
-    if text.isprintable():  # the common case; the per-character filter showed in profiles
-        return text
-    return "".join(ch for ch in text if ch >= " " and ch != "\x7f")
+        return ",".join(_scalar(v) if not isinstance(v, dict | list) else json.dumps(v) for v in value)
+    if isinstance(value, dict):
+        return json.dumps(value, separators=(",", ":"), sort_keys=True)
+    return _scalar(value)
+
+
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
+def has_control_characters(text: str) -> bool:
+    """Whether `text` holds a C0 or C1 control character or DEL (tab included): never part of an
+    identity, and CR, LF or NUL in a header would be a way to inject another."""
+    # isprintable() is the cheap common case (profiles showed a per-character scan).
+    return not text.isprintable() and _CONTROL.search(text) is not None
+
+
+def normalize_host(raw: str) -> str | None:
+    """The request's host as policy rules match it: without a port, lowercase, and without the
+    one trailing dot of an absolute name (`Admin.Example.com.:8080` → `admin.example.com`), as
+    Envoy's `strip_trailing_host_dot` does. None for names no rule could mean (an empty label:
+    `a..b`, `a.b..`), refused rather than matched by no host rule."""
+    host = raw.rpartition(":")[0] if raw.rpartition(":")[2].isdigit() else raw
+    host = host.lower().removesuffix(".")
+    if host.startswith(".") or host.endswith(".") or ".." in host or (raw and not host):
+        return None
+    return host
 
 
 def normalize_path(raw: str) -> tuple[str, str] | None:

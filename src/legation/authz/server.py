@@ -31,6 +31,7 @@ log = logging.getLogger("legation.authz")
 SERVICE = "envoy.service.auth.v3.Authorization"
 METHOD = "Check"
 POLICY_KEY = "legation.policy"
+METHOD_OVERRIDE_KEY = "legation.methodOverride"  # "allow": the route passes method-override headers
 
 _Request = external_auth_pb2.CheckRequest
 _Response = external_auth_pb2.CheckResponse
@@ -63,13 +64,15 @@ class AuthorizationServicer:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "request is not a valid CheckRequest")
         http = request.attributes.request.http
         headers = _headers(http)
+        extensions = request.attributes.context_extensions
         verdict = await self.authorizer.check(
             HttpRequest(
                 method=http.method,
                 host=http.host or headers.get(":authority", ""),
                 path=http.path or headers.get(":path", ""),
                 headers=headers,
-                policy=request.attributes.context_extensions.get(POLICY_KEY),
+                policy=extensions.get(POLICY_KEY),
+                method_override=extensions.get(METHOD_OVERRIDE_KEY) == "allow",
             )
         )
         self._recorder.record(verdict)

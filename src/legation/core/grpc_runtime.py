@@ -59,6 +59,8 @@ class ServerSettings:
     """Seconds in-flight calls get to finish after SIGTERM."""
     options: Sequence[tuple[str, Any]] = field(default_factory=tuple)
     """Extra grpc server options."""
+    credentials: grpc.ServerCredentials | None = None
+    """TLS for the gRPC port (e.g. `grpc_tls.ServerTls(...).credentials()`); None = plaintext."""
 
 
 class Health:
@@ -219,7 +221,11 @@ async def _start(
     )
     host, port = split_host_port(settings.listen)
     try:
-        bound = server.add_insecure_port(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        if settings.credentials is None:
+            bound = server.add_insecure_port(address)
+        else:
+            bound = server.add_secure_port(address, settings.credentials)
     except RuntimeError as exc:  # grpcio's way of saying the address is taken
         raise OSError(f"cannot listen on {settings.listen}: address in use or unavailable") from exc
     if bound == 0:

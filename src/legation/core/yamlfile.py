@@ -10,10 +10,18 @@ constructed from a node tree that is then dropped, and a document's tree is comp
 when a line is asked for (an error), by the pure-Python loader from the same text, as before. Any
 input libyaml refuses is read again by the pure-Python loader, whose error (or data) counts, so
 messages are those of the pure loader.
+
+Work per input is bounded. Anchors and aliases (`&name`, `*name`) are refused: Kubernetes objects
+never need them, and aliases let a few hundred bytes expand into gigabytes of data (a "billion
+laughs"; CVE-2019-11253 in Kubernetes' own decoder). A text with an `&` where an anchor could
+start is read by the pure loader, which refuses the first anchor or alias before building
+anything. Nesting deeper than Python's recursion allows is an error, not a crash. Files are read
+at most `MAX_FILE_BYTES` (1 MiB, Kubernetes' own limit for a ConfigMap) by `read_yaml_text`.
 """
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,7 +33,24 @@ from pydantic import BaseModel, ValidationError
 from legation.core.errors import ConfigError, ConfigErrors, FieldPath
 from legation.core.model_keys import did_you_mean
 
-__all__ = ["Document", "load_documents", "read_config_files"]
+__all__ = [
+    "MAX_FILE_BYTES",
+    "Document",
+    "SafeDumper",
+    "load_documents",
+    "read_config_files",
+    "read_yaml_text",
+]
+
+MAX_FILE_BYTES = 1 << 20
+"""Largest YAML file read (manifests, authz and rate limit config): 1 MiB, the limit Kubernetes
+puts on a ConfigMap. A bigger file is refused whole; split it into several files."""
+
+_MAYBE_ANCHOR = re.compile(r"(?:^|[\s\[\]{},:\ufeff])&")
+"""Where an anchor can start: after a separator or a flow indicator. `&` elsewhere (a URL's query)
+cannot begin one, so such texts keep libyaml's speed."""
+
+_NO_ANCHORS = "anchors and aliases (&name, *name) are not accepted: write each value out"
 
 
 def _unique_mapping(
@@ -53,9 +78,16 @@ def _interned_str(loader: yaml.SafeLoader | yaml.CSafeLoader, node: yaml.ScalarN
 
 
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate mapping keys instead of silently keeping the last."""
+    """SafeLoader that refuses duplicate mapping keys instead of silently keeping the last, and
+    anchors and aliases (see the module docstring)."""
 
     construct_mapping = _unique_mapping
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        event = self.peek_event()  # type: ignore[no-untyped-call]
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise yaml.composer.ComposerError(None, None, _NO_ANCHORS, event.start_mark)
+        return super().compose_node(parent, index)
 
 
 _Loader.add_constructor("tag:yaml.org,2002:str", _interned_str)
@@ -229,14 +261,17 @@ def _child(node: yaml.Node, part: str | int) -> tuple[yaml.Node, int] | None:
 
 
 def load_documents(text: str, *, file: str) -> list[Document]:
-    """Parse every document in `text`; a syntax error becomes a ConfigError with its line."""
-    if _FastLoader is not None:
+    """Parse every document in `text`; a syntax error becomes a ConfigError with its line, and so
+    do anchors and aliases (refused)."""
+    if _FastLoader is not None and _MAYBE_ANCHOR.search(text) is None:
         try:
             return _read_documents(file, _FastLoader(text), _Stream(text))
-        except yaml.YAMLError:
+        except (yaml.YAMLError, RecursionError):
             pass  # read again below: the pure loader's verdict and messages are the reference
     try:
         return _read_documents(file, _Loader(text), None)
+    except RecursionError as exc:
+        raise ConfigError(file=file, reason="invalid YAML: nested too deeply") from exc
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else None
@@ -267,11 +302,36 @@ def _read_documents(file: str, loader: _Loader | yaml.CSafeLoader, stream: _Stre
     return documents
 
 
+def read_yaml_text(path: Path, *, max_bytes: int = MAX_FILE_BYTES) -> str:
+    """The file's text, read as UTF-8. A file over `max_bytes` is refused without reading past
+    the limit: ConfigError naming the file and the limit. OSError and UnicodeDecodeError pass."""
+    with path.open("rb") as f:
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise ConfigError(
+            file=str(path),
+            reason=f"file is larger than {_size(max_bytes)}, the most a YAML file may hold: split it",
+        )
+    return data.decode("utf-8")
+
+
+def _size(n: int) -> str:
+    return f"{n >> 20} MiB" if n % (1 << 20) == 0 else f"{n} bytes"
+
+
+class SafeDumper(getattr(yaml, "CSafeDumper", yaml.SafeDumper)):  # type: ignore[misc]
+    """Writes YAML that `load_documents` reads back: never an anchor or alias (values that are one
+    object twice are written twice). libyaml's emitter when the wheel has it (~3x faster)."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
 def read_config_files(path: str | Path) -> list[tuple[str, str]]:
     """(file name, text) of a YAML file, or of every `*.yaml`/`*.yml` in a directory, sorted.
 
     Hidden entries are skipped, which also skips Kubernetes ConfigMap mounts' `..data` links.
-    Raises ConfigErrors if the path is missing or a file cannot be read."""
+    Raises ConfigErrors if the path is missing, a file cannot be read or is too big."""
     root = Path(path)
     if root.is_dir():
         files = sorted(
@@ -286,7 +346,9 @@ def read_config_files(path: str | Path) -> list[tuple[str, str]]:
     texts = []
     for file in files:
         try:
-            texts.append((str(file), file.read_text(encoding="utf-8")))
+            texts.append((str(file), read_yaml_text(file)))
+        except ConfigError as exc:
+            raise ConfigErrors([exc]) from exc
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigErrors([ConfigError(file=str(file), reason=f"cannot read: {exc}")]) from exc
     return texts

@@ -29,7 +29,20 @@ from legation.api.v1alpha1.ratelimit_annotation import ANNOTATION, RateLimitRule
 from legation.core.durations import Duration
 from legation.core.names import DNS_NAME
 
-__all__ = ["AuthRef", "CircuitBreakers", "Cors", "Mapping", "MappingSpec", "Retries"]
+__all__ = [
+    "METHOD_OVERRIDE_HEADERS",
+    "AuthRef",
+    "CircuitBreakers",
+    "Cors",
+    "Mapping",
+    "MappingSpec",
+    "Retries",
+]
+
+METHOD_OVERRIDE_HEADERS = ("x-http-method-override", "x-http-method", "x-method-override")
+"""Headers some frameworks read as the request's method (a POST acting as a DELETE). Removed from
+every request before authorization unless the route sets `allowMethodOverride`: otherwise a rule
+or route for GET would admit a request the upstream runs as DELETE."""
 
 
 class Retries(SpecModel):
@@ -161,6 +174,12 @@ class MappingSpec(SpecModel):
     auth: AuthRef | None = Field(
         default=None,
         description="Authorization; absent = the namespace's default JWTPolicy if any, else none.",
+    )
+    allow_method_override: bool = Field(
+        default=False,
+        description="Pass X-HTTP-Method-Override, X-HTTP-Method and X-Method-Override to the upstream "
+        "(removed before authorization otherwise); a policy's rules must then allow the request's "
+        "method and every overriding one.",
     )
     add_request_headers: dict[MutableHeader, HeaderValue] = Field(
         default_factory=dict,

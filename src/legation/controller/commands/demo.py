@@ -26,9 +26,9 @@ import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-__all__ = ["DEMO_AUDIENCE", "DEMO_ISSUER", "DemoFiles", "self_signed"]
+__all__ = ["DEMO_AUDIENCE", "DEMO_ISSUER", "DemoFiles", "LocalCa", "self_signed"]
 
 DEMO_ISSUER = "https://demo-issuer.legation.localhost/"
 DEMO_AUDIENCE = "orders"
@@ -174,7 +174,78 @@ def self_signed(*names: str, days: float = 1) -> tuple[str, str]:
     return certificate.public_bytes(serialization.Encoding.PEM).decode(), _pem(key).decode()
 
 
+@dataclass(frozen=True)
+class LocalCa:
+    """A small certificate authority (PEM certificate and key) for local mTLS: `legation up`'s
+    xDS channel, and tests. Certificates it issues are good for both server and client use."""
+
+    certificate: str
+    key: str
+
+    @classmethod
+    def create(cls, name: str = "legation local CA", *, days: float = 30) -> LocalCa:
+        key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        certificate = (
+            _builder(subject, subject, key.public_key(), days=days)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=False,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .sign(key, hashes.SHA256())
+        )
+        return cls(certificate.public_bytes(serialization.Encoding.PEM).decode(), _pem(key).decode())
+
+    def issue(self, *names: str, days: float = 30) -> tuple[str, str]:
+        """(certificate PEM, key PEM) for `names` (DNS names, IP addresses or URIs with `://`)."""
+        ca_cert = x509.load_pem_x509_certificate(self.certificate.encode())
+        ca_key = serialization.load_pem_private_key(self.key.encode(), password=None)
+        if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+            raise ValueError("the CA key is not an EC private key")
+        key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
+        certificate = (
+            _builder(subject, ca_cert.subject, key.public_key(), days=days)
+            .add_extension(x509.SubjectAlternativeName([_san(n) for n in names]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(
+                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+                critical=False,
+            )
+            .sign(ca_key, hashes.SHA256())
+        )
+        return certificate.public_bytes(serialization.Encoding.PEM).decode(), _pem(key).decode()
+
+
+def _builder(
+    subject: x509.Name, issuer: x509.Name, public_key: ec.EllipticCurvePublicKey, *, days: float
+) -> x509.CertificateBuilder:
+    now = datetime.datetime.now(datetime.UTC)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=days))
+    )
+
+
 def _san(name: str) -> x509.GeneralName:
+    if "://" in name:
+        return x509.UniformResourceIdentifier(name)
     try:
         return x509.IPAddress(ipaddress.ip_address(name))
     except ValueError:

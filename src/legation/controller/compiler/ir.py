@@ -189,6 +189,7 @@ class Route:
     retries: Retries | None = None
     cors: Cors | None = None
     allow_upgrade: tuple[str, ...] = ()
+    allow_method_override: bool = False
     add_request_headers: tuple[tuple[str, str], ...] = ()
     remove_request_headers: tuple[str, ...] = ()
     add_response_headers: tuple[tuple[str, str], ...] = ()

@@ -55,7 +55,7 @@ from legation.controller.kubernetes.status import ORIGIN_PREFIX, StatusWriter
 from legation.controller.sources import SourceSnapshot
 from legation.core.digest import content_version
 from legation.core.names import DEFAULT_GATEWAY
-from legation.core.yamlfile import Document, load_documents
+from legation.core.yamlfile import Document, SafeDumper, load_documents
 
 __all__ = ["KubernetesOptions", "KubernetesSource", "default_lease_namespace", "document_data", "origin_of"]
 
@@ -64,8 +64,6 @@ log = logging.getLogger("legation.controller.source")
 SECRET_TYPES = frozenset({"kubernetes.io/tls", "Opaque"})
 LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 SERVICE_ACCOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
-
-_Dumper: Any = getattr(yaml, "CSafeDumper", yaml.SafeDumper)  # libyaml when the wheel has it
 
 
 def default_lease_namespace(service_account: str = SERVICE_ACCOUNT) -> str:
@@ -228,7 +226,7 @@ class KubernetesSource:
                 text, document = known[1], known[2]  # the same object: no YAML work
             else:
                 data = document_data(resource, obj)
-                text = yaml.dump(data, Dumper=_Dumper, sort_keys=True, allow_unicode=True)
+                text = yaml.dump(data, Dumper=SafeDumper, sort_keys=True, allow_unicode=True)
                 if known is not None and known[1] == text:
                     document = known[2]  # changed only in what documents leave out (status)
                 else:

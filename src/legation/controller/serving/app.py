@@ -5,6 +5,10 @@ page (uvicorn) on `--http-listen`, and the loop that turns each source snapshot 
 The pipeline runs in a worker thread so that a big compile never stalls the xDS streams.
 A run that fails (a bug, not bad input: bad input is rejected resource by resource) keeps the
 previous stages in force and is shown on the page.
+
+ADS carries private keys (SDS), so it is mTLS (`--xds-tls-cert`, `--xds-tls-key`,
+`--xds-client-ca`, re-read when they change) with each stream's node id bound to its client
+certificate; plaintext is allowed on a loopback address only.
 """
 
 from __future__ import annotations
@@ -12,11 +16,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import socket
 import sys
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
+import grpc
 import uvicorn
 from fastapi import FastAPI
 from prometheus_client import Gauge, Histogram
@@ -32,6 +40,7 @@ from legation.controller.translate.envoy import EnvoyOptions
 from legation.controller.xds.server import SERVICE, XdsServer
 from legation.core.errors import format_path
 from legation.core.grpc_runtime import Health, ServerSettings, run_server, split_host_port
+from legation.core.grpc_tls import ServerTls, TlsFilesError
 from legation.core.logs import setup_logging
 from legation.core.names import DEFAULT_GATEWAY, dns_label
 from legation.core.service_main import run_until_stopped
@@ -46,6 +55,8 @@ COMPILE_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 RESOURCES = Gauge("legation_controller_resources", "Resources in the latest run, by state.", ["state"])
+XDS_KEEPALIVE_MIN_INTERVAL = 15.0
+"""Seconds: half the 30 s keepalive of `legation envoy-bootstrap`, so jittered pings never strike."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -90,6 +101,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(absent there = default, * = every gateway); default %(default)s",
     )
     parser.add_argument("--xds-listen", default="127.0.0.1:18000", metavar="HOST:PORT", help="ADS (gRPC)")
+    xds = parser.add_argument_group("ADS security (mTLS; required unless --xds-listen is a loopback address)")
+    xds.add_argument("--xds-tls-cert", type=Path, metavar="PATH", help="the controller's certificate (PEM)")
+    xds.add_argument("--xds-tls-key", type=Path, metavar="PATH", help="its private key (PEM)")
+    xds.add_argument(
+        "--xds-client-ca",
+        type=Path,
+        metavar="PATH",
+        help="CA bundle that client certificates must chain to (the three files are re-read on change)",
+    )
+    xds.add_argument(
+        "--xds-keepalive-min-interval",
+        type=float,
+        default=XDS_KEEPALIVE_MIN_INTERVAL,
+        metavar="SECONDS",
+        help="accept keepalive pings this often (default %(default)s; below Envoy's "
+        "connection_keepalive interval, 30s in `legation envoy-bootstrap`)",
+    )
     parser.add_argument(
         "--http-listen", default="127.0.0.1:8877", metavar="HOST:PORT", help="HTTP API, page, feeds"
     )
@@ -145,6 +173,11 @@ def run(args: argparse.Namespace) -> int:
         sources = [DirectorySource(d) for d in dirs]
         source = sources[0] if len(sources) == 1 else MergedSource(sources)
         description = "directory " + ", ".join(dirs)
+    try:
+        xds_security = _xds_security(args)
+    except (ValueError, TlsFilesError) as exc:
+        print(f"legation controller: {exc}", file=sys.stderr)
+        return 2
     options = EnvoyOptions(
         listen_address=args.envoy_listen_address,
         http_port=args.envoy_http_port,
@@ -161,8 +194,60 @@ def run(args: argparse.Namespace) -> int:
             http_listen=args.http_listen,
             grace=args.shutdown_grace,
             gateway=args.gateway,
+            xds_security=xds_security,
         )
     )
+
+
+def _xds_security(args: argparse.Namespace) -> XdsSecurity:
+    """TLS credentials and keepalive policy for the ADS port, from the flags."""
+    files = (args.xds_tls_cert, args.xds_tls_key, args.xds_client_ca)
+    if any(files) and not all(files):
+        raise ValueError("--xds-tls-cert, --xds-tls-key and --xds-client-ca go together")
+    if args.xds_keepalive_min_interval <= 0:
+        raise ValueError("--xds-keepalive-min-interval must be positive")
+    if not any(files):
+        host, _ = split_host_port(args.xds_listen)
+        if not _is_loopback(host):
+            raise ValueError(
+                f"--xds-listen {args.xds_listen} is not a loopback address: ADS carries private keys, "
+                "so it needs mTLS (--xds-tls-cert, --xds-tls-key, --xds-client-ca)"
+            )
+        log.warning("ADS is plaintext, on loopback only", extra={"listen": args.xds_listen})
+        return XdsSecurity(None, keepalive_min_interval=args.xds_keepalive_min_interval)
+    tls = ServerTls(cert=args.xds_tls_cert, key=args.xds_tls_key, client_ca=args.xds_client_ca)
+    return XdsSecurity(tls.credentials(), keepalive_min_interval=args.xds_keepalive_min_interval)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class XdsSecurity:
+    """How the ADS port is protected, and the keepalive policy it enforces on clients."""
+
+    credentials: grpc.ServerCredentials | None
+    """mTLS requiring a client certificate; None: plaintext (loopback only)."""
+    keepalive_min_interval: float = XDS_KEEPALIVE_MIN_INTERVAL
+    """Seconds: the shortest interval between client pings that is not a strike."""
+
+    def server_options(self) -> list[tuple[str, int]]:
+        """gRPC's ping policy, matched to Envoy's keepalive: its defaults (a ping at most every
+        5 minutes while no data flows, GOAWAY after 2 strikes) cut Envoy's 30 s pings on a quiet
+        ADS stream after about 2 minutes. We also ping Envoys, to drop streams of vanished ones."""
+        return [
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_ping_interval_without_data_ms", int(self.keepalive_min_interval * 1000)),
+            ("grpc.http2.max_ping_strikes", 2),
+            ("grpc.keepalive_time_ms", 60_000),
+            ("grpc.keepalive_timeout_ms", 20_000),
+        ]
 
 
 async def serve(
@@ -174,9 +259,11 @@ async def serve(
     http_listen: str,
     grace: float = 2.0,
     gateway: str = DEFAULT_GATEWAY,
+    xds_security: XdsSecurity | None = None,
 ) -> None:
+    security = xds_security or XdsSecurity(None)
     state = ControllerState(source_description=description)
-    xds = XdsServer()
+    xds = XdsServer(require_peer=security.credentials is not None)
     feeds = {"authz": Feed(), "ratelimit": Feed()}
     http = _HttpServer(create_app(state, xds, feeds), http_listen)  # binds now: a taken port stops us
     health = Health([SERVICE])
@@ -189,7 +276,12 @@ async def serve(
         await xds.close()
 
     await run_server(
-        settings=ServerSettings(listen=xds_listen, grace=grace),
+        settings=ServerSettings(
+            listen=xds_listen,
+            grace=grace,
+            credentials=security.credentials,
+            options=security.server_options(),
+        ),
         handlers=[xds.handler()],
         health=health,
         reflect=[SERVICE],

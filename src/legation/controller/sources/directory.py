@@ -9,7 +9,8 @@ then the whole tree is re-read, so an editor's write-to-temp-and-rename (or a `k
 yields one snapshot with the complete new file. A file that vanishes between listing and reading
 is simply absent from that snapshot. A file that stops parsing (a mis-indented line) keeps
 serving the documents of its last good version while its error is reported; one that was never
-good contributes nothing. Only a running source has a last good version: `legation validate`
+good contributes nothing. A file over the size limit, or with YAML anchors or aliases, is refused
+the same way (`legation.core.yamlfile`). Only a running source has a last good version: `legation validate`
 reads once and reports the error. Parsed files are cached by content, so a re-read costs a
 read per file and a parse per changed file.
 """
@@ -29,7 +30,7 @@ import watchfiles
 from legation.controller.sources import SourceSnapshot
 from legation.core.digest import content_version
 from legation.core.errors import ConfigError
-from legation.core.yamlfile import Document, load_documents
+from legation.core.yamlfile import Document, load_documents, read_yaml_text
 
 __all__ = ["DirectorySource"]
 
@@ -83,9 +84,11 @@ class DirectorySource:
         """The file's content and documents (or error); None if it vanished while we read."""
         name = str(path)
         try:
-            text = path.read_text(encoding="utf-8")
+            text = read_yaml_text(path)
         except FileNotFoundError:
             return None  # removed (or being renamed) while we read: the watch reports the rest
+        except ConfigError as exc:  # too big: refused unread, as a file that stopped parsing
+            return _File(name, f"\0{exc.reason}", exc)
         except (OSError, UnicodeDecodeError) as exc:
             return _File(name, f"\0{exc}", ConfigError(file=name, reason=f"cannot read: {exc}"))
         parsed[name] = self._parse(name, text)

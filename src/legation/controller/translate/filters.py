@@ -1,26 +1,31 @@
-"""The HTTP filter chain, in order: CORS (answers preflights before anyone asks for a token),
-ext_authz (when an authz service is known), ratelimit (after ext_authz, whose dynamic metadata
-carries the claims that `per claim:` limits count), router."""
+"""The HTTP filter chain, in order: method-override header removal (before anything decides on
+the method), CORS (answers preflights before anyone asks for a token), ext_authz (when an authz
+service is known), ratelimit (after ext_authz, whose dynamic metadata carries the claims that
+`per claim:` limits count), router."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from envoy.config.common.mutation_rules.v3 import mutation_rules_pb2
 from envoy.config.core.v3 import config_source_pb2, grpc_service_pb2
 from envoy.config.ratelimit.v3 import rls_pb2
 from envoy.extensions.filters.http.cors.v3 import cors_pb2
 from envoy.extensions.filters.http.ext_authz.v3 import ext_authz_pb2
+from envoy.extensions.filters.http.header_mutation.v3 import header_mutation_pb2
 from envoy.extensions.filters.http.ratelimit.v3 import rate_limit_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm
 from google.protobuf.message import Message
 
 from legation.api.v1alpha1 import AuthServiceSpec
+from legation.api.v1alpha1.mapping import METHOD_OVERRIDE_HEADERS
 from legation.controller.compiler.ir import IR
 from legation.controller.translate.options import (
     AUTHZ_CLUSTER,
     CORS_FILTER,
     EXT_AUTHZ_FILTER,
+    METHOD_OVERRIDE_FILTER,
     RATELIMIT_CLUSTER,
     RATELIMIT_FILTER,
     ROUTER_FILTER,
@@ -42,7 +47,7 @@ def auth_service(ir: IR, options: EnvoyOptions) -> tuple[str, AuthServiceSpec] |
 
 
 def http_filters(auth: tuple[str, AuthServiceSpec] | None, options: EnvoyOptions) -> list[Any]:
-    filters = [_filter(CORS_FILTER, cors_pb2.Cors())]
+    filters = [_filter(METHOD_OVERRIDE_FILTER, _method_override()), _filter(CORS_FILTER, cors_pb2.Cors())]
     if auth is not None:
         filters.append(_filter(EXT_AUTHZ_FILTER, _ext_authz(*auth)))
     if options.ratelimit_service is not None:
@@ -53,6 +58,18 @@ def http_filters(auth: tuple[str, AuthServiceSpec] | None, options: EnvoyOptions
 
 def _filter(name: str, config: Message) -> hcm.HttpFilter:
     return hcm.HttpFilter(name=name, typed_config=pack(config))
+
+
+def _method_override() -> header_mutation_pb2.HeaderMutation:
+    # An HTTP filter, not the connection manager's early header mutation (which runs before a
+    # route is chosen): a route can opt out of a filter, and ext_authz and the router come after,
+    # so neither authorization nor the upstream sees the headers. The router's
+    # request_headers_to_remove would be too late: it applies after ext_authz.
+    config = header_mutation_pb2.HeaderMutation()
+    config.mutations.request_mutations.extend(
+        mutation_rules_pb2.HeaderMutation(remove=name) for name in METHOD_OVERRIDE_HEADERS
+    )
+    return config
 
 
 def _ext_authz(cluster: str, spec: AuthServiceSpec) -> ext_authz_pb2.ExtAuthz:

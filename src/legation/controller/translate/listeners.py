@@ -94,8 +94,12 @@ def _connection_manager(
     manager.common_http_protocol_options.headers_with_underscores_action = (
         protocol.HttpProtocolOptions.DROP_HEADER
     )
-    # Virtual hosts are plain hostnames: `Host: api.example.com:8080` must select them too.
+    # Virtual hosts are plain hostnames: `Host: api.example.com:8080` must select them too, and
+    # so must the equivalent absolute name `api.example.com.`, or it would miss the Host's
+    # redirect and the routes (and policies) of api.example.com. Stripped once, here, before any
+    # filter: ext_authz and the upstream see the same host as the route match.
     manager.strip_any_host_port = True
+    manager.strip_trailing_host_dot = True
     if options.access_log_path is not None:
         log = file_pb2.FileAccessLog(path=options.access_log_path)
         log.log_format.json_format.update(ACCESS_LOG_FORMAT)

@@ -21,6 +21,8 @@ __all__ = [
     "HTTP_LISTENER",
     "HTTP_PROTOCOL_OPTIONS",
     "HTTP_ROUTES",
+    "METHOD_OVERRIDE_CONTEXT_KEY",
+    "METHOD_OVERRIDE_FILTER",
     "POLICY_CONTEXT_KEY",
     "RATELIMIT_CLUSTER",
     "RATELIMIT_FILTER",
@@ -95,6 +97,12 @@ EXT_AUTHZ_METADATA_NAMESPACE = "envoy.filters.http.ext_authz"
 filter is given exactly this name so that both agree)."""
 POLICY_CONTEXT_KEY = "legation.policy"
 """The context extension the authz service reads the route's JWTPolicy from."""
+METHOD_OVERRIDE_FILTER = "legation.method_override"
+"""The header_mutation filter that removes method-override headers (disabled per route by
+`allowMethodOverride`). Its own name, not the extension's: the name is what routes refer to."""
+METHOD_OVERRIDE_CONTEXT_KEY = "legation.methodOverride"
+"""Set to "allow" on routes that pass method-override headers: the authz service then checks the
+request's rules for the overriding methods too (and refuses such headers on other routes)."""
 
 
 def pack(message: Message) -> any_pb2.Any:

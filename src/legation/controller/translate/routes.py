@@ -34,6 +34,8 @@ from legation.controller.translate.options import (
     CORS_FILTER,
     EXT_AUTHZ_FILTER,
     EXT_AUTHZ_METADATA_NAMESPACE,
+    METHOD_OVERRIDE_CONTEXT_KEY,
+    METHOD_OVERRIDE_FILTER,
     POLICY_CONTEXT_KEY,
     duration,
     pack,
@@ -171,7 +173,11 @@ def _route(out: rc.Route, route: Route, options: RouteOptions) -> None:
             per_route.disabled = True
         else:
             per_route.check_settings.context_extensions[POLICY_CONTEXT_KEY] = route.policy
+            if route.allow_method_override:
+                per_route.check_settings.context_extensions[METHOD_OVERRIDE_CONTEXT_KEY] = "allow"
         out.typed_per_filter_config[EXT_AUTHZ_FILTER].CopyFrom(pack(per_route))
+    if route.allow_method_override:
+        out.typed_per_filter_config[METHOD_OVERRIDE_FILTER].CopyFrom(pack(rc.FilterConfig(disabled=True)))
     if route.cors is not None:
         out.typed_per_filter_config[CORS_FILTER].CopyFrom(pack(_cors(route.cors)))
 

@@ -13,6 +13,7 @@ from typing import Any, Generic, Literal, Protocol, TypeVar
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 
+from legation.controller.xds.identity import NodeRefused, PeerIdentity
 from legation.controller.xds.snapshot import (
     ADS_ORDER,
     Snapshot,
@@ -70,6 +71,8 @@ class NodeStatus:
     stream: int
     node_id: str = ""
     cluster: str = ""
+    identity: str = ""
+    """The names of the client certificate it connected with ("" without mTLS)."""
     connected_at: float = 0.0
     state: SyncState = "requested"
     snapshot_version: str = ""
@@ -105,8 +108,11 @@ class StreamProtocol(Generic[_State]):
         on_accepted: Callable[[str, Snapshot], None] = lambda node_id, snapshot: None,
         control_plane: str = "legation",
         clock: Callable[[], float] = time.time,
+        peer: PeerIdentity | None = None,
+        require_peer: bool = False,
     ) -> None:
-        self.status = NodeStatus(stream=stream, connected_at=clock())
+        self.status = NodeStatus(stream=stream, connected_at=clock(), identity=str(peer or ""))
+        self._peer, self._require_peer = peer, require_peer
         self._lookup = lookup
         self._nonces = nonces
         self._on_nack = on_nack
@@ -118,7 +124,8 @@ class StreamProtocol(Generic[_State]):
         self.identified = False
 
     def on_request(self, request: Any) -> list[Any]:
-        """Handle one request; return the responses to send, in order."""
+        """Handle one request; return the responses to send, in order. Raises NodeRefused when
+        the stream's first request claims a node id its peer's certificate does not allow."""
         raise NotImplementedError
 
     def on_snapshot(self) -> list[Any]:
@@ -138,8 +145,13 @@ class StreamProtocol(Generic[_State]):
     def _type_of(self, request: Any) -> str | None:
         """Record the node from the stream's first request; the request's type URL if served."""
         if not self.identified:
+            node_id: str = request.node.id
+            if self._peer is None and self._require_peer:
+                raise NodeRefused(node_id, None)
+            if self._peer is not None and not self._peer.allows(node_id):
+                raise NodeRefused(node_id, self._peer)
             self.identified = True
-            self.status.node_id, self.status.cluster = request.node.id, request.node.cluster
+            self.status.node_id, self.status.cluster = node_id, request.node.cluster
         type_url: str = request.type_url
         if type_url not in ADS_ORDER:
             log.warning("unsupported xDS type requested", extra={"type_url": type_url})

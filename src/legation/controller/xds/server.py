@@ -3,7 +3,9 @@ incremental (delta); each Envoy's bootstrap chooses (`api_type` GRPC or DELTA_GR
 
 The protocols are pure state machines (`sotw.AdsStream`, `delta.DeltaStream`); `XdsServer` is the
 grpc.aio glue: it holds the snapshots (a default one, optionally one per node id), runs one
-protocol per connected Envoy and shows their records, whichever protocol they speak.
+protocol per connected Envoy and shows their records, whichever protocol they speak. Over mTLS
+(`require_peer`), each stream's node id must be one its client certificate allows
+(`identity.PeerIdentity`); other streams are refused with PERMISSION_DENIED.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import grpc
 from envoy.service.discovery.v3 import discovery_pb2
 
 from legation.controller.xds.delta import DeltaRecord, DeltaStream
+from legation.controller.xds.identity import NodeRefused, peer_identity
 from legation.controller.xds.protocol import (
     KEPT_SUFFIX,
     Nack,
@@ -74,12 +77,20 @@ class XdsServer:
     `set_snapshot(s, node_id=...)` to that node only. Register `handler()` on a grpc.aio server;
     call `close()` before stopping it so that streams end at once instead of after the grace.
 
-    After a NACK, Envoys that have it keep their last accepted configuration (Envoy's doing), the
-    rejected version is recorded, and Envoys that connect later get the last snapshot an Envoy
-    accepted instead of the rejected one; the next `set_snapshot` is sent to all as usual."""
+    A NACK concerns only the node that sent it: that Envoy keeps its last accepted configuration
+    (Envoy's doing), the rejected version is recorded for that node, and should the same node
+    reconnect it gets the last snapshot it accepted instead of the one it rejected. Every other
+    node, connected or connecting later, is served the newest snapshot regardless. The next
+    `set_snapshot` is sent to all as usual.
 
-    def __init__(self, *, control_plane: str = "legation", nack_history: int = 100) -> None:
+    `require_peer`: every stream must come with a verified client certificate whose names allow
+    the node id it claims (set it when the gRPC port requires client certificates)."""
+
+    def __init__(
+        self, *, control_plane: str = "legation", nack_history: int = 100, require_peer: bool = False
+    ) -> None:
         self._control_plane = control_plane
+        self._require_peer = require_peer
         self.snapshots = SnapshotStore()
         self._sessions: dict[int, _Session] = {}
         self._stream_ids = itertools.count(1)
@@ -87,6 +98,8 @@ class XdsServer:
         self._closed = False
         self.nacks: deque[Nack] = deque(maxlen=nack_history)
         """Every NACK since start (the newest `nack_history`), also from Envoys gone since."""
+        self.refused: deque[NodeRefused] = deque(maxlen=nack_history)
+        """Streams refused because their node id is not one their certificate allows."""
         self.delta_responses: deque[DeltaRecord] = deque(maxlen=1000)
         """What the newest delta responses carried, for diagnostics: which resources, which
         removals (a state-of-the-world response always carries every resource of its type)."""
@@ -113,6 +126,10 @@ class XdsServer:
             "rejected_versions": self.snapshots.rejected_versions(),
             "nodes": [node.to_dict() for node in self.nodes()],
             "nacks": [dataclasses.asdict(nack) for nack in self.nacks],
+            "refused": [
+                {"node_id": r.node_id, "identity": str(r.identity or ""), "reason": str(r)}
+                for r in self.refused
+            ],
         }
 
     def handler(self) -> grpc.GenericRpcHandler:
@@ -141,18 +158,18 @@ class XdsServer:
 
     async def stream(self, requests: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
         """StreamAggregatedResources: one Envoy, until it goes away or the server closes."""
-        async for response in self._serve(requests, AdsStream):
+        async for response in self._serve(requests, context, AdsStream):
             yield response
 
     async def delta_stream(self, requests: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
         """DeltaAggregatedResources: one Envoy speaking incremental xDS, as long as `stream`."""
 
         protocol = functools.partial(DeltaStream, on_response=self.delta_responses.append)
-        async for response in self._serve(requests, protocol):
+        async for response in self._serve(requests, context, protocol):
             yield response
 
     async def _serve(
-        self, requests: AsyncIterator[Any], protocol: Callable[..., StreamProtocol[Any]]
+        self, requests: AsyncIterator[Any], context: Any, protocol: Callable[..., StreamProtocol[Any]]
     ) -> AsyncIterator[Any]:
         if self._closed:
             return
@@ -165,6 +182,8 @@ class XdsServer:
                 on_nack=self._record_nack,
                 on_accepted=self.snapshots.accepted,
                 control_plane=self._control_plane,
+                peer=peer_identity(context),
+                require_peer=self._require_peer,
             )
         )
         self._sessions[stream_id] = session
@@ -172,6 +191,11 @@ class XdsServer:
         try:
             async for response in _responses(session):
                 yield response
+        except NodeRefused as refused:
+            self._refuse(refused)
+            if context is None:
+                raise
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(refused))
         finally:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -180,9 +204,16 @@ class XdsServer:
             status = session.protocol.status
             log.info("xds stream closed", extra={"stream": stream_id, "node": status.node_id})
 
+    def _refuse(self, refused: NodeRefused) -> None:
+        self.refused.append(refused)
+        log.warning(
+            "xds stream refused",
+            extra={"node": refused.node_id, "identity": str(refused.identity or ""), "error": str(refused)},
+        )
+
     def _record_nack(self, nack: Nack) -> None:
         self.nacks.append(nack)
-        self.snapshots.rejected(nack.version.removesuffix(KEPT_SUFFIX))
+        self.snapshots.rejected(nack.node_id, nack.version.removesuffix(KEPT_SUFFIX))
         log.warning(
             "envoy rejected configuration",
             extra={

@@ -8,9 +8,11 @@ from the content, so identical inputs give identical versions on every controlle
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import TypeVar
 
 from google.protobuf.message import Message
 
@@ -100,16 +102,22 @@ class Snapshot:
 
 class SnapshotStore:
     """Which snapshot each node gets: its own if it has one, else the default; but while that one
-    is known to be rejected by Envoy, the newest one an Envoy accepted for the same key, so that
-    an Envoy connecting after a NACK starts from the last good configuration, not a broken one."""
+    is known to be rejected *by that very node*, the newest one that node accepted, so that an
+    Envoy reconnecting after its own NACK keeps what it had.
 
-    def __init__(self, *, keep: int = 3, remember_rejected: int = 100) -> None:
+    NACKs are per node: one node's NACK never changes what any other node is served (a rogue or
+    broken Envoy cannot roll the gateway back), and a node that connects for the first time always
+    gets the newest snapshot. What is remembered per node is bounded (`remember_nodes`, least
+    recently heard of forgotten first), so that clients inventing node ids cannot grow it."""
+
+    def __init__(self, *, keep: int = 3, remember_rejected: int = 100, remember_nodes: int = 1000) -> None:
         self._default: Snapshot | None = None
         self._per_node: dict[str, Snapshot] = {}
-        self._accepted: dict[str | None, list[Snapshot]] = {}
-        self._rejected: dict[str, None] = {}
+        self._accepted: OrderedDict[str, list[Snapshot]] = OrderedDict()
+        self._rejected: OrderedDict[str, dict[str, None]] = OrderedDict()
         self._keep = keep
         self._remember = remember_rejected
+        self._remember_nodes = remember_nodes
 
     def set(self, snapshot: Snapshot, *, node_id: str | None = None) -> None:
         if node_id is None:
@@ -124,37 +132,50 @@ class SnapshotStore:
         return self._default
 
     def serve(self, node_id: str) -> Snapshot | None:
-        """What to send `node_id` now."""
+        """What to send `node_id` now: the current snapshot, unless this node rejected it."""
         current = self.current(node_id)
-        if current is None or current.version not in self._rejected:
+        rejected = self._rejected.get(node_id, {})
+        if current is None or current.version not in rejected:
             return current
-        good = [s for s in self._accepted.get(self._key(node_id), ()) if s.version not in self._rejected]
+        good = [s for s in self._accepted.get(node_id, ()) if s.version not in rejected]
         return good[-1] if good else current
 
     def accepted(self, node_id: str, snapshot: Snapshot) -> None:
-        """An Envoy of `node_id` accepted everything it was sent from `snapshot`."""
-        history = self._accepted.setdefault(self._key(node_id), [])
-        if snapshot.version in self._rejected or (history and history[-1] is snapshot):
+        """`node_id` accepted everything it was sent from `snapshot`."""
+        history = _touch(self._accepted, node_id, list, self._remember_nodes)
+        if snapshot.version in self._rejected.get(node_id, {}) or (history and history[-1] is snapshot):
             return
         history[:] = [*[s for s in history if s.version != snapshot.version][1 - self._keep :], snapshot]
 
-    def rejected(self, version: str) -> None:
-        """An Envoy rejected (part of) the snapshot with this version."""
-        self._rejected[version] = None
-        while len(self._rejected) > self._remember:
-            del self._rejected[next(iter(self._rejected))]
+    def rejected(self, node_id: str, version: str) -> None:
+        """`node_id` rejected (part of) the snapshot with this version."""
+        versions = _touch(self._rejected, node_id, dict, self._remember_nodes)
+        versions.pop(version, None)
+        versions[version] = None
+        while len(versions) > self._remember:
+            del versions[next(iter(versions))]
 
-    def rejected_versions(self) -> list[str]:
-        """Versions an Envoy rejected, oldest first (the newest `remember_rejected`)."""
-        return list(self._rejected)
+    def rejected_versions(self) -> dict[str, list[str]]:
+        """Versions each node rejected, oldest first (the newest `remember_rejected` per node)."""
+        return {node: list(versions) for node, versions in sorted(self._rejected.items())}
 
     def versions(self) -> dict[str, str]:
         """Current versions: "" for the default snapshot, then per node id."""
         found = {"": self._default.version} if self._default else {}
         return found | {node: s.version for node, s in sorted(self._per_node.items())}
 
-    def _key(self, node_id: str) -> str | None:
-        return node_id if node_id in self._per_node else None
+
+_V = TypeVar("_V")
+
+
+def _touch(table: OrderedDict[str, _V], node_id: str, new: Callable[[], _V], limit: int) -> _V:
+    """`table[node_id]` (created if missing), now the most recent entry; the oldest beyond
+    `limit` are forgotten."""
+    value = table.pop(node_id) if node_id in table else new()
+    table[node_id] = value
+    while len(table) > limit:
+        table.popitem(last=False)
+    return value
 
 
 def _encode_all(resources: Mapping[str, Mapping[str, Message]]) -> dict[str, dict[str, bytes]]:
