@@ -21,6 +21,7 @@ from fixtures.manifests import self_signed, tls_secret
 from fixtures.xds_resources import FakeEnvoyStream, wait_until
 from google.rpc import status_pb2
 
+from legation.controller.serving.access import HttpAccess
 from legation.controller.serving.api import REDACTED, create_app
 from legation.controller.serving.feed import Feed
 from legation.controller.serving.pipeline import ControllerState, Stages, build
@@ -28,6 +29,7 @@ from legation.controller.sources.directory import DirectorySource
 from legation.controller.translate.envoy import EnvoyOptions
 from legation.controller.xds.server import XdsServer
 from legation.controller.xds.snapshot import CLUSTER, SECRET
+from legation.core.bearer import TokenFile
 from legation.core.fastmetrics import FastCounter
 
 ORDERS = """\
@@ -285,7 +287,7 @@ async def test_json_is_deterministic_across_runs_and_apps(manifests: Path, xds: 
 
 
 async def test_feeds_from_the_stages_or_from_the_feed_objects(
-    state: ControllerState, xds: XdsServer, stages: Stages
+    state: ControllerState, xds: XdsServer, stages: Stages, tmp_path: Path
 ) -> None:
     async with client_for(create_app(state, xds)) as client:
         feeds = (await client.get("/api/feeds")).json()
@@ -298,11 +300,16 @@ async def test_feeds_from_the_stages_or_from_the_feed_objects(
     published = {"authz": Feed(), "ratelimit": Feed()}
     published["authz"].publish(stages.authz_feed)
     published["ratelimit"].publish(stages.ratelimit_feed)
-    async with client_for(create_app(state, xds, published)) as client:
+    token = tmp_path / "token"
+    token.write_text("t" * 40 + "\n")
+    access = HttpAccess(feed_tokens={"authz": TokenFile(token)})
+    async with client_for(create_app(state, xds, published, access=access)) as client:
         feeds = (await client.get("/api/feeds")).json()
         assert feeds["authz"] == {"version": published["authz"].version, "content": stages.authz_feed}
         assert feeds["ratelimit"]["content"] == stages.ratelimit_feed
-        served = await client.get("/feed/authz")  # the feed module's own route is mounted
+        assert (await client.get("/feed/authz")).status_code == 401, "a feed needs its token"
+        # the feed module's own route is mounted
+        served = await client.get("/feed/authz", headers={"Authorization": "Bearer " + "t" * 40})
         assert served.status_code == 200
         assert "orders-jwt" in served.text
 
