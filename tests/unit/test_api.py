@@ -522,3 +522,36 @@ async def test_a_thousand_mappings_are_rendered_once_per_run(thousand: Stages) -
         # Served from the cache: a small fraction of the first request's work (and quick anyway).
         assert again[path] < max(first[path] / 3, 0.004), (path, first[path], again[path])
         assert again[path] < 0.25, (path, again[path])
+
+
+async def test_api_and_page_need_loopback_or_the_api_token(
+    state: ControllerState, xds: XdsServer, tmp_path: Path
+) -> None:
+    """From another address (a pod of the cluster), /api/* and the page need --api-token-file's
+    token; probes stay open; loopback (kubectl port-forward) needs none."""
+    token = tmp_path / "api-token"
+    token.write_text("# rotated: both work\n" + "a" * 40 + "\n" + "b" * 40 + "\n")
+    app = create_app(state, xds, access=HttpAccess(api_tokens=TokenFile(token)))
+    remote = httpx.ASGITransport(app=app, client=("10.1.2.3", 40000))
+    async with httpx.AsyncClient(transport=remote, base_url="http://controller") as client:
+        for path in ("/healthz", "/readyz", "/metrics"):
+            assert (await client.get(path)).status_code == 200, path
+        for path in ("/", "/api/status", "/api/resources", "/api/envoy", "/api/nothing-here"):
+            refused = await client.get(path)
+            assert refused.status_code == 401, path
+            assert refused.headers["www-authenticate"] == 'Bearer realm="legation-controller"'
+            wrong = await client.get(path, headers={"Authorization": "Bearer " + "c" * 40})
+            assert wrong.status_code == 401, path
+        for good in ("a" * 40, "b" * 40):
+            assert (
+                await client.get("/api/status", headers={"Authorization": f"bearer {good}"})
+            ).status_code == 200
+    for address in ("127.0.0.1", "::1", "::ffff:127.0.0.1"):
+        local = httpx.ASGITransport(app=app, client=(address, 40000))
+        async with httpx.AsyncClient(transport=local, base_url="http://controller") as client:
+            assert (await client.get("/api/status")).status_code == 200, address
+    no_token = httpx.ASGITransport(app=create_app(state, xds), client=("10.1.2.3", 40000))
+    async with httpx.AsyncClient(transport=no_token, base_url="http://controller") as client:
+        assert (
+            await client.get("/api/status", headers={"Authorization": "Bearer " + "a" * 40})
+        ).status_code == 401

@@ -463,7 +463,9 @@ def test_feed_urls_are_checked(url: str) -> None:
     assert check_feed_url("http://127.0.0.1:8877/feed/authz") == "http://127.0.0.1:8877/feed/authz"
 
 
-def test_a_feed_cannot_name_a_relative_key_file() -> None:
+def test_a_feed_cannot_name_a_key_file() -> None:
+    """A team's policy must not make the authz service read its own files (its feed token, a
+    mounted key) as keys: on a feed, jwks.file is refused, absolute or relative."""
     from legation.authz.app import _feed_checks
 
     def policy(file: str) -> str:
@@ -473,8 +475,11 @@ def test_a_feed_cannot_name_a_relative_key_file() -> None:
             "  rules: [{requires: {anyOf: [c]}}]\n"
         )
 
-    _feed_checks(load_policy_texts([("feed@v1", policy("/etc/keys/jwks.json"))]))  # absolute: fine
-    with pytest.raises(ConfigErrors) as caught:
-        _feed_checks(load_policy_texts([("feed@v2", policy("keys.json"))]))
-    (error,) = caught.value.errors
-    assert str(error).startswith("feed@v2: spec.providers[0].jwks.file: a relative jwks.file has no base")
+    for version, file in (("v1", "/var/run/secrets/legation/feed-token"), ("v2", "keys.json")):
+        with pytest.raises(ConfigErrors) as caught:
+            _feed_checks(load_policy_texts([(f"feed@{version}", policy(file))]))
+        (error,) = caught.value.errors
+        assert str(error) == (
+            f"feed@{version}: spec.providers[0].jwks.file: jwks.file is refused in a policy from the "
+            "config feed; use uri, inline or secretRef"
+        )

@@ -116,18 +116,19 @@ def _standalone_checks(loaded: LoadedPolicies) -> None:
 
 
 def _feed_checks(loaded: LoadedPolicies) -> None:
-    """A feed has no directory: a relative `jwks.file` would resolve against whatever the
-    service's working directory happens to be, so it is refused rather than guessed."""
+    """A fed policy comes from resources that teams write: a `jwks.file` there would make the
+    service read a file of its own machine (its feed token, say) as keys, on a team's say-so. It
+    is refused, relative or absolute: on a feed, keys come inline (secretRef is inlined by the
+    controller) or from a uri."""
     errors = [
         ConfigError(
             file=loaded.origin.get(policy.key, "?"),
             path=("spec", "providers", i, "jwks", "file"),
-            reason="a relative jwks.file has no base directory in a config feed; use an absolute "
-            "path, inline or secretRef",
+            reason="jwks.file is refused in a policy from the config feed; use uri, inline or secretRef",
         )
         for policy in loaded.policies
         for i, provider in enumerate(policy.spec.providers)
-        if provider.jwks.file is not None and not Path(provider.jwks.file).is_absolute()
+        if provider.jwks.file is not None
     ]
     if errors:
         raise ConfigErrors(errors)
