@@ -84,6 +84,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     kube.add_argument("--lease-duration", type=float, default=15.0, metavar="SECONDS", help="lease duration")
     kube.add_argument("--lease-renew", type=float, default=5.0, metavar="SECONDS", help="renew period")
+    kube.add_argument(
+        "--secret-poll-interval",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="how often each Secret a Host or JWTPolicy names is read again (Secrets are read by name "
+        "with GET, never listed or watched)",
+    )
     parser.add_argument("--xds-listen", default="127.0.0.1:18000", metavar="HOST:PORT", help="ADS (gRPC)")
     parser.add_argument(
         "--http-listen", default="127.0.0.1:8877", metavar="HOST:PORT", help="HTTP API, page, feeds"
@@ -172,6 +180,7 @@ def run(args: argparse.Namespace) -> int:
                 lease_namespace=args.lease_namespace,
                 lease_seconds=args.lease_duration,
                 renew_seconds=args.lease_renew,
+                secret_poll_seconds=max(0.1, args.secret_poll_interval),
             )
         )
         description = "kubernetes " + (", ".join(args.namespace) if args.namespace else "(all namespaces)")
