@@ -114,8 +114,12 @@ def test_services_follow_the_controller_feed(launch: Launcher, controller: Contr
 
 
 def _walk_through(launch: Launcher, controller: Controller, server: FeedServer) -> None:
-    ratelimit = launch.ratelimit(config_url=server.url("ratelimit"), wait=False)
-    authz = launch.authz(config_url=server.url("authz"), wait=False)
+    ratelimit = launch.ratelimit(
+        config_url=server.url("ratelimit"), feed_token_file=server.token_file("ratelimit"), wait=False
+    )
+    authz = launch.authz(
+        config_url=server.url("authz"), feed_token_file=server.token_file("authz"), wait=False
+    )
     services: list[RateLimitProcess] = [ratelimit, authz]
 
     # --- before any config: serving, but not ready, with the reason on /readyz.
@@ -273,7 +277,9 @@ def test_a_restarted_controller_with_the_same_config_reloads_nothing(
     server = FeedServer().start()
     try:
         _, version = controller.publish(server, limit=2, issuer=ISSUER_1)
-        ratelimit = launch.ratelimit(config_url=server.url("ratelimit"))
+        ratelimit = launch.ratelimit(
+            config_url=server.url("ratelimit"), feed_token_file=server.token_file("ratelimit")
+        )
         server.stop()
         wait_for(
             lambda: "feed unavailable" in ratelimit.readyz()[1], timeout=FOLLOW_WITHIN, what="outage seen"

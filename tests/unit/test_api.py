@@ -21,6 +21,7 @@ from fixtures.manifests import self_signed, tls_secret
 from fixtures.xds_resources import FakeEnvoyStream, wait_until
 from google.rpc import status_pb2
 
+from legation.controller.serving.access import HttpAccess
 from legation.controller.serving.api import REDACTED, create_app
 from legation.controller.serving.feed import Feed
 from legation.controller.serving.pipeline import ControllerState, Stages, build
@@ -28,6 +29,7 @@ from legation.controller.sources.directory import DirectorySource
 from legation.controller.translate.envoy import EnvoyOptions
 from legation.controller.xds.server import XdsServer
 from legation.controller.xds.snapshot import CLUSTER, SECRET
+from legation.core.bearer import TokenFile
 from legation.core.fastmetrics import FastCounter
 
 ORDERS = """\
@@ -285,7 +287,7 @@ async def test_json_is_deterministic_across_runs_and_apps(manifests: Path, xds: 
 
 
 async def test_feeds_from_the_stages_or_from_the_feed_objects(
-    state: ControllerState, xds: XdsServer, stages: Stages
+    state: ControllerState, xds: XdsServer, stages: Stages, tmp_path: Path
 ) -> None:
     async with client_for(create_app(state, xds)) as client:
         feeds = (await client.get("/api/feeds")).json()
@@ -298,11 +300,16 @@ async def test_feeds_from_the_stages_or_from_the_feed_objects(
     published = {"authz": Feed(), "ratelimit": Feed()}
     published["authz"].publish(stages.authz_feed)
     published["ratelimit"].publish(stages.ratelimit_feed)
-    async with client_for(create_app(state, xds, published)) as client:
+    token = tmp_path / "token"
+    token.write_text("t" * 40 + "\n")
+    access = HttpAccess(feed_tokens={"authz": TokenFile(token)})
+    async with client_for(create_app(state, xds, published, access=access)) as client:
         feeds = (await client.get("/api/feeds")).json()
         assert feeds["authz"] == {"version": published["authz"].version, "content": stages.authz_feed}
         assert feeds["ratelimit"]["content"] == stages.ratelimit_feed
-        served = await client.get("/feed/authz")  # the feed module's own route is mounted
+        assert (await client.get("/feed/authz")).status_code == 401, "a feed needs its token"
+        # the feed module's own route is mounted
+        served = await client.get("/feed/authz", headers={"Authorization": "Bearer " + "t" * 40})
         assert served.status_code == 200
         assert "orders-jwt" in served.text
 
@@ -515,3 +522,36 @@ async def test_a_thousand_mappings_are_rendered_once_per_run(thousand: Stages) -
         # Served from the cache: a small fraction of the first request's work (and quick anyway).
         assert again[path] < max(first[path] / 3, 0.004), (path, first[path], again[path])
         assert again[path] < 0.25, (path, again[path])
+
+
+async def test_api_and_page_need_loopback_or_the_api_token(
+    state: ControllerState, xds: XdsServer, tmp_path: Path
+) -> None:
+    """From another address (a pod of the cluster), /api/* and the page need --api-token-file's
+    token; probes stay open; loopback (kubectl port-forward) needs none."""
+    token = tmp_path / "api-token"
+    token.write_text("# rotated: both work\n" + "a" * 40 + "\n" + "b" * 40 + "\n")
+    app = create_app(state, xds, access=HttpAccess(api_tokens=TokenFile(token)))
+    remote = httpx.ASGITransport(app=app, client=("10.1.2.3", 40000))
+    async with httpx.AsyncClient(transport=remote, base_url="http://controller") as client:
+        for path in ("/healthz", "/readyz", "/metrics"):
+            assert (await client.get(path)).status_code == 200, path
+        for path in ("/", "/api/status", "/api/resources", "/api/envoy", "/api/nothing-here"):
+            refused = await client.get(path)
+            assert refused.status_code == 401, path
+            assert refused.headers["www-authenticate"] == 'Bearer realm="legation-controller"'
+            wrong = await client.get(path, headers={"Authorization": "Bearer " + "c" * 40})
+            assert wrong.status_code == 401, path
+        for good in ("a" * 40, "b" * 40):
+            assert (
+                await client.get("/api/status", headers={"Authorization": f"bearer {good}"})
+            ).status_code == 200
+    for address in ("127.0.0.1", "::1", "::ffff:127.0.0.1"):
+        local = httpx.ASGITransport(app=app, client=(address, 40000))
+        async with httpx.AsyncClient(transport=local, base_url="http://controller") as client:
+            assert (await client.get("/api/status")).status_code == 200, address
+    no_token = httpx.ASGITransport(app=create_app(state, xds), client=("10.1.2.3", 40000))
+    async with httpx.AsyncClient(transport=no_token, base_url="http://controller") as client:
+        assert (
+            await client.get("/api/status", headers={"Authorization": "Bearer " + "a" * 40})
+        ).status_code == 401

@@ -14,7 +14,7 @@ import httpx
 import pytest
 import yaml
 from fastapi import FastAPI
-from fixtures.config_feed import FeedServer, compile_manifests, manifests
+from fixtures.config_feed import FeedServer, compile_manifests, feed_token_file, manifests
 from fixtures.jwks_server import jwks_json, make_ec_key, make_rsa_key
 
 import legation.controller.serving.feed as feed_module
@@ -22,9 +22,12 @@ from legation.authz.app import KeySources, compile_all
 from legation.authz.config import load_policy_texts
 from legation.controller.compiler.ir import IR, CompileResult
 from legation.controller.compiler.ratelimits import DOMAIN, MAPPING_KEY
+from legation.controller.serving.access import HttpAccess
 from legation.controller.serving.feed import Feed, feed_router
 from legation.controller.translate.feeds import authz_feed_text, ratelimit_feed_text
+from legation.core.bearer import TokenFile, read_token
 from legation.core.errors import ConfigError, ConfigErrors
+from legation.core.feed_auth import FeedAuth
 from legation.core.feed_client import VERSION_HEADER, FeedFollower, check_feed_url, feed_version
 from legation.ratelimit.config import load_config_texts
 
@@ -213,13 +216,29 @@ def test_empty_compile_gives_loadable_texts() -> None:
 # --- HTTP router -------------------------------------------------------------------------------
 
 
+def token_auth(feed: str) -> FeedAuth:
+    return FeedAuth(token_file=str(feed_token_file(feed)))
+
+
 @pytest.fixture
 async def feeds() -> AsyncIterator[tuple[dict[str, Feed], httpx.AsyncClient]]:
+    """The router, and a client holding the tokens of both feeds (each request sends the one of
+    the feed it asks for)."""
     feeds = {"authz": Feed(), "ratelimit": Feed()}
     app = FastAPI()
-    app.include_router(feed_router(feeds))
+    access = HttpAccess(feed_tokens={n: TokenFile(feed_token_file(n)) for n in feeds})
+    app.include_router(feed_router(feeds, access))
+
+    async def authorize(request: httpx.Request) -> None:
+        name = request.url.path.rsplit("/", 1)[-1]
+        if name in feeds and "authorization" not in request.headers:
+            request.headers["Authorization"] = f"Bearer {read_token(feed_token_file(name))}"
+
     transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://controller") as client:
+    hooks = {"request": [authorize]}
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://controller", event_hooks=hooks
+    ) as client:
         yield feeds, client
 
 
@@ -229,6 +248,9 @@ Client = tuple[dict[str, Feed], httpx.AsyncClient]
 async def test_unknown_feed_is_404(feeds: Client) -> None:
     _, client = feeds
     resp = await client.get("/feed/nope")
+    assert resp.status_code == 401, "no token: not even which feeds exist"
+    token = read_token(feed_token_file("ratelimit"))
+    resp = await client.get("/feed/nope", headers={"Authorization": f"Bearer {token}"})
     assert resp.status_code == 404
     assert resp.json()["error"] == "not_found" and "authz, ratelimit" in resp.json()["reason"]
 
@@ -343,7 +365,7 @@ def server() -> Any:
 
 async def test_follower_applies_each_version_and_keeps_the_last_good(server: FeedServer) -> None:
     apply = Recorder()
-    follower = FeedFollower(server.url("ratelimit"), apply, wait=5)
+    follower = FeedFollower(server.url("ratelimit"), apply, auth=token_auth("ratelimit"), wait=5)
     task = asyncio.ensure_future(follower.run())
     try:
         await asyncio.sleep(0.3)
@@ -386,7 +408,7 @@ async def test_follower_survives_the_server_going_away() -> None:
     apply = Recorder()
     first = FeedServer().start()
     port = first.port
-    follower = FeedFollower(first.url("authz"), apply, wait=5, max_backoff=0.5)
+    follower = FeedFollower(first.url("authz"), apply, auth=token_auth("authz"), wait=5, max_backoff=0.5)
     task = asyncio.ensure_future(follower.run())
     try:
         v1 = first.publish("authz", "one")
@@ -416,7 +438,7 @@ async def test_follower_survives_the_server_going_away() -> None:
 async def test_follower_starts_before_the_server() -> None:
     apply = Recorder()
     server = FeedServer()
-    follower = FeedFollower(server.url("authz"), apply, wait=5, max_backoff=0.3)
+    follower = FeedFollower(server.url("authz"), apply, auth=token_auth("authz"), wait=5, max_backoff=0.3)
     task = asyncio.ensure_future(follower.run())
     try:
         await until(lambda: follower.last_error is not None)
@@ -441,7 +463,9 @@ def test_feed_urls_are_checked(url: str) -> None:
     assert check_feed_url("http://127.0.0.1:8877/feed/authz") == "http://127.0.0.1:8877/feed/authz"
 
 
-def test_a_feed_cannot_name_a_relative_key_file() -> None:
+def test_a_feed_cannot_name_a_key_file() -> None:
+    """A team's policy must not make the authz service read its own files (its feed token, a
+    mounted key) as keys: on a feed, jwks.file is refused, absolute or relative."""
     from legation.authz.app import _feed_checks
 
     def policy(file: str) -> str:
@@ -451,8 +475,11 @@ def test_a_feed_cannot_name_a_relative_key_file() -> None:
             "  rules: [{requires: {anyOf: [c]}}]\n"
         )
 
-    _feed_checks(load_policy_texts([("feed@v1", policy("/etc/keys/jwks.json"))]))  # absolute: fine
-    with pytest.raises(ConfigErrors) as caught:
-        _feed_checks(load_policy_texts([("feed@v2", policy("keys.json"))]))
-    (error,) = caught.value.errors
-    assert str(error).startswith("feed@v2: spec.providers[0].jwks.file: a relative jwks.file has no base")
+    for version, file in (("v1", "/var/run/secrets/legation/feed-token"), ("v2", "keys.json")):
+        with pytest.raises(ConfigErrors) as caught:
+            _feed_checks(load_policy_texts([(f"feed@{version}", policy(file))]))
+        (error,) = caught.value.errors
+        assert str(error) == (
+            f"feed@{version}: spec.providers[0].jwks.file: jwks.file is refused in a policy from the "
+            "config feed; use uri, inline or secretRef"
+        )

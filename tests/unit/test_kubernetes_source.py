@@ -281,3 +281,58 @@ async def test_a_wrong_token_is_refused(tmp_path: Path) -> None:
         client = await KubeClient.connect(str(write_kubeconfig(tmp_path / "ok", url, token="right")))
         assert (await client.request("GET", kc.KINDS["Mapping"].path(NS)))["items"] == []
         await client.close()
+
+
+async def test_secrets_are_read_by_name_only_never_listed_or_watched(
+    cluster: tuple[KubeEmulator, KubeClient, Path],
+) -> None:
+    """The controller reads the Secrets resources name, one GET each: it never lists or watches
+    Secrets (its RBAC has `get` only), an unreferenced Secret never enters its memory, and a
+    referenced one is followed (polled) as it changes, and forgotten when no longer named."""
+    emulator, client, kubeconfig = cluster
+    secret_text = "never-read-" + "x" * 24
+    await post(client, kc.SECRETS, {
+        "metadata": {"name": "unused", "namespace": NS}, "type": "Opaque", "stringData": {"pw": secret_text},
+    })  # fmt: skip
+    await post(client, kc.SECRETS, {
+        "metadata": {"name": "jwks", "namespace": NS}, "type": "Opaque", "data": {"k": "djE="},
+    })  # fmt: skip
+    await post(client, kc.SECRETS, {
+        "metadata": {"name": "jwks", "namespace": "other"}, "type": "Opaque", "data": {"k": "djE="},
+    })  # fmt: skip
+    policy = {
+        "apiVersion": "legation.dev/v1alpha1", "kind": "JWTPolicy", "metadata": {"name": "p", "namespace": NS},
+        "spec": {"providers": [{"name": "idp", "issuer": "https://idp/", "jwks": {"secretRef": {
+            "name": "jwks", "key": "k"}}}], "rules": [{"requires": {"anyOf": ["idp"]}}]},
+    }  # fmt: skip
+    await post(client, kc.KINDS["JWTPolicy"], policy)
+    async with following(kubeconfig, secret_poll_seconds=0.2) as follow:
+        first = await follow.next()
+        source = follow.source
+        assert first.origins == ("kubernetes:JWTPolicy/demo/p", "kubernetes:Secret/demo/jwks")
+        assert source.secrets is not None and set(source.secrets.objects) == {(NS, "jwks")}
+
+        # Followed: a change to the referenced Secret makes a new snapshot.
+        await merge_patch(client, kc.SECRETS.path(NS, "jwks"), {"data": {"k": "djI="}})
+        changed = await follow.next(timeout=5)
+        assert changed.documents[1].data["data"] == {"k": "djI="}
+        # An unreferenced one changing is no change at all.
+        await merge_patch(client, kc.SECRETS.path(NS, "unused"), {"stringData": {"pw": secret_text + "2"}})
+        with pytest.raises(TimeoutError):
+            await follow.next(timeout=0.8)
+
+        # No longer named: forgotten.
+        await merge_patch(client, kc.KINDS["JWTPolicy"].path(NS, "p"), {"spec": {"providers": [
+            {"name": "idp", "issuer": "https://idp/", "jwks": {"uri": "https://idp/jwks"}}]}})  # fmt: skip
+        gone = await follow.next()
+        assert gone.origins == ("kubernetes:JWTPolicy/demo/p",)
+        assert source.secrets.objects == {}
+        held = repr(
+            (source.secrets.objects, [i.objects for i in source.informers.values()], source._documents)
+        )
+        assert secret_text not in held and "unused" not in held
+
+    secret_requests = [r for r in emulator if r.resource is not None and r.resource.plural == "secrets"]
+    assert secret_requests, "the referenced Secret was read"
+    reads = {(r.method, r.namespace, r.name) for r in secret_requests if r.method == "GET"}
+    assert reads == {("GET", NS, "jwks")}, "one Secret, by name: no list, no watch, no other namespace"

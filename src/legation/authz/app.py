@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
@@ -18,12 +18,14 @@ from legation.authz.policy import CompiledPolicy, compile_policy
 from legation.authz.server import SERVICE, AuthorizationServicer
 from legation.authz.tokens import TokenCache
 from legation.core.errors import ConfigError, ConfigErrors
+from legation.core.feed_auth import FeedAuth
 from legation.core.grpc_runtime import Health, ServerSettings, run_server
 from legation.core.logs import setup_logging
 from legation.core.reload import ConfigVersion
 from legation.core.service_main import (
     add_common_arguments,
     add_config_arguments,
+    feed_auth,
     keep_config,
     run_service,
 )
@@ -40,6 +42,8 @@ class Settings:
     """A file or directory of JWTPolicy documents."""
     config_url: str | None = None
     """The controller's authz feed, followed instead of `config`."""
+    feed_auth: FeedAuth = field(default_factory=FeedAuth)
+    """Credentials for the feed: its token, the CA of an https controller."""
     listen: str = "127.0.0.1:9001"
     """gRPC address."""
     metrics_listen: str | None = None
@@ -72,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
     settings = Settings(
         config=args.config,
         config_url=args.config_url,
+        feed_auth=feed_auth(args),
         listen=args.listen,
         metrics_listen=args.metrics_listen,
         default_policy=args.default_policy,
@@ -111,18 +116,19 @@ def _standalone_checks(loaded: LoadedPolicies) -> None:
 
 
 def _feed_checks(loaded: LoadedPolicies) -> None:
-    """A feed has no directory: a relative `jwks.file` would resolve against whatever the
-    service's working directory happens to be, so it is refused rather than guessed."""
+    """A fed policy comes from resources that teams write: a `jwks.file` there would make the
+    service read a file of its own machine (its feed token, say) as keys, on a team's say-so. It
+    is refused, relative or absolute: on a feed, keys come inline (secretRef is inlined by the
+    controller) or from a uri."""
     errors = [
         ConfigError(
             file=loaded.origin.get(policy.key, "?"),
             path=("spec", "providers", i, "jwks", "file"),
-            reason="a relative jwks.file has no base directory in a config feed; use an absolute "
-            "path, inline or secretRef",
+            reason="jwks.file is refused in a policy from the config feed; use uri, inline or secretRef",
         )
         for policy in loaded.policies
         for i, provider in enumerate(policy.spec.providers)
-        if provider.jwks.file is not None and not Path(provider.jwks.file).is_absolute()
+        if provider.jwks.file is not None
     ]
     if errors:
         raise ConfigErrors(errors)
@@ -259,6 +265,7 @@ async def serve(settings: Settings, loaded: LoadedPolicies | None) -> None:
                 load_file=load_file,
                 load_feed=load_feed,
                 apply=apply,
+                auth=settings.feed_auth,
             )
         ],
         on_stop=sources.close_all,

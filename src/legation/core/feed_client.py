@@ -2,7 +2,14 @@
 
 The protocol, shared with the controller's feeds: `GET URL?version=V&wait=S` answers 200 with the
 content and its version in `X-Legation-Version` at once when the feed's version is not V, else
-304 once S seconds passed without a change; 503 while the controller has no config yet.
+304 once S seconds passed without a change; 503 while the controller has no config yet; 401
+without the feed's bearer token.
+
+Credentials (`FeedAuth`): the token of `--feed-token-file`, read again for every request (a
+rotated Secret applies without a restart), sent as `Authorization: Bearer`; for https, the
+controller's certificate is checked against `--feed-ca` (else the system's CAs). The token is
+never sent over plain http to an address other than loopback: there, anyone on the path could
+read it.
 
 A service must keep serving whatever happens to the controller. Every failure (refused
 connection, timeout, an error status, content the service rejects) leaves the last good config
@@ -23,7 +30,9 @@ import aiohttp
 from yarl import URL
 
 from legation import __version__
+from legation.core.bearer import TokenFileError
 from legation.core.errors import ConfigErrors
+from legation.core.feed_auth import FeedAuth
 from legation.core.feed_version import VERSION_HEADER, feed_version
 
 __all__ = [
@@ -79,8 +88,11 @@ class FeedFollower:
         min_backoff: float = 0.2,
         max_backoff: float = 5.0,
         connect_timeout: float = 5.0,
+        auth: FeedAuth | None = None,
     ) -> None:
         self.url = URL(check_feed_url(url))
+        self._auth = auth or FeedAuth()
+        self._auth.check(self.url)
         self._apply = apply
         self._wait = wait
         self._min_backoff = min_backoff
@@ -130,7 +142,9 @@ class FeedFollower:
         """Follow the feed until cancelled; never returns otherwise, never raises."""
         delay = self._min_backoff
         headers = {"User-Agent": f"legation/{__version__} feed-follower"}
-        async with aiohttp.ClientSession(timeout=self._timeout, headers=headers) as session:
+        connector = aiohttp.TCPConnector(ssl=self._auth.ssl_context() or True)
+        session = aiohttp.ClientSession(timeout=self._timeout, headers=headers, connector=connector)
+        async with session:
             while True:
                 started = time.monotonic()
                 try:
@@ -154,7 +168,14 @@ class FeedFollower:
         if self.fetched is not None:
             query["version"] = self.fetched
         self._reachable = False  # until the server answers
-        async with session.get(self.url.update_query(query)) as resp:
+        try:
+            auth_headers = self._auth.headers()
+        except TokenFileError as exc:
+            raise FeedError(str(exc)) from None
+        # No redirects: the token goes to the URL given, nowhere else.
+        async with session.get(
+            self.url.update_query(query), headers=auth_headers, allow_redirects=False
+        ) as resp:
             self._reachable = True
             if resp.status == 304:
                 return False

@@ -11,7 +11,10 @@ import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
+from yarl import URL
+
 from legation.core.errors import ConfigErrors
+from legation.core.feed_auth import FeedAuth
 from legation.core.grpc_runtime import Health
 from legation.core.reload import ConfigVersion, Versioned
 from legation.core.watch import watch_path
@@ -19,6 +22,7 @@ from legation.core.watch import watch_path
 __all__ = [
     "add_common_arguments",
     "add_config_arguments",
+    "feed_auth",
     "keep_config",
     "refuse_config",
     "run_service",
@@ -38,10 +42,25 @@ def add_config_arguments(parser: argparse.ArgumentParser, *, file_help: str, fee
         "--config-url",
         metavar="URL",
         type=_feed_url,
-        help=f"follow the controller's config feed, e.g. http://127.0.0.1:8877/feed/{feed}; the "
+        help=f"follow the controller's config feed, e.g. https://CONTROLLER:8877/feed/{feed}; the "
         "service starts without it (not ready until the first config) and keeps the last good "
         "config while the controller is away",
     )
+    parser.add_argument(
+        "--feed-token-file",
+        metavar="PATH",
+        help="with --config-url: the feed's bearer token (first line), read again for every request",
+    )
+    parser.add_argument(
+        "--feed-ca",
+        metavar="PATH",
+        help="with an https --config-url: CA certificates (PEM) the controller's certificate must chain to",
+    )
+
+
+def feed_auth(args: argparse.Namespace) -> FeedAuth:
+    """The feed credentials the flags name."""
+    return FeedAuth(token_file=args.feed_token_file, ca_file=args.feed_ca)
 
 
 def _feed_url(value: str) -> str:
@@ -63,6 +82,7 @@ async def keep_config(
     load_file: Callable[[], C],
     load_feed: Callable[[str, str], C],
     apply: Callable[[C], Awaitable[None]],
+    auth: FeedAuth | None = None,
 ) -> None:
     """Keep the config current for the server's life, through `version` (so logs and metrics
     read the same either way): watch `path` and reload it with `load_file()`, or follow the
@@ -85,7 +105,7 @@ async def keep_config(
             await health.set_component(component, True)
             await health.publish()
 
-    follower = FeedFollower(url, apply_feed)
+    follower = FeedFollower(url, apply_feed, auth=auth)
     health.add_detail(component, follower.describe)
     await follower.run()
 
@@ -133,7 +153,15 @@ def run_service(
         if args.check:
             print("--check validates a --config file or directory, not a feed", file=sys.stderr)
             return 2
+        try:
+            feed_auth(args).check(URL(args.config_url))
+        except ValueError as exc:
+            print(f"--config-url: {exc}", file=sys.stderr)
+            return 2
         return run_until_stopped(serve(None))
+    if args.feed_token_file or args.feed_ca:
+        print("--feed-token-file and --feed-ca go with --config-url", file=sys.stderr)
+        return 2
     try:
         loaded = load(args.config)
     except ConfigErrors as exc:

@@ -6,14 +6,16 @@ import argparse
 import asyncio
 import dataclasses
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from legation.core.feed_auth import FeedAuth
 from legation.core.grpc_runtime import Health, ServerSettings, run_server
 from legation.core.logs import setup_logging
 from legation.core.reload import ConfigVersion
 from legation.core.service_main import (
     add_common_arguments,
     add_config_arguments,
+    feed_auth,
     keep_config,
     run_service,
 )
@@ -36,6 +38,8 @@ class Settings:
     """Config file, or directory of *.yaml / *.yml files (one domain each)."""
     config_url: str | None = None
     """The controller's rate-limit feed, followed instead of `config`."""
+    feed_auth: FeedAuth = field(default_factory=FeedAuth)
+    """Credentials for the feed: its token, the CA of an https controller."""
     listen: str = "127.0.0.1:8081"
     """gRPC address."""
     metrics_listen: str | None = None
@@ -91,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
     settings = Settings(
         config=args.config,
         config_url=args.config_url,
+        feed_auth=feed_auth(args),
         listen=args.listen,
         metrics_listen=args.metrics_listen,
         redis_url=args.redis_url,
@@ -174,6 +179,7 @@ async def serve(settings: Settings, loaded: LoadedConfig | None) -> None:
                 load_file=lambda: load_config(settings.config or ""),
                 load_feed=lambda v, content: feed_config(settings.config_url or "", v, content),
                 apply=apply,
+                auth=settings.feed_auth,
             ),
             report_backend(),
         ],

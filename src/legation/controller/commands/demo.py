@@ -15,6 +15,7 @@ import hashlib
 import ipaddress
 import json
 import os
+import secrets
 import time
 import uuid
 from dataclasses import dataclass
@@ -64,11 +65,22 @@ class DemoFiles:
         """The generated manifests directory (a second controller source)."""
         return self.root / "manifests"
 
+    def feed_token(self, feed: str) -> Path:
+        """The bearer token of one config feed (`authz`, `ratelimit`): the controller accepts
+        it, that service sends it. One per feed, so that the rate limit service cannot read the
+        authz feed's keys."""
+        return self.root / "feed-tokens" / feed
+
     def ensure(self) -> None:
         """Create what is missing (and renew a certificate close to expiry); keep the rest, so
         tokens minted earlier stay valid across restarts."""
         self.root.mkdir(parents=True, exist_ok=True)
         self.manifests.mkdir(exist_ok=True)
+        for feed in ("authz", "ratelimit"):
+            token = self.feed_token(feed)
+            if not token.exists():
+                token.parent.mkdir(mode=0o700, exist_ok=True)
+                _write_private(token, (secrets.token_urlsafe(32) + "\n").encode())
         if not self.issuer_key.exists():
             key = ec.generate_private_key(ec.SECP256R1())
             _write_private(self.issuer_key, _pem(key))

@@ -173,7 +173,7 @@ def _start_all(
         for (host, port), name, child in upstreams.sync(from_directory(args.dir, gateway=args.gateway)):
             wait(f"upstream {port} ({name})", _opens(host, port), child)
     api = _start_controller(args, files=files, stack=stack, wait=wait)
-    _start_services(args, api=api, stack=stack, plan=plan, wait=wait)
+    _start_services(args, api=api, files=files, stack=stack, plan=plan, wait=wait)
     _start_envoy(args, files=files, stack=stack, wait=wait)
 
 
@@ -193,6 +193,8 @@ def _start_controller(args: argparse.Namespace, *, files: DemoFiles, stack: Stac
             "--authz-service", f"{host}:{args.authz_port}",
             "--ratelimit-service", f"{host}:{args.ratelimit_port}",
             "--gateway", args.gateway,
+            "--feed-token-file", f"authz={files.feed_token('authz')}",
+            "--feed-token-file", f"ratelimit={files.feed_token('ratelimit')}",
             "--log-level", _LOG_LEVEL,
         ],
     )  # fmt: skip
@@ -201,13 +203,16 @@ def _start_controller(args: argparse.Namespace, *, files: DemoFiles, stack: Stac
     return api
 
 
-def _start_services(args: argparse.Namespace, *, api: str, stack: Stack, plan: _Plan, wait: _Waiter) -> None:
+def _start_services(
+    args: argparse.Namespace, *, api: str, files: DemoFiles, stack: Stack, plan: _Plan, wait: _Waiter
+) -> None:
     legation, host = binary("legation"), _HOST
     authz = stack.start(
         "authz",
         [
             legation, "authz",
             "--config-url", f"{api}/feed/authz",
+            "--feed-token-file", str(files.feed_token("authz")),
             "--listen", f"{host}:{args.authz_port}",
             "--metrics-listen", f"{host}:{plan.authz_ops}",
             "--log-level", _LOG_LEVEL,
@@ -216,6 +221,7 @@ def _start_services(args: argparse.Namespace, *, api: str, stack: Stack, plan: _
     ratelimit_argv = [
         legation, "ratelimit",
         "--config-url", f"{api}/feed/ratelimit",
+        "--feed-token-file", str(files.feed_token("ratelimit")),
         "--listen", f"{host}:{args.ratelimit_port}",
         "--metrics-listen", f"{host}:{plan.ratelimit_ops}",
         "--log-level", _LOG_LEVEL,

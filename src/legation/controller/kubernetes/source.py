@@ -1,8 +1,9 @@
 """The Kubernetes API as a resource source: `legation controller --kubernetes`.
 
-Mappings, JWTPolicies, AuthServices and Hosts (`legation.dev/v1alpha1`) and Secrets are listed
-and watched (`informer`) in the namespaces given (`--namespace`, repeatable), or
-in all namespaces. Each object becomes one `Document` whose origin is `kubernetes:Kind/ns/name`,
+Mappings, JWTPolicies, AuthServices and Hosts (`legation.dev/v1alpha1`) are listed and watched
+(`informer`) in the namespaces given (`--namespace`, repeatable), or in all namespaces. Secrets
+are never listed or watched: only those the resources name are read, one GET each, and polled
+(`secrets`). Each object becomes one `Document` whose origin is `kubernetes:Kind/ns/name`,
 so that snapshots, the pipeline and every message look exactly as with the directory source.
 
 What a document holds, and why:
@@ -14,10 +15,10 @@ What a document holds, and why:
   managedFields change on every write, including our own status writes, and must not make a new
   snapshot;
 - the rest of the object except `status` (written by us, never read);
-- Secrets: only `kubernetes.io/tls` and `Opaque` ones are kept (others, e.g. service account
-  tokens and Helm releases, are dropped as they arrive), and a snapshot holds only the Secrets
-  that a Host (`spec.tlsSecret`) or JWTPolicy (`jwks.secretRef`) in the same namespace refers
-  to, so that unrelated Secrets neither show up as resources nor cause recompiles.
+- Secrets: only those that a Host (`spec.tlsSecret`) or JWTPolicy (`jwks.secretRef`) in the
+  same namespace refers to are read at all, and only `kubernetes.io/tls` and `Opaque` ones are
+  kept (a reference to another type reads as a missing Secret), so unrelated Secrets never
+  enter the controller's memory, show up as resources or cause recompiles.
 
 Each document is the object's data as YAML text read back by `load_documents`, so a problem's
 line is a line of that text (what `kubectl get -o yaml` would show, keys sorted). Snapshots are
@@ -51,6 +52,7 @@ from legation.controller.compiler.ir import ResourceStatus
 from legation.controller.kubernetes.client import KINDS, SECRETS, KubeClient, KubeError, ResourceType
 from legation.controller.kubernetes.informer import Backoff, Informer
 from legation.controller.kubernetes.leader import LeaderElector
+from legation.controller.kubernetes.secrets import SecretReader
 from legation.controller.kubernetes.status import ORIGIN_PREFIX, StatusWriter
 from legation.controller.sources import SourceSnapshot
 from legation.core.digest import content_version
@@ -104,6 +106,8 @@ class KubernetesOptions:
     watch_seconds: int = 300
     gateway: str = DEFAULT_GATEWAY
     """The gateway whose entry under status.gateways this controller writes."""
+    secret_poll_seconds: float = 10.0
+    """How often each referenced Secret is read again (Secrets are read by name, never watched)."""
 
 
 def origin_of(kind: str, namespace: str, name: str) -> str:
@@ -161,6 +165,8 @@ class KubernetesSource:
         """(kind, namespace or None for all) → its list+watch."""
         self.leader: LeaderElector | None = None
         self.status: StatusWriter | None = None
+        self.secrets: SecretReader | None = None
+        """The referenced Secrets (read by name; see `secrets`)."""
         self.identity = options.identity or default_identity()
         """This replica's name: the Lease holder identity and the client's User-Agent."""
         self._changed = asyncio.Event()
@@ -189,6 +195,8 @@ class KubernetesSource:
             await self._synced()
             last: SourceSnapshot | None = None
             while True:
+                if self.secrets is not None:  # newly named Secrets are read before the snapshot
+                    await self.secrets.want(self.referenced_secrets())
                 snapshot = self.snapshot()
                 if last is None or snapshot.version != last.version:
                     last = snapshot
@@ -199,21 +207,24 @@ class KubernetesSource:
 
     # --- building snapshots -------------------------------------------------------------------
 
+    def referenced_secrets(self) -> set[tuple[str, str]]:
+        """(namespace, name) of every Secret a Host or JWTPolicy held now names."""
+        wanted: set[tuple[str, str]] = set()
+        for (kind, _), informer in self.informers.items():
+            for (namespace, _), obj in informer.objects.items():
+                wanted.update((namespace, name) for name in _referenced_secrets(kind, obj))
+        return wanted
+
     def snapshot(self) -> SourceSnapshot:
         """Every object held now, as a snapshot (see the module for what is kept)."""
-        wanted_secrets: set[tuple[str, str]] = set()
-        objects: list[tuple[ResourceType, dict[str, Any]]] = []
-        for (kind, _), informer in self.informers.items():
-            if kind == SECRETS.kind:
-                continue
-            for (namespace, _), obj in informer.objects.items():
-                objects.append((informer.resource, obj))
-                wanted_secrets.update((namespace, name) for name in _referenced_secrets(kind, obj))
-        for (kind, _), informer in self.informers.items():
-            if kind == SECRETS.kind:
-                objects.extend(
-                    (SECRETS, obj) for key, obj in informer.objects.items() if key in wanted_secrets
-                )
+        objects: list[tuple[ResourceType, dict[str, Any]]] = [
+            (informer.resource, obj)
+            for informer in self.informers.values()
+            for obj in informer.objects.values()
+        ]
+        if self.secrets is not None:
+            wanted = self.referenced_secrets()
+            objects.extend((SECRETS, obj) for key, obj in self.secrets.objects.items() if key in wanted)
         documents: dict[str, Document] = {}
         inputs: list[tuple[str, str]] = []
         cache: dict[str, tuple[str | None, str, Document]] = {}
@@ -262,20 +273,26 @@ class KubernetesSource:
 
     def _start(self, client: KubeClient) -> list[asyncio.Task[None]]:
         scopes: Sequence[str | None] = self.options.namespaces or (None,)
-        for resource in (*KINDS.values(), SECRETS):
+        for resource in KINDS.values():
             for namespace in scopes:
                 self.informers[(resource.kind, namespace)] = Informer(
                     client,
                     resource,
                     namespace,
                     on_change=self._changed.set,
-                    keep=_secret_kept if resource == SECRETS else lambda obj: True,
                     watch_seconds=self.options.watch_seconds,
                 )
+        self.secrets = SecretReader(
+            client,
+            on_change=self._changed.set,
+            keep=_secret_kept,
+            poll_seconds=self.options.secret_poll_seconds,
+        )
         tasks = [
             asyncio.create_task(informer.run(), name=f"watch {informer.description}")
             for informer in self.informers.values()
         ]
+        tasks.append(asyncio.create_task(self.secrets.run(), name="referenced secrets"))
         if self.options.write_status:
             opts = self.options
             if opts.leader_elect:

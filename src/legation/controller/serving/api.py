@@ -8,8 +8,10 @@ Everything derived from one `Stages` is computed on first request and kept until
 publishes new stages, so polling the page or the API with 1k Mappings costs a dict lookup; only
 the small parts that change without a new run (Envoy sync state, history) are built each time.
 
-Secrets never leave: TLS private keys are redacted from the IR and from Envoy's Secret
-resources, and Secret resources show their keys but no values.
+Secrets never leave (`serving.redact`): TLS private keys are redacted from the IR and from
+Envoy's Secret resources, Secret resources show their keys but no values, inline JWKS show their
+public members only (also in the authz feed's copy under /api/feeds), and every body is scrubbed
+of the secret values the stages hold. Who may call what: `serving.access`.
 """
 
 from __future__ import annotations
@@ -19,16 +21,25 @@ import json
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar, cast
 
+import yaml
 from fastapi import FastAPI, Query
 from fastapi.responses import HTMLResponse, PlainTextResponse, Response
 from google.protobuf import json_format
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from pydantic import BaseModel
 
-from legation.api.v1alpha1 import Secret
+from legation.api.v1alpha1 import JWTPolicy, Secret
 from legation.controller.compiler.ir import TlsSecret
 from legation.controller.serving import page
+from legation.controller.serving.access import ApiAccessMiddleware, HttpAccess
 from legation.controller.serving.pipeline import status_errors
+from legation.controller.serving.redact import (
+    REDACTED,
+    Scrubber,
+    ScrubMiddleware,
+    redact_policy_dump,
+    secret_values,
+)
 from legation.core.errors import format_path
 from legation.core.feed_version import feed_version
 
@@ -39,7 +50,6 @@ if TYPE_CHECKING:
 
 __all__ = ["REDACTED", "create_app", "to_json"]
 
-REDACTED = "[redacted]"
 _REDACTED_FIELDS = {(TlsSecret, "private_key")}
 """(dataclass, field) pairs whose values never appear in a dump."""
 _PROTO_SECRET_KEYS = frozenset({"private_key"})
@@ -49,10 +59,25 @@ in an SDS Secret or inline in a listener's transport socket."""
 T = TypeVar("T")
 
 
-def create_app(state: ControllerState, xds: XdsServer, feeds: Mapping[str, Feed] | None = None) -> FastAPI:
-    """The API and page over `state` (read on every request, so new stages show at once)."""
+def create_app(
+    state: ControllerState,
+    xds: XdsServer,
+    feeds: Mapping[str, Feed] | None = None,
+    *,
+    access: HttpAccess | None = None,
+) -> FastAPI:
+    """The API and page over `state` (read on every request, so new stages show at once), for
+    the callers `access` admits (default: loopback clients; feeds for no one)."""
     app = FastAPI(title="Legation controller", docs_url=None, redoc_url=None)
     views = _Views()
+    access = access if access is not None else HttpAccess()
+
+    def scrubber() -> Scrubber | None:
+        stages = state.stages
+        return views.get(stages, "scrubber", _scrubber) if stages is not None else None
+
+    app.add_middleware(ScrubMiddleware, scrubber=scrubber)
+    app.add_middleware(ApiAccessMiddleware, access=access)  # added last: runs first
 
     def ready_stages() -> Stages | Response:
         return state.stages if state.stages is not None else _not_ready(state)
@@ -108,7 +133,7 @@ def create_app(state: ControllerState, xds: XdsServer, feeds: Mapping[str, Feed]
     @app.get("/api/feeds")
     async def feeds_json() -> Response:
         if feeds is not None:
-            return _json({name: _feed_json(feed) for name, feed in sorted(feeds.items())})
+            return _json({name: _feed_json(name, feed) for name, feed in sorted(feeds.items())})
         return stage_json("feeds", lambda s: _dumps(_stage_feeds(s)))
 
     @app.get("/api/envoys")
@@ -124,7 +149,7 @@ def create_app(state: ControllerState, xds: XdsServer, feeds: Mapping[str, Feed]
     if feeds is not None:
         from legation.controller.serving.feed import feed_router  # the feed module serves its own routes
 
-        app.include_router(feed_router(feeds))
+        app.include_router(feed_router(feeds, access))
     return app
 
 
@@ -233,18 +258,37 @@ def _resource_json(resource: BaseModel | None) -> Any:
     if isinstance(resource, Secret):
         for key in ("data", "stringData"):
             data[key] = dict.fromkeys(data.get(key, {}), REDACTED)
+    if isinstance(resource, JWTPolicy):
+        redact_policy_dump(data)
     return data
+
+
+def _scrubber(stages: Stages) -> Scrubber:
+    keys = [tls.private_key for tls in stages.result.ir.tls_secrets]
+    resources = [r for _, r in stages.resources if r is not None]
+    return Scrubber(secret_values([*resources, *stages.result.policies], keys))
+
+
+def _redacted_feed(name: str, text: str | None) -> str | None:
+    """A feed's text as the API shows it: the authz feed's JWKS without their secret members."""
+    if name != "authz" or not text or "inline" not in text:
+        return text  # nothing to redact: the text as served
+    documents = [redact_policy_dump(d) for d in yaml.safe_load_all(text) if isinstance(d, dict)]
+    return yaml.safe_dump_all(documents, sort_keys=False, allow_unicode=True, width=1 << 20)
 
 
 def _stage_feeds(stages: Stages) -> dict[str, Any]:
     texts = {"authz": stages.authz_feed, "ratelimit": stages.ratelimit_feed}
-    return {name: {"version": feed_version(text), "content": text} for name, text in texts.items()}
+    return {
+        name: {"version": feed_version(text), "content": _redacted_feed(name, text)}
+        for name, text in texts.items()
+    }
 
 
-def _feed_json(feed: Feed) -> dict[str, Any]:
+def _feed_json(name: str, feed: Feed) -> dict[str, Any]:
     current = feed.current()  # one read: version and content of the same publish
     version, content = current if current is not None else (None, None)
-    return {"version": version, "content": content}
+    return {"version": version, "content": _redacted_feed(name, content)}
 
 
 def _status(state: ControllerState, xds: XdsServer) -> dict[str, Any]:

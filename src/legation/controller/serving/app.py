@@ -30,6 +30,7 @@ from fastapi import FastAPI
 from prometheus_client import Gauge, Histogram
 
 from legation.controller.compiler.parse_cache import ParseCache
+from legation.controller.serving.access import HttpAccess
 from legation.controller.serving.api import create_app
 from legation.controller.serving.feed import Feed
 from legation.controller.serving.pipeline import ControllerState, Stages, build, status_errors
@@ -38,6 +39,7 @@ from legation.controller.sources.directory import DirectorySource
 from legation.controller.sources.merged import MergedSource
 from legation.controller.translate.envoy import EnvoyOptions
 from legation.controller.xds.server import SERVICE, XdsServer
+from legation.core.bearer import TokenFile, TokenFileError
 from legation.core.errors import format_path
 from legation.core.grpc_runtime import Health, ServerSettings, run_server, split_host_port
 from legation.core.grpc_tls import ServerTls, TlsFilesError
@@ -48,6 +50,8 @@ from legation.core.service_main import run_until_stopped
 __all__ = ["add_arguments", "run"]
 
 log = logging.getLogger("legation.controller")
+
+FEEDS = ("authz", "ratelimit")
 
 COMPILE_SECONDS = Histogram(
     "legation_controller_compile_seconds",
@@ -100,6 +104,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="serve the Mappings, Hosts and AuthServices whose spec.gateways name this gateway "
         "(absent there = default, * = every gateway); default %(default)s",
     )
+    kube.add_argument(
+        "--secret-poll-interval",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="how often each Secret a Host or JWTPolicy names is read again (Secrets are read by name "
+        "with GET, never listed or watched)",
+    )
     parser.add_argument("--xds-listen", default="127.0.0.1:18000", metavar="HOST:PORT", help="ADS (gRPC)")
     xds = parser.add_argument_group("ADS security (mTLS; required unless --xds-listen is a loopback address)")
     xds.add_argument("--xds-tls-cert", type=Path, metavar="PATH", help="the controller's certificate (PEM)")
@@ -121,6 +133,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--http-listen", default="127.0.0.1:8877", metavar="HOST:PORT", help="HTTP API, page, feeds"
     )
+    _add_http_security(parser)
     d = EnvoyOptions()
     parser.add_argument(
         "--envoy-listen-address", default=d.listen_address, help="address Envoy's listeners bind"
@@ -143,8 +156,48 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 
+def _add_http_security(parser: argparse.ArgumentParser) -> None:
+    http = parser.add_argument_group("HTTP listener security (who may read the feeds and the API)")
+    http.add_argument(
+        "--feed-token-file",
+        action="append",
+        default=[],
+        metavar="FEED=PATH",
+        help="bearer tokens (one per line) that may read /feed/FEED (authz or ratelimit); repeat per "
+        "feed. A feed without one is read by no one",
+    )
+    http.add_argument(
+        "--api-token-file",
+        metavar="PATH",
+        help="bearer tokens that may read /api/* and the page from other addresses than loopback",
+    )
+    http.add_argument("--http-tls-cert", metavar="PATH", help="serve HTTPS with this certificate (PEM)")
+    http.add_argument("--http-tls-key", metavar="PATH", help="the certificate's private key (PEM)")
+
+
+def http_access(args: argparse.Namespace) -> HttpAccess:
+    """The credentials the flags name; ValueError (the message says which flag) when unusable."""
+    feed_tokens: dict[str, TokenFile] = {}
+    for item in args.feed_token_file:
+        name, sep, path = item.partition("=")
+        if not sep or name not in FEEDS or not path:
+            raise ValueError(
+                f"--feed-token-file {item!r}: expected FEED=PATH with FEED one of {', '.join(FEEDS)}"
+            )
+        feed_tokens[name] = TokenFile(path)
+    api = TokenFile(args.api_token_file) if args.api_token_file else None
+    if bool(args.http_tls_cert) != bool(args.http_tls_key):
+        raise ValueError("--http-tls-cert and --http-tls-key go together")
+    return HttpAccess(feed_tokens=feed_tokens, api_tokens=api)
+
+
 def run(args: argparse.Namespace) -> int:
     setup_logging("controller", args.log_level)
+    try:
+        access = http_access(args)
+    except (ValueError, TokenFileError) as exc:
+        print(f"legation controller: {exc}", file=sys.stderr)
+        return 2
     if args.kubernetes:
         from legation.controller.kubernetes.source import KubernetesOptions, KubernetesSource
 
@@ -165,6 +218,7 @@ def run(args: argparse.Namespace) -> int:
                 lease_seconds=args.lease_duration,
                 renew_seconds=args.lease_renew,
                 gateway=args.gateway,
+                secret_poll_seconds=max(0.1, args.secret_poll_interval),
             )
         )
         description = "kubernetes " + (", ".join(args.namespace) if args.namespace else "(all namespaces)")
@@ -192,6 +246,8 @@ def run(args: argparse.Namespace) -> int:
             description=description,
             xds_listen=args.xds_listen,
             http_listen=args.http_listen,
+            access=access,
+            http_tls=(args.http_tls_cert, args.http_tls_key) if args.http_tls_cert else None,
             grace=args.shutdown_grace,
             gateway=args.gateway,
             xds_security=xds_security,
@@ -257,6 +313,8 @@ async def serve(
     description: str,
     xds_listen: str,
     http_listen: str,
+    access: HttpAccess | None = None,
+    http_tls: tuple[str, str] | None = None,
     grace: float = 2.0,
     gateway: str = DEFAULT_GATEWAY,
     xds_security: XdsSecurity | None = None,
@@ -264,8 +322,9 @@ async def serve(
     security = xds_security or XdsSecurity(None)
     state = ControllerState(source_description=description)
     xds = XdsServer(require_peer=security.credentials is not None)
-    feeds = {"authz": Feed(), "ratelimit": Feed()}
-    http = _HttpServer(create_app(state, xds, feeds), http_listen)  # binds now: a taken port stops us
+    feeds = {name: Feed() for name in FEEDS}
+    app = create_app(state, xds, feeds, access=access)
+    http = _HttpServer(app, http_listen, tls=http_tls)  # binds now: a taken port stops us
     health = Health([SERVICE])
     await health.set_component("pipeline", False)
 
@@ -367,9 +426,14 @@ class _HttpServer(uvicorn.Server):
     """uvicorn on a socket bound up front, without its own signal handling: the gRPC runtime
     owns SIGTERM/SIGINT and stops this server through `should_exit`."""
 
-    def __init__(self, app: FastAPI, listen: str) -> None:
+    def __init__(self, app: FastAPI, listen: str, *, tls: tuple[str, str] | None = None) -> None:
         host, port = split_host_port(listen)
-        super().__init__(uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False))
+        cert, key = tls if tls is not None else (None, None)
+        config = uvicorn.Config(
+            app, log_level="warning", lifespan="off", access_log=False, ssl_certfile=cert, ssl_keyfile=key
+        )
+        config.load()  # reads the certificate now: a bad one stops the controller at start
+        super().__init__(config)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.socket = socket.socket(family, socket.SOCK_STREAM)
         self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

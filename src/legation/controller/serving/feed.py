@@ -5,6 +5,10 @@ services (their contents come from `translate.feeds`).
 src/legation/core/feed_client.py. The protocol is plain HTTP long polling, so curl can read a feed too:
 
     GET /feed/{name}[?version=V][&wait=S]
+    Authorization: Bearer TOKEN
+
+- 401 (a Bearer challenge) without a token of that feed's token file (`serving.access`), whatever
+  the client's address: the authz feed carries the policies' keys;
 
 - 200, the content (application/yaml), `X-Legation-Version` and an ETag: at once when the
   feed's version is not V (or V is absent);
@@ -29,6 +33,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
 
+from legation.controller.serving.access import HttpAccess, unauthorized
 from legation.core.feed_version import VERSION_HEADER, feed_version
 
 __all__ = ["MAX_WAIT", "MEDIA_TYPE", "Feed", "feed_router"]
@@ -126,8 +131,9 @@ def _resolve(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
-def feed_router(feeds: Mapping[str, Feed]) -> APIRouter:
-    """`GET /feed/{name}` for each of `feeds` (see the module docstring)."""
+def feed_router(feeds: Mapping[str, Feed], access: HttpAccess) -> APIRouter:
+    """`GET /feed/{name}` for each of `feeds`, for the holders of its tokens in `access` (see the
+    module docstring)."""
     router = APIRouter()
 
     @router.get("/feed/{name}", response_model=None)
@@ -137,12 +143,16 @@ def feed_router(feeds: Mapping[str, Feed]) -> APIRouter:
         version: Annotated[str | None, Query(max_length=128)] = None,
         wait: Annotated[float, Query(ge=0, allow_inf_nan=False)] = 0.0,
     ) -> Response:
+        authorization = request.headers.get("authorization")
         feed = feeds.get(name)
-        if feed is None:
+        if feed is None and access.holds_a_feed_token(authorization):
             return JSONResponse(
                 {"error": "not_found", "reason": f"no such feed; feeds: {', '.join(sorted(feeds))}"},
                 status_code=404,
             )
+        if feed is None or not access.may_read_feed(name, authorization):
+            status, headers, body = unauthorized(f"feed {name!r} needs a token of its --feed-token-file")
+            return Response(body, status_code=status, headers={k.decode(): v.decode() for k, v in headers})
         if version is None:
             version = _etag_version(request.headers.get("if-none-match"))
         current = await feed.wait(version, min(wait, MAX_WAIT))

@@ -5,6 +5,7 @@ config (envoyproxy/ratelimit's YAML format) for the rate limit service, as YAML 
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import yaml
@@ -12,7 +13,7 @@ import yaml
 from legation.controller.compiler.ir import CompileResult
 from legation.core.yamlfile import SafeDumper
 
-__all__ = ["authz_feed_text", "ratelimit_feed_text"]
+__all__ = ["PRIVATE_JWK_MEMBERS", "authz_feed_text", "public_jwks", "ratelimit_feed_text"]
 
 
 def _dump(documents: list[dict[str, Any]]) -> str:
@@ -30,9 +31,47 @@ def _dump(documents: list[dict[str, Any]]) -> str:
     )
 
 
+PRIVATE_JWK_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth"})
+"""The private parts of RSA, EC and OKP keys: the authz service verifies, it never signs."""
+
+
+def public_jwks(text: str) -> str:
+    """An inline JWKS (or one JWK) without private parts of asymmetric keys (a team may keep its
+    whole key pair in the Secret the policy names): only what the authz service needs leaves the
+    controller. HMAC keys (`kty: oct`) stay whole: they are what verifies. Text that is not a
+    JSON object is left for the authz service to refuse."""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return text
+    if not isinstance(data, dict):
+        return text
+    keys: list[Any] = data["keys"] if isinstance(data.get("keys"), list) else [data]
+    stripped = False
+    for jwk in keys:
+        if isinstance(jwk, dict) and jwk.get("kty") != "oct" and PRIVATE_JWK_MEMBERS & jwk.keys():
+            for member in PRIVATE_JWK_MEMBERS & jwk.keys():
+                del jwk[member]
+            ops = jwk.get("key_ops")
+            if isinstance(ops, list) and "sign" in ops:  # what a private key signs, its public part verifies
+                jwk["key_ops"] = ["verify"]
+            stripped = True
+    return json.dumps(data, sort_keys=True) if stripped else text
+
+
+def _policy_spec(policy: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = policy.spec.model_dump(mode="json", by_alias=True, exclude_defaults=True)
+    for provider in spec.get("providers") or ():
+        jwks = provider.get("jwks") or {}
+        if isinstance(jwks.get("inline"), str):
+            jwks["inline"] = public_jwks(jwks["inline"])
+    return spec
+
+
 def authz_feed_text(result: CompileResult) -> str:
     """The accepted JWTPolicies as multi-document YAML in the CRD form (what the authz service's
-    `load_policy_texts` reads). Metadata is reduced to name and namespace: labels, annotations
+    `load_policy_texts` reads), inline keys reduced to their public parts (`public_jwks`).
+    Metadata is reduced to name and namespace: labels, annotations
     and the API server's bookkeeping (resourceVersion, managedFields…) change often and mean
     nothing to the service, so they must not change the version. Deterministic."""
     documents = [
@@ -40,7 +79,7 @@ def authz_feed_text(result: CompileResult) -> str:
             "apiVersion": policy.api_version,
             "kind": policy.kind,
             "metadata": {"name": policy.metadata.name, "namespace": policy.metadata.namespace},
-            "spec": policy.spec.model_dump(mode="json", by_alias=True, exclude_defaults=True),
+            "spec": _policy_spec(policy),
         }
         for policy in sorted(result.policies, key=lambda p: p.key)
     ]
