@@ -175,7 +175,7 @@ async def test_shadow_mode_reports_but_never_denies() -> None:
     seen: list[str] = []
 
     class Recorder:
-        def decided(self, domain: str, limit: Limit, code: str, values: Sequence[tuple[str, str]]) -> None:
+        def decided(self, domain: str, limit: Limit, code: str, stat_key: str | None) -> None:
             seen.append(code)
 
         def backend(self, seconds: float, error: str | None) -> None:

@@ -10,8 +10,11 @@ untouched (profiling showed per-request object building to matter at these rates
 
 - `keys[i]`: counter i;
 - `params[3i:3i+3]`: bucket_ms, span, addend of counter i (addend 0 = check only);
-- `checks[3j:3j+3]`: counter index (0-based), limit, enforce (1, or 0 for shadow mode):
-  check j passes when `used + max(addend, 1) <= limit`.
+- `checks[3j:3j+3]`: counter index (0-based), limit, mode: check j fails when
+  `used + max(addend, 1) > limit`. Mode 1 (enforced): a failing check denies. Mode 0 (shadow):
+  never denies. Mode 2 + d (quota_mode, descriptor d): denies only when every quota descriptor
+  of the request has a failing check; when admitted, the counters of quota descriptors that
+  are over are not counted (they granted nothing).
 
 Counting, for a counter with bucket size g and span k: the current bucket is b = now // g, and
 buckets b-k … b count. Sliding windows use g = W/20, k = 20; fixed windows use g = W, k = 0.

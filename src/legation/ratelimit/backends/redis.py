@@ -20,15 +20,15 @@ import ssl
 from collections.abc import Sequence
 from importlib import resources
 from typing import Any, Protocol
-from urllib.parse import parse_qs, unquote, urlsplit
 
 from redis import exceptions as rexc
-from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 
 from legation.ratelimit.backends import BackendError, Outcome
+from legation.ratelimit.backends.redis_url import RedisUrl, parse_redis_url
 from legation.ratelimit.backends.resp import ConnectionLost, Endpoint, PipelinedRedis, ReplyError
 
 __all__ = ["RedisBackend", "connect"]
@@ -181,44 +181,46 @@ def _discard(task: asyncio.Future[Any]) -> None:
 
 
 def connect(url: str, *, connect_timeout: float = 0.5) -> RedisBackend:
-    """Build a backend for `url` without connecting: the service starts even while Redis is down."""
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-    if scheme in ("redis+cluster", "rediss+cluster"):
-        base = scheme.split("+")[0]
-        client = RedisCluster.from_url(
-            f"{base}://{parts.netloc}{parts.path}" + (f"?{parts.query}" if parts.query else ""),
+    """Build a backend for `url` without connecting: the service starts even while Redis is down.
+    Raises ValueError (one line) for a URL it cannot use."""
+    target = parse_redis_url(url)
+    if target.kind == "cluster":
+        client = RedisCluster(
+            startup_nodes=[ClusterNode(host, port) for host, port in target.hosts],
+            username=target.username,
+            password=target.password,
+            ssl=target.tls,
+            ssl_ca_certs=target.query.get("ssl_ca_certs"),
+            ssl_cert_reqs=target.query.get("ssl_cert_reqs", "required"),
+            ssl_certfile=target.query.get("ssl_certfile"),
+            ssl_keyfile=target.query.get("ssl_keyfile"),
             socket_connect_timeout=connect_timeout,
             socket_timeout=1.0,
             retry=Retry(NoBackoff(), 0),
         )
         return RedisBackend(_ClusterRunner(client))
-    if scheme in ("redis+sentinel", "rediss+sentinel"):
-        resolve = _sentinel_resolver(parts, query, tls=scheme.startswith("rediss"), timeout=connect_timeout)
-    elif scheme in ("redis", "rediss", "unix"):
-        endpoint = _endpoint(parts, query, scheme)
+    if target.kind == "sentinel":
+        resolve = _sentinel_resolver(target, timeout=connect_timeout)
+    else:
+        endpoint = _endpoint(target)
 
         async def resolve() -> Endpoint:
             return endpoint
-    else:
-        raise ValueError(f"unsupported Redis URL scheme '{parts.scheme}' in {url!r}")
+
     return RedisBackend(_PipelinedRunner(PipelinedRedis(resolve, connect_timeout=connect_timeout)))
 
 
-def _endpoint(parts: Any, query: dict[str, str], scheme: str) -> Endpoint:
-    username = unquote(parts.username) if parts.username else None
-    password = unquote(parts.password) if parts.password else query.get("password")
-    if scheme == "unix":
-        return Endpoint(path=parts.path, username=username, password=password, db=int(query.get("db", 0)))
-    path_db = parts.path.strip("/")
+def _endpoint(target: RedisUrl) -> Endpoint:
+    if target.kind == "unix":
+        return Endpoint(path=target.path, username=target.username, password=target.password, db=target.db)
+    host, port = target.hosts[0]
     return Endpoint(
-        host=parts.hostname or "127.0.0.1",
-        port=parts.port or 6379,
-        tls=_tls_context(query) if scheme == "rediss" else None,
-        username=username,
-        password=password,
-        db=int(path_db or query.get("db", 0)),
+        host=host,
+        port=port,
+        tls=_tls_context(target.query) if target.tls else None,
+        username=target.username,
+        password=target.password,
+        db=target.db,
     )
 
 
@@ -232,28 +234,22 @@ def _tls_context(query: dict[str, str]) -> ssl.SSLContext:
     return context
 
 
-def _sentinel_resolver(parts: Any, query: dict[str, str], *, tls: bool, timeout: float) -> Any:
-    hosts = []
-    for item in parts.netloc.rsplit("@", 1)[-1].split(","):
-        if item:
-            host, _, port = item.rpartition(":")
-            hosts.append((host.strip("[]") or item, int(port or 26379)))
-    path = [p for p in parts.path.split("/") if p]
-    if not hosts or not path:
-        raise ValueError(
-            "sentinel URL needs hosts and a master name: redis+sentinel://h1:26379,h2:26379/mymaster"
-        )
-    name, db = path[0], int(path[1]) if len(path) > 1 else 0
-    password = unquote(parts.password) if parts.password else query.get("password")
-    sentinel = Sentinel(hosts, sentinel_kwargs={"socket_connect_timeout": timeout, "socket_timeout": timeout})
+def _sentinel_resolver(target: RedisUrl, *, timeout: float) -> Any:
+    sentinel = Sentinel(
+        list(target.hosts), sentinel_kwargs={"socket_connect_timeout": timeout, "socket_timeout": timeout}
+    )
 
     async def resolve() -> Endpoint:
         try:
-            host, port = await sentinel.discover_master(name)
+            host, port = await sentinel.discover_master(target.master)
         except rexc.RedisError as exc:
             raise ConnectionLost(f"sentinel: {exc}") from exc
         return Endpoint(
-            host=host, port=int(port), tls=_tls_context(query) if tls else None, password=password, db=db
+            host=host,
+            port=int(port),
+            tls=_tls_context(target.query) if target.tls else None,
+            password=target.password,
+            db=target.db,
         )
 
     return resolve
