@@ -36,7 +36,12 @@ class _Strict(BaseModel):
 
 
 class Replaces(_Strict):
-    name: str = Field(description="Name of a limit that this one replaces when both apply.")
+    name: str = Field(default="", description="Name of a limit that this one replaces when both apply.")
+
+    @field_validator("name", mode="before")
+    @classmethod
+    def _null_is_empty(cls, value: object) -> object:
+        return "" if value is None else value  # `- name:` with nothing: the reference's own message
 
     @model_validator(mode="after")
     def _named(self) -> Replaces:
@@ -85,7 +90,7 @@ class RateLimit(_Strict):
 class Descriptor(_Strict):
     """One level of the descriptor tree: matches one entry of a request descriptor."""
 
-    key: str = Field(description="Descriptor entry key; required.")
+    key: str = Field(default="", description="Descriptor entry key; required.")
     value: str | None = Field(default=None, description="Exact value, `*` wildcards allowed; absent = any.")
     rate_limit: RateLimit | None = None
     rate_limits: list[RateLimit] | None = Field(

@@ -181,6 +181,7 @@ def _limit(d: Descriptor, rl: RateLimit, path: str, algorithm: Algorithm) -> Lim
         replaces=frozenset(r.name for r in rl.replaces),
         detailed=d.detailed_metric,
         quota=d.quota_mode,
+        path=path,
     )
 
 

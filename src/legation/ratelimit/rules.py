@@ -33,6 +33,7 @@ class Limit:
     replaces: frozenset[str] = frozenset()
     detailed: bool = False
     quota: bool = False  # quota_mode: the request is denied only when every quota descriptor is over
+    path: str = ""  # the reference's stats key for this limit (domain.key_value.key)
     key_tag: str = ""  # algorithm and window, part of every counter key
 
 
@@ -49,6 +50,7 @@ def make_limit(
     replaces: frozenset[str] = frozenset(),
     detailed: bool = False,
     quota: bool = False,
+    path: str = "",
 ) -> Limit:
     window_ms = window_seconds * 1000
     if algorithm == "sliding_window":
@@ -68,6 +70,7 @@ def make_limit(
         replaces=replaces,
         detailed=detailed,
         quota=quota,
+        path=path,
         key_tag=f"{tag}{window_ms}",
     )
 
