@@ -25,6 +25,12 @@ descriptors:
   - key: shadow
     shadow_mode: true
     rate_limit: {unit: second, requests_per_unit: 1}
+  - key: quota_a
+    quota_mode: true
+    rate_limit: {unit: minute, requests_per_unit: 1}
+  - key: quota_b
+    quota_mode: true
+    rate_limits: [{unit: minute, requests_per_unit: 2}, {unit: hour, requests_per_unit: 5}]
 """
 RULES = load_config_texts([("c.yaml", CONFIG)]).rules
 
@@ -74,6 +80,17 @@ async def test_all_or_nothing_and_shadow(backend: CounterBackend) -> None:
     assert (await hit(lim, desc("user", "spare"))).statuses[0].remaining == 2
     shadowed = [await hit(lim, desc("shadow", "s2")) for _ in range(3)]
     assert not any(d.over for d in shadowed)
+
+
+async def test_quota_mode_denies_only_when_every_quota_descriptor_is_over(backend: CounterBackend) -> None:
+    lim = Limiter(rules=RULES, backend=backend, timeout=1.0)
+    request = (desc("quota_a", "t"), desc("quota_b", "t"), desc("user", "q"))
+    answers = [await hit(lim, *request) for _ in range(4)]
+    assert [a.over for a in answers] == [False, False, True, True]
+    assert [a.statuses[0].over for a in answers] == [False, True, True, True]
+    # quota_a counted only the hit it granted; user counted the two admitted requests only
+    assert (await hit(lim, desc("user", "q"))).statuses[0].remaining == 0
+    assert answers[3].statuses[0].remaining == 0 and answers[3].statuses[1].remaining == 0
 
 
 async def test_redis_keys_expire_share_a_hash_tag_and_stay_short(redis_proc: RedisProcess) -> None:

@@ -71,7 +71,7 @@ def test_memory_backend_holds_at_most_its_key_cap_under_a_flood_of_distinct_keys
         client.wait_ready()
         first = client.should("edge", [descriptor([("ip", "victim")])])
         assert first.statuses[0].limit_remaining == 999_999
-        for batch in range(20):  # 20 × 500 = 10,000 distinct live keys (an hour window each)
+        for batch in range(20):  # 20 x 500 = 10,000 distinct live keys (an hour window each)
             descriptors = [descriptor([("ip", f"flood-{batch}-{i}")]) for i in range(500)]
             assert client.should("edge", descriptors).overall_code == OK
         text = service.metrics_text()

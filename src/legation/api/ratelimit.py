@@ -152,6 +152,11 @@ class DomainConfig(_Strict):
     def _null_is_empty(cls, value: object) -> object:
         return [] if value is None else value  # `descriptors:` with nothing under it, as the reference
 
+    @field_validator("domain", mode="before")
+    @classmethod
+    def _null_domain(cls, value: object) -> object:
+        return "" if value is None else value  # `domain:` with nothing: the empty-domain error
+
     @field_validator("domain")
     @classmethod
     def _named(cls, domain: str) -> str:

@@ -110,9 +110,12 @@ def _int(text: str, what: str) -> int:
 
 
 def _masked(url: str) -> str:
-    """The URL with its password (in the userinfo or ?password=) replaced by ***."""
+    """The URL as given, with its password (in the userinfo or ?password=) replaced by ***."""
     parts = urlsplit(url)
     userinfo, at, hostlist = parts.netloc.rpartition("@")
+    has_query_password = "password" in parse_qs(parts.query)
+    if ":" not in userinfo and not has_query_password:
+        return url
     if ":" in userinfo:
         userinfo = userinfo.split(":", 1)[0] + ":***"
     query = "&".join(
