@@ -102,11 +102,11 @@ async def test_redis_keys_expire_share_a_hash_tag_and_stay_short(redis_proc: Red
     keys = client.keys("*")
     assert len(keys) == 3
     for key in keys:
-        assert key.startswith(b"lg:{d}:") and len(key) < 250
+        assert key.startswith(b"lg:{d:") and len(key) < 250
         ttl = client.pttl(key)
         assert 0 < ttl <= 60_000 + 3_000 + 1
     tags = {k[k.index(b"{") + 1 : k.index(b"}")] for k in keys}
-    assert tags == {b"d"}  # one hash tag, so one slot: a Cluster never answers CROSSSLOT
+    assert len(tags) == 3  # a hash tag per descriptor: a Cluster spreads them (see slots.py)
     await backend.close()
 
 

@@ -101,9 +101,17 @@ _OK = DescriptorStatus(over=False)
 
 
 def counter_key(
-    domain: str, limit: Limit, entries: Sequence[tuple[str, str]], shared: Sequence[str | None] = ()
+    domain: str,
+    limit: Limit,
+    entries: Sequence[tuple[str, str]],
+    shared: Sequence[str | None] = (),
+    *,
+    colocate: bool = False,
 ) -> str:
-    """`lg:{domain}:s60000:<entries>`: the hash tag keeps one request's keys in one slot.
+    """`lg:{domain:<entries>}:s60000`: the hash tag is the descriptor, so in a Redis Cluster
+    different users, addresses and routes land on different slots while one descriptor's limits
+    (one per window) stay together. `colocate` (quota mode) tags with the domain alone,
+    `lg:{domain}:s60000:<entries>`: quota descriptors are decided together, so they share a slot.
 
     An entry whose value shares its wildcard's counter (`shared[i]`, share_threshold) is written
     as `*` and the pattern, so it never collides with a literal value."""
@@ -114,11 +122,13 @@ def counter_key(
         )
     else:
         body = "".join(f"{len(k)}.{k}{len(v)}.{v}" for k, v in entries)
-    if len(body) > MAX_KEY_BODY:
+    if len(body) > MAX_KEY_BODY or "}" in body:  # a `}` would end the hash tag early
         body = "#" + hashlib.blake2b(body.encode(), digest_size=16).hexdigest()
-    if len(domain) > 64 or "{" in domain or "}" in domain:
+    if len(domain) > 64 or "{" in domain or "}" in domain or ":" in domain:
         domain = "#" + hashlib.blake2b(domain.encode(), digest_size=8).hexdigest()
-    return f"lg:{{{domain}}}:{limit.key_tag}:{body}"
+    if colocate:
+        return f"lg:{{{domain}}}:{limit.key_tag}:{body}"
+    return f"lg:{{{domain}:{body}}}:{limit.key_tag}"
 
 
 class Limiter:
@@ -207,7 +217,10 @@ class Limiter:
         cache_key = (domain, d.entries)
         plan = self._plans.get(cache_key)
         if plan is None:
-            plan = self._plans.put(cache_key, _plan_for(domain, d.entries, rules.match(domain, d.entries)))
+            found = rules.match(domain, d.entries)
+            plan = self._plans.put(
+                cache_key, _plan_for(domain, d.entries, found, quota_mode=self._quota_mode)
+            )
         return plan
 
     def _override(self, override: tuple[int, int]) -> Limit:
@@ -296,10 +309,15 @@ def _stricter(a: DescriptorStatus, b: DescriptorStatus) -> bool:
     return a.reset_ms > b.reset_ms
 
 
-def _plan_for(domain: str, entries: tuple[tuple[str, str], ...], match: Match | None) -> _Plan:
+def _plan_for(
+    domain: str, entries: tuple[tuple[str, str], ...], match: Match | None, *, quota_mode: bool
+) -> _Plan:
     if match is None:
         return _NO_PLAN
-    counters = tuple((limit, counter_key(domain, limit, entries, match.shared)) for limit in match.limits)
+    counters = tuple(
+        (limit, counter_key(domain, limit, entries, match.shared, colocate=quota_mode or limit.quota))
+        for limit in match.limits
+    )
     return _Plan(counters, match.stat_key, match.metadata)
 
 

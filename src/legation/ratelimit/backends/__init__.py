@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import NamedTuple, Protocol
 
-__all__ = ["BackendError", "CounterBackend", "Outcome"]
+__all__ = ["BackendError", "CounterBackend", "Outcome", "verdict"]
 
 
 class BackendError(Exception):
@@ -56,3 +56,19 @@ class CounterBackend(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+def verdict(params: Sequence[int], checks: Sequence[int], used: Sequence[int]) -> set[int] | None:
+    """The checks' verdict, as window.lua gives it: None = denied, else the counters not to count
+    (those of quota descriptors that are over)."""
+    quota_over: dict[int, bool] = {}
+    for j in range(0, len(checks), 3):
+        i, mode = checks[j], checks[j + 2]
+        fails = used[i] + (params[3 * i + 2] or 1) > checks[j + 1]
+        if mode == 1 and fails:
+            return None
+        if mode >= 2:
+            quota_over[mode] = quota_over.get(mode, False) or fails
+    if quota_over and all(quota_over.values()):
+        return None
+    return {checks[j] for j in range(0, len(checks), 3) if quota_over.get(checks[j + 2], False)}

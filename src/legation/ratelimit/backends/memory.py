@@ -9,7 +9,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 
-from legation.ratelimit.backends import Outcome
+from legation.ratelimit.backends import Outcome, verdict
 
 __all__ = ["MemoryBackend"]
 
@@ -37,22 +37,6 @@ class _Counter:
         else:
             buckets.append([bucket, hits])
         self.total += hits
-
-
-def _refused(params: Sequence[int], checks: Sequence[int], used: Sequence[int]) -> set[int] | None:
-    """The checks' verdict, as window.lua gives it: None = denied, else the counters not to count
-    (those of quota descriptors that are over)."""
-    quota_over: dict[int, bool] = {}
-    for j in range(0, len(checks), 3):
-        i, mode = checks[j], checks[j + 2]
-        fails = used[i] + (params[3 * i + 2] or 1) > checks[j + 1]
-        if mode == 1 and fails:
-            return None
-        if mode >= 2:
-            quota_over[mode] = quota_over.get(mode, False) or fails
-    if quota_over and all(quota_over.values()):
-        return None
-    return {checks[j] for j in range(0, len(checks), 3) if quota_over.get(checks[j + 2], False)}
 
 
 # Default cap on counters: about 1.2 KB each with their bookkeeping, so ~120 MB at the cap.
@@ -109,7 +93,7 @@ class MemoryBackend:
                 total, first_seen = counter.count(now // params[3 * i] - params[3 * i + 1])
                 used.append(total)
                 oldest.append(first_seen)
-        skip = _refused(params, checks, used)
+        skip = verdict(params, checks, used)
         if skip is None:
             return Outcome(now, False, used, oldest)
         for i, key in enumerate(keys):

@@ -30,6 +30,7 @@ from redis.backoff import NoBackoff
 from legation.ratelimit.backends import BackendError, Outcome
 from legation.ratelimit.backends.redis_url import RedisUrl, parse_redis_url
 from legation.ratelimit.backends.resp import ConnectionLost, Endpoint, PipelinedRedis, ReplyError
+from legation.ratelimit.backends.slots import SlotGroups
 
 __all__ = ["RedisBackend", "connect"]
 
@@ -37,6 +38,7 @@ log = logging.getLogger("legation.ratelimit.redis")
 
 SCRIPT = resources.files("legation.ratelimit.backends").joinpath("window.lua").read_text()
 SCRIPT_SHA = hashlib.sha1(SCRIPT.encode()).hexdigest()
+REFUND = resources.files("legation.ratelimit.backends").joinpath("refund.lua").read_text()
 
 
 class _Runner(Protocol):
@@ -53,6 +55,8 @@ class _Runner(Protocol):
 class RedisBackend:
     def __init__(self, runner: _Runner, *, probe_interval: float = 0.1, probe_max: float = 1.0) -> None:
         self._runner = runner
+        if isinstance(runner, _ClusterRunner):
+            self._spread = SlotGroups(runner)
         self._down = False
         self._probe: asyncio.Task[None] | None = None
         self._probe_interval = probe_interval
@@ -72,6 +76,8 @@ class RedisBackend:
         for j in range(0, len(checks), 3):
             args += (checks[j] + 1, checks[j + 1], checks[j + 2])
         try:
+            if isinstance(self._runner, _ClusterRunner):
+                return await self._spread.apply(keys, params, checks, timeout=timeout)
             reply = await self._runner.run(keys, args, timeout)
         except TimeoutError as exc:
             raise BackendError("timeout", f"redis did not answer within {timeout * 1000:.0f} ms") from exc
@@ -147,22 +153,14 @@ class _ClusterRunner:
     def __init__(self, client: Any) -> None:
         self._client = client
         self._script = client.register_script(SCRIPT)
+        self._refund = client.register_script(REFUND)
 
     async def run(self, keys: Sequence[str], args: Sequence[int], timeout: float) -> list[int]:
         call = asyncio.ensure_future(self._script(keys=list(keys), args=list(args)))
-        done, _ = await asyncio.wait((call,), timeout=timeout)
-        if not done:
-            call.cancel()
-            call.add_done_callback(_discard)
-            raise TimeoutError
-        try:
-            return call.result()  # type: ignore[no-any-return]
-        except rexc.TimeoutError as exc:
-            raise TimeoutError from exc
-        except rexc.ConnectionError as exc:
-            raise ConnectionLost(str(exc)) from exc
-        except rexc.RedisError as exc:
-            raise BackendError("error", f"redis error: {exc}") from exc
+        return await _within(call, timeout)  # type: ignore[no-any-return]
+
+    async def refund(self, keys: Sequence[str], args: Sequence[int], timeout: float) -> None:
+        await _within(asyncio.ensure_future(self._refund(keys=list(keys), args=list(args))), timeout)
 
     async def ping(self) -> None:
         try:
@@ -173,6 +171,22 @@ class _ClusterRunner:
     async def close(self) -> None:
         with contextlib.suppress(Exception):
             await self._client.aclose()
+
+
+async def _within(call: asyncio.Future[Any], timeout: float) -> Any:
+    done, _ = await asyncio.wait((call,), timeout=timeout)
+    if not done:
+        call.cancel()
+        call.add_done_callback(_discard)
+        raise TimeoutError
+    try:
+        return call.result()
+    except rexc.TimeoutError as exc:
+        raise TimeoutError from exc
+    except rexc.ConnectionError as exc:
+        raise ConnectionLost(str(exc)) from exc
+    except rexc.RedisError as exc:
+        raise BackendError("error", f"redis error: {exc}") from exc
 
 
 def _discard(task: asyncio.Future[Any]) -> None:
