@@ -140,6 +140,8 @@ def run(args: argparse.Namespace) -> int:
         merge_domains=args.merge_domain_config,
     )
     problem = _check_addresses(args)
+    if args.check and args.config is None:
+        problem = "--check validates a --config file or directory, not a feed"
     if problem:
         print(f"legation ratelimit: {problem}", file=sys.stderr)
         return 1
