@@ -25,6 +25,12 @@ descriptors:
   - key: shadow
     shadow_mode: true
     rate_limit: {unit: second, requests_per_unit: 1}
+  - key: quota_a
+    quota_mode: true
+    rate_limit: {unit: minute, requests_per_unit: 1}
+  - key: quota_b
+    quota_mode: true
+    rate_limits: [{unit: minute, requests_per_unit: 2}, {unit: hour, requests_per_unit: 5}]
 """
 RULES = load_config_texts([("c.yaml", CONFIG)]).rules
 
@@ -76,6 +82,17 @@ async def test_all_or_nothing_and_shadow(backend: CounterBackend) -> None:
     assert not any(d.over for d in shadowed)
 
 
+async def test_quota_mode_denies_only_when_every_quota_descriptor_is_over(backend: CounterBackend) -> None:
+    lim = Limiter(rules=RULES, backend=backend, timeout=1.0)
+    request = (desc("quota_a", "t"), desc("quota_b", "t"), desc("user", "q"))
+    answers = [await hit(lim, *request) for _ in range(4)]
+    assert [a.over for a in answers] == [False, False, True, True]
+    assert [a.statuses[0].over for a in answers] == [False, True, True, True]
+    # quota_a counted only the hit it granted; user counted the two admitted requests only
+    assert (await hit(lim, desc("user", "q"))).statuses[0].remaining == 0
+    assert answers[3].statuses[0].remaining == 0 and answers[3].statuses[1].remaining == 0
+
+
 async def test_redis_keys_expire_share_a_hash_tag_and_stay_short(redis_proc: RedisProcess) -> None:
     redis_proc.command("FLUSHALL")
     backend = connect(redis_proc.url)
@@ -85,11 +102,11 @@ async def test_redis_keys_expire_share_a_hash_tag_and_stay_short(redis_proc: Red
     keys = client.keys("*")
     assert len(keys) == 3
     for key in keys:
-        assert key.startswith(b"lg:{d}:") and len(key) < 250
+        assert key.startswith(b"lg:{d:") and len(key) < 250
         ttl = client.pttl(key)
         assert 0 < ttl <= 60_000 + 3_000 + 1
     tags = {k[k.index(b"{") + 1 : k.index(b"}")] for k in keys}
-    assert tags == {b"d"}  # one hash tag, so one slot: a Cluster never answers CROSSSLOT
+    assert len(tags) == 3  # a hash tag per descriptor: a Cluster spreads them (see slots.py)
     await backend.close()
 
 

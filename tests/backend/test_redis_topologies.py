@@ -176,9 +176,9 @@ async def test_cluster_without_crossslot(launch: Launcher, tmp_path: Path) -> No
     for port in ports[1:]:
         clients[0].execute_command("CLUSTER", "MEET", HOST, port)
     wait_for(lambda: all(_cluster_ok(c) for c in clients), timeout=20, what="cluster state ok")
-    # four descriptors with different values: four keys, one slot, one script call
+    # four descriptors with different values: four keys over the slots, one script call per slot group
     await three_then_denied(f"redis+cluster://{HOST}:{ports[0]}", "cluster", descriptors=4)
-    # several domains spread over the nodes; every key of one request stays in one slot
+    # several requests of two descriptors each, spread over the nodes, never CROSSSLOT
     for value in ("a", "b", "c"):
         await three_then_denied(f"redis+cluster://{HOST}:{ports[1]}", value, descriptors=2)
     assert sum(len(c.keys("lg:*")) for c in clients) == 4 + 3 * 2
@@ -191,7 +191,7 @@ def _cluster_ok(client: redis_sync.Redis) -> bool:
 
 
 def test_unsupported_scheme_is_a_clear_error() -> None:
-    with pytest.raises(ValueError, match="unsupported Redis URL scheme 'memcached'"):
+    with pytest.raises(ValueError, match="unsupported scheme 'memcached'"):
         connect("memcached://127.0.0.1:11211")
     with pytest.raises(ValueError, match="master name"):
         connect("redis+sentinel://127.0.0.1:26379")

@@ -175,7 +175,7 @@ async def test_shadow_mode_reports_but_never_denies() -> None:
     seen: list[str] = []
 
     class Recorder:
-        def decided(self, domain: str, limit: Limit, code: str, values: Sequence[tuple[str, str]]) -> None:
+        def decided(self, domain: str, limit: Limit, code: str, stat_key: str | None) -> None:
             seen.append(code)
 
         def backend(self, seconds: float, error: str | None) -> None:
@@ -226,12 +226,15 @@ async def test_descriptor_limit_override_from_envoy() -> None:
 def test_counter_keys_are_bounded_unambiguous_and_tagged() -> None:
     (limit,) = rules().lookup("d", [("ip", "x")]) or ()
     short = counter_key("d", limit, [("ip", "10.0.0.1")])
-    assert short == "lg:{d}:s1000:2.ip8.10.0.0.1"
+    assert short == "lg:{d:2.ip8.10.0.0.1}:s1000"  # the descriptor is the Cluster hash tag
+    assert counter_key("d", limit, [("ip", "10.0.0.1")], colocate=True) == "lg:{d}:s1000:2.ip8.10.0.0.1"
     long_key = counter_key("d", limit, [("ip", "v" * 100_000)])
-    assert len(long_key) < 80 + MAX_KEY_BODY and long_key.startswith("lg:{d}:s1000:#")
+    assert len(long_key) < 80 + MAX_KEY_BODY and long_key.startswith("lg:{d:#")
     assert counter_key("d", limit, [("a", "b|c")]) != counter_key("d", limit, [("a", "b"), ("c", "")])
-    weird = counter_key("x{y}" * 40, limit, [("ip", "1")])
-    assert weird.count("{") == 1 and weird.count("}") == 1
+    for weird in (counter_key("x{y}" * 40, limit, [("ip", "1")]), counter_key("d", limit, [("ip", "a}b{")])):
+        assert weird.count("{") == 1 and weird.count("}") == 1
+    shared = counter_key("d", limit, [("ip", "1*")], ["1*"])
+    assert shared != counter_key("d", limit, [("ip", "1*")])  # a shared counter never meets a literal value
 
 
 class FailingBackend:

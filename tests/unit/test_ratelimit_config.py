@@ -171,7 +171,7 @@ def test_duplicate_domain_across_files(tmp_path: Path) -> None:
     with pytest.raises(ConfigErrors) as info:
         load_config(tmp_path)
     assert [str(e) for e in info.value.errors] == [
-        f"{tmp_path / 'b.yaml'}:2: domain: duplicate domain 'same' (also in {tmp_path / 'a.yaml'})"
+        f"{tmp_path / 'b.yaml'}:2: domain: duplicate domain 'same' in config file (also in {tmp_path / 'a.yaml'})"
     ]
 
 

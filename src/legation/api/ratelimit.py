@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator, model_validator
 
 __all__ = ["UNIT_SECONDS", "Algorithm", "Descriptor", "DomainConfig", "RateLimit", "Replaces"]
 
@@ -36,7 +36,12 @@ class _Strict(BaseModel):
 
 
 class Replaces(_Strict):
-    name: str = Field(description="Name of a limit that this one replaces when both apply.")
+    name: str = Field(default="", description="Name of a limit that this one replaces when both apply.")
+
+    @field_validator("name", mode="before")
+    @classmethod
+    def _null_is_empty(cls, value: object) -> object:
+        return "" if value is None else value  # `- name:` with nothing: the reference's own message
 
     @model_validator(mode="after")
     def _named(self) -> Replaces:
@@ -85,20 +90,41 @@ class RateLimit(_Strict):
 class Descriptor(_Strict):
     """One level of the descriptor tree: matches one entry of a request descriptor."""
 
-    key: str = Field(description="Descriptor entry key; required.")
+    key: str = Field(default="", description="Descriptor entry key; required.")
     value: str | None = Field(default=None, description="Exact value, `*` wildcards allowed; absent = any.")
     rate_limit: RateLimit | None = None
     rate_limits: list[RateLimit] | None = Field(
         default=None, description="Extension: several limits; the strictest decides."
     )
-    descriptors: list[Descriptor] = Field(default_factory=list)
+    descriptors: list[Descriptor] = Field(default_factory=list, description="Nested levels; null = none.")
     shadow_mode: bool = Field(default=False, description="Count and report, never deny.")
+    quota_mode: bool = Field(
+        default=False, description="Over the limit only counts when every quota descriptor of the request is."
+    )
     detailed_metric: bool = Field(default=False, description="Label metrics with the full value.")
+    value_to_metric: bool = Field(default=False, description="Put the request's value in the metric name.")
+    share_threshold: bool = Field(
+        default=False, description="Every value matching this wildcard shares one counter."
+    )
+    metadata: dict[str, JsonValue] | None = Field(
+        default=None, description="Arbitrary data, returned as response dynamic metadata when enabled."
+    )
+
+    @field_validator("descriptors", mode="before")
+    @classmethod
+    def _null_is_empty(cls, value: object) -> object:
+        return [] if value is None else value  # `descriptors:` with nothing under it, as the reference
 
     @model_validator(mode="after")
     def _valid(self) -> Descriptor:
         if not self.key:
             raise ValueError("descriptor has empty key")
+        if self.share_threshold and "*" not in (self.value or ""):
+            composite = self.key + (f"_{self.value}" if self.value else "")
+            raise ValueError(
+                "share_threshold can only be used with wildcard values (containing '*'), "
+                f"but found key '{composite}'"
+            )
         if self.rate_limit is not None and self.rate_limits is not None:
             raise ValueError("use either rate_limit or rate_limits, not both")
         if self.rate_limits is not None and not self.rate_limits:
@@ -118,8 +144,18 @@ class DomainConfig(_Strict):
     domain: str = Field(
         default="", validate_default=True, description="The domain Envoy names in its requests."
     )
-    descriptors: list[Descriptor] = Field(default_factory=list)
+    descriptors: list[Descriptor] = Field(default_factory=list, description="Null = none.")
     algorithm: Algorithm = Field(default="sliding_window", description="Extension: default algorithm.")
+
+    @field_validator("descriptors", mode="before")
+    @classmethod
+    def _null_is_empty(cls, value: object) -> object:
+        return [] if value is None else value  # `descriptors:` with nothing under it, as the reference
+
+    @field_validator("domain", mode="before")
+    @classmethod
+    def _null_domain(cls, value: object) -> object:
+        return "" if value is None else value  # `domain:` with nothing: the empty-domain error
 
     @field_validator("domain")
     @classmethod

@@ -6,7 +6,10 @@ import argparse
 import asyncio
 import dataclasses
 import functools
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, NoReturn
 
 from legation.core.feed_auth import FeedAuth
 from legation.core.grpc_runtime import Health, ServerSettings, run_server
@@ -20,9 +23,10 @@ from legation.core.service_main import (
     run_service,
 )
 from legation.ratelimit.backends import CounterBackend
+from legation.ratelimit.backends.memory import DEFAULT_MAX_KEYS
 from legation.ratelimit.config import LoadedConfig, compile_rules, load_config, load_config_texts
 from legation.ratelimit.limiter import FailureMode, Limiter
-from legation.ratelimit.metrics import CONFIG_INFO, CONFIG_LOADS, Metrics
+from legation.ratelimit.metrics import CONFIG_INFO, CONFIG_LOADS, MEMORY_EVICTIONS, MEMORY_KEYS, Metrics
 from legation.ratelimit.server import SERVICE, RateLimitServicer
 
 __all__ = ["Settings", "add_arguments", "run"]
@@ -54,6 +58,14 @@ class Settings:
     """Add RateLimit-Limit/Remaining/Reset to response_headers_to_add."""
     grace: float = 10.0
     """Seconds in-flight calls get to finish on SIGTERM."""
+    memory_max_keys: int = DEFAULT_MAX_KEYS
+    """In-memory backend: most counters held; past it, expired then soonest-expiring ones go."""
+    quota_mode: bool = False
+    """Every limit in quota mode (the reference's QUOTA_MODE)."""
+    response_dynamic_metadata: bool = False
+    """Return request and matched metadata as dynamic metadata (RESPONSE_DYNAMIC_METADATA)."""
+    merge_domains: bool = False
+    """Join files that name the same domain (MERGE_DOMAIN_CONFIG)."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -67,7 +79,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--redis-url",
         metavar="URL",
-        help="redis://, rediss://, unix://, redis+sentinel://, redis+cluster://; none = in-memory",
+        type=_redis_url,
+        help="redis://, rediss://, unix://, redis+sentinel://h1,h2/master, redis+cluster://h1,h2; "
+        "none = in-memory",
     )
     parser.add_argument(
         "--failure-mode",
@@ -78,7 +92,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--backend-timeout",
-        type=float,
+        type=_positive(float),
         default=d.backend_timeout,
         metavar="SECONDS",
         help="longest wait for the backend per decision (default %(default)s)",
@@ -88,6 +102,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="add RateLimit-Limit/-Remaining/-Reset headers to responses",
     )
+    parser.add_argument(
+        "--memory-max-keys",
+        type=_positive(int),
+        default=d.memory_max_keys,
+        metavar="N",
+        help="in-memory backend: most counters held (default %(default)s); at the cap, expired "
+        "counters go first, then those expiring soonest",
+    )
+    parser.add_argument(
+        "--quota-mode", action="store_true", help="every limit in quota mode (the reference's QUOTA_MODE)"
+    )
+    parser.add_argument(
+        "--response-dynamic-metadata",
+        action="store_true",
+        help="return the request and the matched descriptors' metadata as dynamic metadata",
+    )
+    parser.add_argument(
+        "--merge-domain-config",
+        action="store_true",
+        help="join config files that name the same domain (the reference's MERGE_DOMAIN_CONFIG)",
+    )
+    _one_line_errors(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -103,10 +139,20 @@ def run(args: argparse.Namespace) -> int:
         backend_timeout=args.backend_timeout,
         response_headers=args.response_headers,
         grace=args.shutdown_grace,
+        memory_max_keys=args.memory_max_keys,
+        quota_mode=args.quota_mode,
+        response_dynamic_metadata=args.response_dynamic_metadata,
+        merge_domains=args.merge_domain_config,
     )
+    problem = _check_addresses(args)
+    if args.check and args.config is None:
+        problem = "--check validates a --config file or directory, not a feed"
+    if problem:
+        print(f"legation ratelimit: {problem}", file=sys.stderr)
+        return 1
     return run_service(
         args,
-        load=load_config,
+        load=functools.partial(load_config, merge_domains=settings.merge_domains),
         summary=lambda loaded: (
             f"{len(loaded.domains)} domain(s) in {len(loaded.files)} file(s), version {loaded.version}"
         ),
@@ -121,13 +167,63 @@ def make_backend(settings: Settings) -> CounterBackend:
         return connect(settings.redis_url)
     from legation.ratelimit.backends.memory import MemoryBackend
 
-    return MemoryBackend()
+    backend = MemoryBackend(
+        max_keys=settings.memory_max_keys,
+        on_evict=lambda reason, n: MEMORY_EVICTIONS.labels(reason).inc(n),
+    )
+    MEMORY_KEYS.set_function(lambda: len(backend))
+    return backend
 
 
-def feed_config(source: str, version: str, content: str) -> LoadedConfig:
+def feed_config(source: str, version: str, content: str, *, merge_domains: bool = False) -> LoadedConfig:
     """The config in one version of the rate-limit feed; its version is the feed's, so that the
     service reports the version the controller published."""
-    return dataclasses.replace(load_config_texts([(f"{source}@{version}", content)]), version=version)
+    loaded = load_config_texts([(f"{source}@{version}", content)], merge_domains=merge_domains)
+    return dataclasses.replace(loaded, version=version)
+
+
+def _redis_url(value: str) -> str:
+    from legation.ratelimit.backends.redis_url import parse_redis_url
+
+    try:
+        parse_redis_url(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return value
+
+
+def _positive(kind: type[float] | type[int]) -> Callable[[str], Any]:
+    def parse(value: str) -> Any:
+        try:
+            number = kind(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{value}' is not a {kind.__name__}") from None
+        if number <= 0:
+            raise argparse.ArgumentTypeError(f"'{value}' must be above 0")
+        return number
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def _one_line_errors(parser: argparse.ArgumentParser) -> None:
+    """A bad flag ends in one line on stderr and exit 1, not argparse's usage block and exit 2."""
+
+    def error(message: str) -> NoReturn:
+        print(f"legation ratelimit: {message} (see legation ratelimit --help)", file=sys.stderr)
+        sys.exit(1)
+
+    parser.error = error  # type: ignore[method-assign]
+
+
+def _check_addresses(args: argparse.Namespace) -> str | None:
+    for flag, value in (("--listen", args.listen), ("--metrics-listen", args.metrics_listen)):
+        if value is None:
+            continue
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            return f"{flag} '{value}': expected HOST:PORT, e.g. 127.0.0.1:8081"
+    return None
 
 
 async def serve(settings: Settings, loaded: LoadedConfig | None) -> None:
@@ -140,8 +236,13 @@ async def serve(settings: Settings, loaded: LoadedConfig | None) -> None:
         timeout=settings.backend_timeout,
         failure_mode=settings.failure_mode,
         observer=Metrics(),
+        quota_mode=settings.quota_mode,
     )
-    servicer = RateLimitServicer(limiter, response_headers=settings.response_headers)
+    servicer = RateLimitServicer(
+        limiter,
+        response_headers=settings.response_headers,
+        dynamic_metadata=settings.response_dynamic_metadata,
+    )
     health = Health([SERVICE])
     await health.set_component(CONFIG_COMPONENT, loaded is not None)
     source = {"files": list(loaded.files)} if loaded is not None else {"url": settings.config_url}
@@ -176,8 +277,10 @@ async def serve(settings: Settings, loaded: LoadedConfig | None) -> None:
                 component=CONFIG_COMPONENT,
                 path=settings.config,
                 url=settings.config_url,
-                load_file=lambda: load_config(settings.config or ""),
-                load_feed=lambda v, content: feed_config(settings.config_url or "", v, content),
+                load_file=lambda: load_config(settings.config or "", merge_domains=settings.merge_domains),
+                load_feed=lambda v, content: feed_config(
+                    settings.config_url or "", v, content, merge_domains=settings.merge_domains
+                ),
                 apply=apply,
                 auth=settings.feed_auth,
             ),

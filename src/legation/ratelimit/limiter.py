@@ -10,11 +10,11 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Sequence
-from typing import Literal, NamedTuple, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
 from legation.core.memo import Memo
 from legation.ratelimit.backends import BackendError, CounterBackend, Outcome
-from legation.ratelimit.rules import Limit, RuleSet, make_limit
+from legation.ratelimit.rules import Limit, Match, RuleSet, make_limit
 
 __all__ = [
     "Decision",
@@ -35,6 +35,8 @@ MAX_KEY_BODY = 160
 MAX_ADDEND = 2**31
 # Descriptors whose limits and counter keys are remembered (cleared whole when full).
 PLAN_CACHE_SIZE = 50_000
+# A check's mode at or above this is a quota check of descriptor (mode - QUOTA); see backends.
+QUOTA = 2
 
 _UNIT_SECONDS = {1: 1, 2: 60, 3: 3600, 4: 86400, 5: 30 * 86400, 6: 365 * 86400, 7: 7 * 86400}
 
@@ -58,6 +60,18 @@ class DescriptorStatus(NamedTuple):
     limit: Limit | None = None  # the limit reported back (the strictest), None = no limit
     remaining: int = 0
     reset_ms: int = 0
+    metadata: dict[str, Any] | None = None  # the matched descriptor's `metadata:`
+
+
+class _Plan(NamedTuple):
+    """One descriptor's limits with their counter keys, and its metric label and metadata."""
+
+    counters: tuple[tuple[Limit, str], ...]
+    stat_key: str | None = None
+    metadata: dict[str, Any] | None = None
+
+
+_NO_PLAN = _Plan(())
 
 
 class Decision(NamedTuple):
@@ -68,13 +82,15 @@ class Decision(NamedTuple):
 class Observer(Protocol):
     """Told about every decided limit (metrics); must be cheap."""
 
-    def decided(self, domain: str, limit: Limit, code: str, values: Sequence[tuple[str, str]]) -> None: ...
+    def decided(self, domain: str, limit: Limit, code: str, stat_key: str | None) -> None:
+        """`stat_key`: the reference's stats key where it names runtime values, else None."""
+        ...
 
     def backend(self, seconds: float, error: str | None) -> None: ...
 
 
 class _NullObserver:
-    def decided(self, domain: str, limit: Limit, code: str, values: Sequence[tuple[str, str]]) -> None:
+    def decided(self, domain: str, limit: Limit, code: str, stat_key: str | None) -> None:
         return None
 
     def backend(self, seconds: float, error: str | None) -> None:
@@ -84,14 +100,35 @@ class _NullObserver:
 _OK = DescriptorStatus(over=False)
 
 
-def counter_key(domain: str, limit: Limit, entries: Sequence[tuple[str, str]]) -> str:
-    """`lg:{domain}:s60000:<entries>`: the hash tag keeps one request's keys in one slot."""
-    body = "".join(f"{len(k)}.{k}{len(v)}.{v}" for k, v in entries)
-    if len(body) > MAX_KEY_BODY:
+def counter_key(
+    domain: str,
+    limit: Limit,
+    entries: Sequence[tuple[str, str]],
+    shared: Sequence[str | None] = (),
+    *,
+    colocate: bool = False,
+) -> str:
+    """`lg:{domain:<entries>}:s60000`: the hash tag is the descriptor, so in a Redis Cluster
+    different users, addresses and routes land on different slots while one descriptor's limits
+    (one per window) stay together. `colocate` (quota mode) tags with the domain alone,
+    `lg:{domain}:s60000:<entries>`: quota descriptors are decided together, so they share a slot.
+
+    An entry whose value shares its wildcard's counter (`shared[i]`, share_threshold) is written
+    as `*` and the pattern, so it never collides with a literal value."""
+    if shared:
+        body = "".join(
+            f"{len(k)}.{k}{len(v)}.{v}" if p is None else f"{len(k)}.{k}*{len(p)}.{p}"
+            for (k, v), p in zip(entries, shared, strict=True)
+        )
+    else:
+        body = "".join(f"{len(k)}.{k}{len(v)}.{v}" for k, v in entries)
+    if len(body) > MAX_KEY_BODY or "}" in body:  # a `}` would end the hash tag early
         body = "#" + hashlib.blake2b(body.encode(), digest_size=16).hexdigest()
-    if len(domain) > 64 or "{" in domain or "}" in domain:
+    if len(domain) > 64 or "{" in domain or "}" in domain or ":" in domain:
         domain = "#" + hashlib.blake2b(domain.encode(), digest_size=8).hexdigest()
-    return f"lg:{{{domain}}}:{limit.key_tag}:{body}"
+    if colocate:
+        return f"lg:{{{domain}}}:{limit.key_tag}:{body}"
+    return f"lg:{{{domain}:{body}}}:{limit.key_tag}"
 
 
 class Limiter:
@@ -104,6 +141,7 @@ class Limiter:
         failure_mode: FailureMode = "unavailable",
         max_inflight: int = 1024,
         observer: Observer | None = None,
+        quota_mode: bool = False,
     ) -> None:
         self.rules = rules
         self._backend = backend
@@ -112,10 +150,9 @@ class Limiter:
         self._max_inflight = max_inflight
         self._inflight = 0
         self._observer: Observer = observer or _NullObserver()
+        self._quota_mode = quota_mode  # every limit in quota mode (the reference's QUOTA_MODE)
         self._override_limits: dict[tuple[int, int], Limit] = {}
-        self._plans: Memo[tuple[str, tuple[tuple[str, str], ...]], Sequence[tuple[Limit, str]]] = Memo(
-            PLAN_CACHE_SIZE
-        )
+        self._plans: Memo[tuple[str, tuple[tuple[str, str], ...]], _Plan] = Memo(PLAN_CACHE_SIZE)
         self._plans_for: RuleSet | None = None
 
     async def should_rate_limit(
@@ -134,10 +171,10 @@ class Limiter:
         checks: list[int] = []
         index: dict[str, int] = {}
         placed_all: list[list[tuple[Limit, int]]] = []
-        for d, plan in zip(descriptors, plans, strict=True):
+        for n, (d, plan) in enumerate(zip(descriptors, plans, strict=True)):
             addend = default_addend if d.addend is None else min(d.addend, MAX_ADDEND)
             placed: list[tuple[Limit, int]] = []
-            for limit, key in plan:
+            for limit, key in plan.counters:
                 if limit.unlimited:
                     continue
                 i = index.get(key)
@@ -147,7 +184,7 @@ class Limiter:
                     params += (limit.bucket_ms, limit.span, addend)
                 else:  # the same counter twice in one request: its hits add up
                     params[3 * i + 2] = min(params[3 * i + 2] + addend, MAX_ADDEND)
-                checks += (i, limit.requests, 0 if limit.shadow else 1)
+                checks += (i, limit.requests, self._enforce(limit, n))
                 placed.append((limit, i))
             placed_all.append(placed)
         if not keys:
@@ -158,23 +195,31 @@ class Limiter:
             if self._failure_mode == "unavailable":
                 raise
             return self._failed(placed_all)
-        return self._decide(domain, descriptors, placed_all, params, outcome)
+        return self._decide(domain, plans, placed_all, params, outcome)
 
-    def _plan(self, rules: RuleSet, domain: str, d: DescriptorRequest) -> Sequence[tuple[Limit, str]]:
+    def _enforce(self, limit: Limit, descriptor: int) -> int:
+        """The check's mode for the backend: 0 shadow, 1 enforced, 2 + n quota (descriptor n)."""
+        if limit.shadow:
+            return 0
+        if limit.quota or self._quota_mode:
+            return QUOTA + descriptor
+        return 1
+
+    def _plan(self, rules: RuleSet, domain: str, d: DescriptorRequest) -> _Plan:
         """The limits for a descriptor with their counter keys, cached per RuleSet: the same
         descriptors recur (the same clients, users, routes), so lookup and key building are
         done once, not per request."""
         if d.override is not None:
             if domain not in rules.domains:
-                return ()
+                return _NO_PLAN
             limit = self._override(d.override)
-            return ((limit, counter_key(domain, limit, d.entries)),)
+            return _Plan(((limit, counter_key(domain, limit, d.entries)),))
         cache_key = (domain, d.entries)
         plan = self._plans.get(cache_key)
         if plan is None:
-            limits = rules.lookup(domain, d.entries) or ()
+            found = rules.match(domain, d.entries)
             plan = self._plans.put(
-                cache_key, tuple((limit, counter_key(domain, limit, d.entries)) for limit in limits)
+                cache_key, _plan_for(domain, d.entries, found, quota_mode=self._quota_mode)
             )
         return plan
 
@@ -217,7 +262,7 @@ class Limiter:
     def _decide(
         self,
         domain: str,
-        descriptors: Sequence[DescriptorRequest],
+        plans: Sequence[_Plan],
         placed_all: list[list[tuple[Limit, int]]],
         params: list[int],
         outcome: Outcome,
@@ -225,7 +270,7 @@ class Limiter:
         now, admitted, used_all, oldest_all = outcome
         decided = self._observer.decided
         statuses: list[DescriptorStatus] = []
-        for d, placed in zip(descriptors, placed_all, strict=True):
+        for plan, placed in zip(plans, placed_all, strict=True):
             best: DescriptorStatus | None = None
             for limit, i in placed:
                 bucket_ms, span, addend = params[3 * i], params[3 * i + 1], params[3 * i + 2]
@@ -237,7 +282,7 @@ class Limiter:
                     domain,
                     limit,
                     ("shadow_over_limit" if limit.shadow else "over_limit") if over else "ok",
-                    d.entries,
+                    plan.stat_key,
                 )
                 current = now // bucket_ms
                 oldest = oldest_all[i]
@@ -248,6 +293,7 @@ class Limiter:
                     limit,
                     max(0, limit.requests - used),
                     max(0, (oldest + span + 1) * bucket_ms - now),  # when quota next comes back
+                    plan.metadata,
                 )
                 if best is None or _stricter(status, best):
                     best = status
@@ -263,8 +309,23 @@ def _stricter(a: DescriptorStatus, b: DescriptorStatus) -> bool:
     return a.reset_ms > b.reset_ms
 
 
-def _apply_replaces(plans: list[Sequence[tuple[Limit, str]]]) -> list[Sequence[tuple[Limit, str]]]:
-    replaced = {name for plan in plans for limit, _ in plan for name in limit.replaces}
+def _plan_for(
+    domain: str, entries: tuple[tuple[str, str], ...], match: Match | None, *, quota_mode: bool
+) -> _Plan:
+    if match is None:
+        return _NO_PLAN
+    counters = tuple(
+        (limit, counter_key(domain, limit, entries, match.shared, colocate=quota_mode or limit.quota))
+        for limit in match.limits
+    )
+    return _Plan(counters, match.stat_key, match.metadata)
+
+
+def _apply_replaces(plans: list[_Plan]) -> list[_Plan]:
+    replaced = {name for plan in plans for limit, _ in plan.counters for name in limit.replaces}
     if not replaced:
         return plans
-    return [tuple(p for p in plan if not p[0].name or p[0].name not in replaced) for plan in plans]
+    return [
+        plan._replace(counters=tuple(p for p in plan.counters if not p[0].name or p[0].name not in replaced))
+        for plan in plans
+    ]

@@ -34,9 +34,12 @@ _UNITS = frozenset(v for v in rls_pb2.RateLimitResponse.RateLimit.Unit.values() 
 
 
 class RateLimitServicer:
-    def __init__(self, limiter: Limiter, *, response_headers: bool = False) -> None:
+    def __init__(
+        self, limiter: Limiter, *, response_headers: bool = False, dynamic_metadata: bool = False
+    ) -> None:
         self.limiter = limiter
         self._response_headers = response_headers
+        self._dynamic_metadata = dynamic_metadata
         self._parsed: Memo[bytes, _Parsed] = Memo(10_000)  # remembered requests
 
     def handler(self) -> grpc.GenericRpcHandler:
@@ -51,7 +54,10 @@ class RateLimitServicer:
             decision = await self.limiter.should_rate_limit(domain, descriptors, hits_addend)
         except LimiterUnavailable as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"rate limit backend unavailable: {exc}")
-        body: bytes = self._response(decision).SerializeToString()
+        response = self._response(decision)
+        if self._dynamic_metadata:
+            _add_dynamic_metadata(response, raw, decision)
+        body: bytes = response.SerializeToString()
         return body
 
     async def _parse(self, raw: bytes, context: grpc.aio.ServicerContext) -> _Parsed:
@@ -105,6 +111,45 @@ class RateLimitServicer:
                 )
             )
         return response
+
+
+def _add_dynamic_metadata(response: Any, raw: bytes, decision: Decision) -> None:
+    """As the reference's RESPONSE_DYNAMIC_METADATA: the domain, each descriptor's entries (and
+    override, hits_addend), the request's hits_addend, and the `metadata:` of the descriptors
+    that passed, merged (first one wins a key; nested mappings merge)."""
+    request = _Request.FromString(raw)  # only with the flag: the hot path never decodes twice
+    fields: dict[str, Any] = {
+        "domain": request.domain,
+        "descriptors": [_describe(d) for d in request.descriptors],
+    }
+    if request.hits_addend:
+        fields["hitsAddend"] = request.hits_addend
+    merged: dict[str, Any] = {}
+    for status in decision.statuses:
+        if not status.over and status.metadata:
+            _merge(merged, status.metadata)
+    if merged:
+        fields["metadata"] = merged
+    response.dynamic_metadata.update(fields)
+
+
+def _describe(d: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"entries": [f"{e.key}={e.value}" for e in d.entries]}
+    if d.HasField("limit"):
+        out["limit"] = str(d.limit)
+    if d.HasField("hits_addend"):
+        out["hitsAddend"] = d.hits_addend.value
+    return out
+
+
+def _merge(into: dict[str, Any], new: dict[str, Any]) -> None:
+    for key, value in new.items():
+        if key not in into:
+            into[key] = value
+        elif isinstance(into[key], dict) and isinstance(value, dict):
+            merged = dict(into[key])
+            _merge(merged, value)
+            into[key] = merged
 
 
 def _descriptor(d: Any) -> DescriptorRequest:

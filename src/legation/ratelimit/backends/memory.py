@@ -9,7 +9,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 
-from legation.ratelimit.backends import Outcome
+from legation.ratelimit.backends import Outcome, verdict
 
 __all__ = ["MemoryBackend"]
 
@@ -39,14 +39,32 @@ class _Counter:
         self.total += hits
 
 
+# Default cap on counters: about 1.2 KB each with their bookkeeping, so ~120 MB at the cap.
+DEFAULT_MAX_KEYS = 100_000
+
+
 class MemoryBackend:
     """Counters in a dict; idle counters are dropped by an expiry wheel swept twice a second.
 
     Single-threaded asyncio makes each `apply` atomic. Only for one process: replicas need Redis.
+
+    At most `max_keys` counters are held, so a flood of distinct keys cannot exhaust memory (an
+    OOM-killed limiter fails open). A new key at the cap first drops expired counters, then the
+    live ones that expire soonest (the least left to lose); `on_evict(reason, n)` is told.
+    An evicted live counter starts again from zero: the cost of the cap is that a key flooded out
+    of memory may be admitted up to its limit once more.
     """
 
-    def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float] = time.time,
+        max_keys: int = DEFAULT_MAX_KEYS,
+        on_evict: Callable[[str, int], None] | None = None,
+    ) -> None:
         self._clock = clock
+        self._max_keys = max(1, max_keys)
+        self._on_evict = on_evict
         self._counters: dict[str, _Counter] = {}
         # expiry second → keys that may expire then; a key's true expiry is on its _Counter.
         self._wheel: dict[int, set[str]] = {}
@@ -75,19 +93,20 @@ class MemoryBackend:
                 total, first_seen = counter.count(now // params[3 * i] - params[3 * i + 1])
                 used.append(total)
                 oldest.append(first_seen)
-        for j in range(0, len(checks), 3):
-            i = checks[j]
-            if checks[j + 2] and used[i] + (params[3 * i + 2] or 1) > checks[j + 1]:
-                return Outcome(now, False, used, oldest)
+        skip = verdict(params, checks, used)
+        if skip is None:
+            return Outcome(now, False, used, oldest)
         for i, key in enumerate(keys):
             addend = params[3 * i + 2]
-            if addend > 0:
+            if addend > 0 and i not in skip:
                 self._add(key, params[3 * i], params[3 * i + 1], addend, now)
         return Outcome(now, True, used, oldest)
 
     def _add(self, key: str, bucket_ms: int, span: int, addend: int, now: int) -> None:
         counter = self._counters.get(key)
         if counter is None:
+            if len(self._counters) >= self._max_keys:
+                self._make_room()
             counter = self._counters[key] = _Counter()
         bucket = now // bucket_ms
         counter.add(bucket, addend)
@@ -110,6 +129,29 @@ class MemoryBackend:
                 counter = self._counters.get(key)
                 if counter is not None and counter.expires_ms <= now:
                     del self._counters[key]
+
+    def _make_room(self) -> None:
+        before = len(self._counters)
+        self.sweep()
+        expired = before - len(self._counters)
+        evicted = 0
+        while len(self._counters) >= self._max_keys and self._seconds:
+            second = self._seconds[0]
+            slot = self._wheel[second]
+            while slot and len(self._counters) >= self._max_keys:
+                key = slot.pop()
+                counter = self._counters.get(key)
+                if counter is not None and counter.expires_ms // 1000 == second:  # else a stale entry
+                    del self._counters[key]
+                    evicted += 1
+            if not slot:
+                heapq.heappop(self._seconds)
+                del self._wheel[second]
+        if self._on_evict is not None:
+            if expired:
+                self._on_evict("expired", expired)
+            if evicted:
+                self._on_evict("capacity", evicted)
 
     async def _sweep_forever(self) -> None:
         while True:

@@ -20,16 +20,17 @@ import ssl
 from collections.abc import Sequence
 from importlib import resources
 from typing import Any, Protocol
-from urllib.parse import parse_qs, unquote, urlsplit
 
 from redis import exceptions as rexc
-from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 
 from legation.ratelimit.backends import BackendError, Outcome
+from legation.ratelimit.backends.redis_url import RedisUrl, parse_redis_url
 from legation.ratelimit.backends.resp import ConnectionLost, Endpoint, PipelinedRedis, ReplyError
+from legation.ratelimit.backends.slots import SlotGroups
 
 __all__ = ["RedisBackend", "connect"]
 
@@ -37,6 +38,7 @@ log = logging.getLogger("legation.ratelimit.redis")
 
 SCRIPT = resources.files("legation.ratelimit.backends").joinpath("window.lua").read_text()
 SCRIPT_SHA = hashlib.sha1(SCRIPT.encode()).hexdigest()
+REFUND = resources.files("legation.ratelimit.backends").joinpath("refund.lua").read_text()
 
 
 class _Runner(Protocol):
@@ -53,6 +55,8 @@ class _Runner(Protocol):
 class RedisBackend:
     def __init__(self, runner: _Runner, *, probe_interval: float = 0.1, probe_max: float = 1.0) -> None:
         self._runner = runner
+        if isinstance(runner, _ClusterRunner):
+            self._spread = SlotGroups(runner)
         self._down = False
         self._probe: asyncio.Task[None] | None = None
         self._probe_interval = probe_interval
@@ -72,6 +76,8 @@ class RedisBackend:
         for j in range(0, len(checks), 3):
             args += (checks[j] + 1, checks[j + 1], checks[j + 2])
         try:
+            if isinstance(self._runner, _ClusterRunner):
+                return await self._spread.apply(keys, params, checks, timeout=timeout)
             reply = await self._runner.run(keys, args, timeout)
         except TimeoutError as exc:
             raise BackendError("timeout", f"redis did not answer within {timeout * 1000:.0f} ms") from exc
@@ -147,22 +153,14 @@ class _ClusterRunner:
     def __init__(self, client: Any) -> None:
         self._client = client
         self._script = client.register_script(SCRIPT)
+        self._refund = client.register_script(REFUND)
 
     async def run(self, keys: Sequence[str], args: Sequence[int], timeout: float) -> list[int]:
         call = asyncio.ensure_future(self._script(keys=list(keys), args=list(args)))
-        done, _ = await asyncio.wait((call,), timeout=timeout)
-        if not done:
-            call.cancel()
-            call.add_done_callback(_discard)
-            raise TimeoutError
-        try:
-            return call.result()  # type: ignore[no-any-return]
-        except rexc.TimeoutError as exc:
-            raise TimeoutError from exc
-        except rexc.ConnectionError as exc:
-            raise ConnectionLost(str(exc)) from exc
-        except rexc.RedisError as exc:
-            raise BackendError("error", f"redis error: {exc}") from exc
+        return await _within(call, timeout)  # type: ignore[no-any-return]
+
+    async def refund(self, keys: Sequence[str], args: Sequence[int], timeout: float) -> None:
+        await _within(asyncio.ensure_future(self._refund(keys=list(keys), args=list(args))), timeout)
 
     async def ping(self) -> None:
         try:
@@ -175,50 +173,68 @@ class _ClusterRunner:
             await self._client.aclose()
 
 
+async def _within(call: asyncio.Future[Any], timeout: float) -> Any:
+    done, _ = await asyncio.wait((call,), timeout=timeout)
+    if not done:
+        call.cancel()
+        call.add_done_callback(_discard)
+        raise TimeoutError
+    try:
+        return call.result()
+    except rexc.TimeoutError as exc:
+        raise TimeoutError from exc
+    except rexc.ConnectionError as exc:
+        raise ConnectionLost(str(exc)) from exc
+    except rexc.RedisError as exc:
+        raise BackendError("error", f"redis error: {exc}") from exc
+
+
 def _discard(task: asyncio.Future[Any]) -> None:
     if not task.cancelled():
         task.exception()  # retrieved, so asyncio does not log "exception never retrieved"
 
 
 def connect(url: str, *, connect_timeout: float = 0.5) -> RedisBackend:
-    """Build a backend for `url` without connecting: the service starts even while Redis is down."""
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-    if scheme in ("redis+cluster", "rediss+cluster"):
-        base = scheme.split("+")[0]
-        client = RedisCluster.from_url(
-            f"{base}://{parts.netloc}{parts.path}" + (f"?{parts.query}" if parts.query else ""),
+    """Build a backend for `url` without connecting: the service starts even while Redis is down.
+    Raises ValueError (one line) for a URL it cannot use."""
+    target = parse_redis_url(url)
+    if target.kind == "cluster":
+        client = RedisCluster(
+            startup_nodes=[ClusterNode(host, port) for host, port in target.hosts],
+            username=target.username,
+            password=target.password,
+            ssl=target.tls,
+            ssl_ca_certs=target.query.get("ssl_ca_certs"),
+            ssl_cert_reqs=target.query.get("ssl_cert_reqs", "required"),
+            ssl_certfile=target.query.get("ssl_certfile"),
+            ssl_keyfile=target.query.get("ssl_keyfile"),
             socket_connect_timeout=connect_timeout,
             socket_timeout=1.0,
             retry=Retry(NoBackoff(), 0),
         )
         return RedisBackend(_ClusterRunner(client))
-    if scheme in ("redis+sentinel", "rediss+sentinel"):
-        resolve = _sentinel_resolver(parts, query, tls=scheme.startswith("rediss"), timeout=connect_timeout)
-    elif scheme in ("redis", "rediss", "unix"):
-        endpoint = _endpoint(parts, query, scheme)
+    if target.kind == "sentinel":
+        resolve = _sentinel_resolver(target, timeout=connect_timeout)
+    else:
+        endpoint = _endpoint(target)
 
         async def resolve() -> Endpoint:
             return endpoint
-    else:
-        raise ValueError(f"unsupported Redis URL scheme '{parts.scheme}' in {url!r}")
+
     return RedisBackend(_PipelinedRunner(PipelinedRedis(resolve, connect_timeout=connect_timeout)))
 
 
-def _endpoint(parts: Any, query: dict[str, str], scheme: str) -> Endpoint:
-    username = unquote(parts.username) if parts.username else None
-    password = unquote(parts.password) if parts.password else query.get("password")
-    if scheme == "unix":
-        return Endpoint(path=parts.path, username=username, password=password, db=int(query.get("db", 0)))
-    path_db = parts.path.strip("/")
+def _endpoint(target: RedisUrl) -> Endpoint:
+    if target.kind == "unix":
+        return Endpoint(path=target.path, username=target.username, password=target.password, db=target.db)
+    host, port = target.hosts[0]
     return Endpoint(
-        host=parts.hostname or "127.0.0.1",
-        port=parts.port or 6379,
-        tls=_tls_context(query) if scheme == "rediss" else None,
-        username=username,
-        password=password,
-        db=int(path_db or query.get("db", 0)),
+        host=host,
+        port=port,
+        tls=_tls_context(target.query) if target.tls else None,
+        username=target.username,
+        password=target.password,
+        db=target.db,
     )
 
 
@@ -232,28 +248,22 @@ def _tls_context(query: dict[str, str]) -> ssl.SSLContext:
     return context
 
 
-def _sentinel_resolver(parts: Any, query: dict[str, str], *, tls: bool, timeout: float) -> Any:
-    hosts = []
-    for item in parts.netloc.rsplit("@", 1)[-1].split(","):
-        if item:
-            host, _, port = item.rpartition(":")
-            hosts.append((host.strip("[]") or item, int(port or 26379)))
-    path = [p for p in parts.path.split("/") if p]
-    if not hosts or not path:
-        raise ValueError(
-            "sentinel URL needs hosts and a master name: redis+sentinel://h1:26379,h2:26379/mymaster"
-        )
-    name, db = path[0], int(path[1]) if len(path) > 1 else 0
-    password = unquote(parts.password) if parts.password else query.get("password")
-    sentinel = Sentinel(hosts, sentinel_kwargs={"socket_connect_timeout": timeout, "socket_timeout": timeout})
+def _sentinel_resolver(target: RedisUrl, *, timeout: float) -> Any:
+    sentinel = Sentinel(
+        list(target.hosts), sentinel_kwargs={"socket_connect_timeout": timeout, "socket_timeout": timeout}
+    )
 
     async def resolve() -> Endpoint:
         try:
-            host, port = await sentinel.discover_master(name)
+            host, port = await sentinel.discover_master(target.master)
         except rexc.RedisError as exc:
             raise ConnectionLost(f"sentinel: {exc}") from exc
         return Endpoint(
-            host=host, port=int(port), tls=_tls_context(query) if tls else None, password=password, db=db
+            host=host,
+            port=int(port),
+            tls=_tls_context(target.query) if target.tls else None,
+            password=target.password,
+            db=target.db,
         )
 
     return resolve
