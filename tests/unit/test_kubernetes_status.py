@@ -165,14 +165,15 @@ async def test_only_the_leader_writes(cluster: tuple[KubeEmulator, KubeClient, P
     emulator, client, kubeconfig = cluster
     await client.request("POST", kc.KINDS["Mapping"].path(NS), body=mapping("m", "/m/"))
     async with controller(kubeconfig) as running:
-        await eventually(lambda: running.runs == 1)
+        await eventually(lambda: running.runs >= 1)
         writer = running.source.status
         assert writer is not None
         leading = False
         writer.is_leader = lambda: leading
         writer.leadership_changed(False)
+        before = running.runs
         await client.request("POST", kc.KINDS["Mapping"].path(NS), body=mapping("n", "n"))
-        await eventually(lambda: running.runs == 2)
+        await eventually(lambda: running.runs > before)  # at least one run saw n (more are fine)
         await asyncio.sleep(0.5)
         assert condition(emulator, "n") is None, "a follower writes nothing"
         leading = True

@@ -340,8 +340,8 @@ class KubernetesSource:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.leader.release(), 2)
         if self.client is not None:
-            with contextlib.suppress(Exception):
-                await self.client.close()
+            with contextlib.suppress(Exception):  # bounded: stopping must never hang on the API
+                await asyncio.wait_for(self.client.close(), 2)
 
 
 async def _connect(kubeconfig: str | None, identity: str) -> KubeClient:
