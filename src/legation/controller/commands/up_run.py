@@ -193,6 +193,7 @@ def _start_controller(args: argparse.Namespace, *, files: DemoFiles, stack: Stac
             "--authz-service", f"{host}:{args.authz_port}",
             "--ratelimit-service", f"{host}:{args.ratelimit_port}",
             "--log-level", _LOG_LEVEL,
+            *(f"--platform-namespace={ns}" for ns in args.platform_namespace or ()),
         ],
     )  # fmt: skip
     api = f"http://{host}:{args.api_port}"

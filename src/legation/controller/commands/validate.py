@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from legation.api.v1alpha1 import Resource
 from legation.controller.serving.pipeline import build, problem_errors
+from legation.controller.serving.platform import DEFAULT, add_platform_argument, platform_namespaces
 from legation.controller.sources import SourceSnapshot
 from legation.controller.sources.directory import DirectorySource
 from legation.controller.sources.merged import merge
@@ -43,10 +44,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "dir", metavar="DIR", nargs="+", help="directories (or files) of YAML manifests, read recursively"
     )
+    add_platform_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    report = validate_snapshot(merge([DirectorySource(d).load() for d in args.dir]))
+    snapshot = merge([DirectorySource(d).load() for d in args.dir])
+    report = validate_snapshot(snapshot, platform=platform_namespaces(args))
     for problem in report.problems:
         print(problem)
     if report.problems:
@@ -56,9 +59,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def validate_snapshot(snapshot: SourceSnapshot) -> Report:
+def validate_snapshot(snapshot: SourceSnapshot, *, platform: frozenset[str] = frozenset({DEFAULT})) -> Report:
     """What the controller would reject in `snapshot`, and why (pure)."""
-    stages = build(snapshot, EnvoyOptions())
+    stages = build(snapshot, EnvoyOptions(), platform_namespaces=platform)
     return Report(
         resources=tuple(resource for _, resource in stages.resources),
         problems=tuple(problem_errors(stages)),

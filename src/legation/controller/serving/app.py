@@ -25,6 +25,7 @@ from legation.controller.compiler.parse_cache import ParseCache
 from legation.controller.serving.api import create_app
 from legation.controller.serving.feed import Feed
 from legation.controller.serving.pipeline import ControllerState, Stages, build, status_errors
+from legation.controller.serving.platform import add_platform_argument, platform_namespaces
 from legation.controller.sources import Source, StatusSink
 from legation.controller.sources.directory import DirectorySource
 from legation.controller.sources.merged import MergedSource
@@ -102,14 +103,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="HOST:PORT",
         help="the authz service Envoy calls when no AuthService resource is given",
     )
+    add_platform_argument(parser)
     parser.add_argument("--shutdown-grace", type=float, default=2.0, metavar="SECONDS")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 
 def run(args: argparse.Namespace) -> int:
     setup_logging("controller", args.log_level)
+    platform = platform_namespaces(args)
     if args.kubernetes:
-        from legation.controller.kubernetes.source import KubernetesOptions, KubernetesSource
+        from legation.controller.kubernetes.source import (
+            KubernetesOptions,
+            KubernetesSource,
+            default_lease_namespace,
+        )
+
+        platform = platform_namespaces(args, own=default_lease_namespace())
 
         if args.lease_renew <= 0 or args.lease_renew >= args.lease_duration:
             print(
@@ -150,6 +159,7 @@ def run(args: argparse.Namespace) -> int:
             xds_listen=args.xds_listen,
             http_listen=args.http_listen,
             grace=args.shutdown_grace,
+            platform=platform,
         )
     )
 
@@ -162,6 +172,7 @@ async def serve(
     xds_listen: str,
     http_listen: str,
     grace: float = 2.0,
+    platform: frozenset[str] = frozenset({"legation-system"}),
 ) -> None:
     state = ControllerState(source_description=description)
     xds = XdsServer()
@@ -182,7 +193,7 @@ async def serve(
         health=health,
         reflect=[SERVICE],
         background=[
-            _follow(source, options, state, xds, feeds, health),
+            _follow(source, options, state, xds, feeds, health, platform),
             http.serve(sockets=[http.socket]),
         ],
         on_drain=drain,
@@ -196,13 +207,16 @@ async def _follow(
     xds: XdsServer,
     feeds: dict[str, Feed],
     health: Health,
+    platform: frozenset[str],
 ) -> None:
     cache = ParseCache()
     # Sources that write verdicts back (Kubernetes status) take each run's statuses.
     sink = source if isinstance(source, StatusSink) else None
     async for snapshot in source.snapshots():
         try:
-            stages = await asyncio.to_thread(build, snapshot, options, parse=cache.parse)
+            stages = await asyncio.to_thread(
+                build, snapshot, options, parse=cache.parse, platform_namespaces=platform
+            )
         except Exception as exc:
             log.exception("pipeline run failed; the previous configuration stays in force")
             state.last_error = f"{type(exc).__name__}: {exc}"

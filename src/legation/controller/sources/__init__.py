@@ -42,6 +42,10 @@ class SourceSnapshot:
     kept: tuple[str, ...] = ()
     """Origins in `errors` whose documents are their last good version (read before the error);
     an input with an error and no last good version contributes no documents."""
+    trusted_timestamps: bool = False
+    """Whether the documents' `metadata.creationTimestamp` were set by an authority (the
+    Kubernetes API server) rather than written by whoever wrote the manifest (a file): only
+    then do they settle conflicts between namespaces."""
 
 
 class Source(Protocol):

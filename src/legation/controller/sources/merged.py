@@ -69,5 +69,6 @@ def merge(snapshots: Sequence[SourceSnapshot]) -> SourceSnapshot:
         errors=tuple(e for s in snapshots for e in s.errors),
         origins=tuple(o for s in snapshots for o in s.origins),
         kept=tuple(o for s in snapshots for o in s.kept),
+        trusted_timestamps=all(s.trusted_timestamps for s in snapshots),
         version=content_version((str(i), s.version) for i, s in enumerate(snapshots)),
     )
