@@ -5,14 +5,18 @@ times settle conflicts between namespaces."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 from fixtures.manifests import self_signed
 
-from legation.api.v1alpha1 import AuthService, Host, Mapping, Resource, Secret
+from legation.api.v1alpha1 import AuthService, Host, Mapping, Resource, ResourceId, Secret
 from legation.controller.compiler.compile import Tenancy, compile_resources
 from legation.controller.compiler.ir import CompileResult, Origin
+from legation.controller.serving.pipeline import build
+from legation.controller.sources.directory import DirectorySource
+from legation.controller.translate.envoy import EnvoyOptions
 
 API = "legation.dev/v1alpha1"
 OLD, NEW, NEWER = "2024-01-01T00:00:00Z", "2024-06-01T00:00:00Z", "2024-09-01T00:00:00Z"
@@ -133,7 +137,7 @@ def test_in_a_directory_a_written_timestamp_wins_nothing_and_both_parties_lose()
     for ns, name in [("aaa-first", "evil"), ("team-orders", "orders")]:
         state, reason = verdict(result, "Mapping", ns, name)
         assert state == "Rejected"
-        assert "manifest files' creation times are not trusted, so neither is served" in reason
+        assert "manifests' own creation times are not trusted), so neither is served" in reason
     assert [r.id for r in result.ir.routes] == ["team-catalog/catalog"]  # the rest keeps working
 
 
@@ -271,3 +275,35 @@ def test_a_team_host_decides_plain_http_only_for_its_own_routes() -> None:
     result = run(VICTIM, host("squat", "attacker", "127.0.0.1", NEW, insecure={"action": "Reject"}))
     (h,) = result.ir.hosts
     assert h.namespaces == ("attacker",)
+
+
+# --- a directory source stamps what it reads ---------------------------------------------------
+
+
+def team_file(ns: str, name: str, prefix: str, timestamp: str | None = None) -> str:
+    stamp = f", creationTimestamp: '{timestamp}'" if timestamp else ""
+    return (
+        "apiVersion: legation.dev/v1alpha1\nkind: Mapping\n"
+        f"metadata: {{name: {name}, namespace: {ns}{stamp}}}\n"
+        f"spec: {{prefix: {prefix}, service: '127.0.0.1:9', auth: {{disabled: true}}}}\n"
+    )
+
+
+def test_a_directory_source_never_gives_a_served_route_to_a_newcomer(tmp_path: Path) -> None:
+    source = DirectorySource(tmp_path)
+    (tmp_path / "orders.yaml").write_text(team_file("team-orders", "orders", "/orders/"))
+    first = source.load()
+    assert first.ages == {ResourceId("Mapping", "team-orders", "orders"): 0.0}
+    assert not build(first, EnvoyOptions()).rejected
+    # The attacker writes an early timestamp and sorts first: neither helps.
+    (tmp_path / "a.yaml").write_text(team_file("aaa", "evil", "/orders/4", "1970-01-01T00:00:00Z"))
+    stages = build(source.load(), EnvoyOptions())
+    [rejected] = stages.rejected
+    assert rejected.id == ResourceId("Mapping", "aaa", "evil")
+    assert rejected.reason == "path /orders/ on host * is owned by team-orders (Mapping team-orders/orders)"
+    # An edit keeps the victim's age; the same two files read afresh (a restart, `validate`) tie.
+    (tmp_path / "orders.yaml").write_text(team_file("team-orders", "orders", "/orders"))
+    assert [s.id.name for s in build(source.load(), EnvoyOptions()).rejected] == ["evil"]
+    fresh = build(DirectorySource(tmp_path).load(), EnvoyOptions())
+    assert sorted(s.id.name for s in fresh.rejected) == ["evil", "orders"]
+    assert all("neither was there first" in (s.reason or "") for s in fresh.rejected)

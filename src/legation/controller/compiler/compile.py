@@ -38,8 +38,9 @@ Rules, in the order they are applied:
 any resource with one; ties are decided by name (name order rather than file order keeps the
 outcome unchanged when files are moved or renamed). Within a namespace every party has one
 author, so a manifest's own timestamp is good enough. Between namespaces (rule 7, and the
-Hosts of rule 5) only a trusted timestamp counts (`Tenancy.trusted_timestamps`: the Kubernetes
-API server's, never a manifest file's), and a tie decides nothing: every party is rejected.
+Hosts of rule 5) only a trusted age counts (`Tenancy.stamp`: the Kubernetes API server's
+creation time, or when a directory source first read the resource; never a manifest's own
+timestamp), and a tie decides nothing: every party is rejected.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ from legation.api.v1alpha1 import (
 )
 from legation.api.v1alpha1.fields import Upstream, parse_service
 from legation.controller.compiler.clusters import upstream_cluster
-from legation.controller.compiler.entries import AnyEntry, Entry, creation_stamp, of_kind
+from legation.controller.compiler.entries import AnyEntry, Entry, of_kind
 from legation.controller.compiler.hosts import check_host, check_secret, host_irs, tls_secrets
 from legation.controller.compiler.ir import (
     IR,
@@ -138,11 +139,11 @@ def gc_paused() -> Iterator[None]:
 def _compile(
     resources: Sequence[tuple[Origin, Resource]], rejected: dict[ResourceId, Rejected], tenancy: Tenancy
 ) -> CompileResult:
-    trusted = tenancy.trusted_timestamps
     entries: list[AnyEntry] = sorted(
         (
-            Entry(resource_id(r), origin, r, stamp=creation_stamp(r) if trusted else None)
+            Entry(rid, origin, r, stamp=tenancy.stamp(rid, r))
             for origin, r in resources
+            for rid in (resource_id(r),)
         ),
         key=lambda e: (e.id, e.origin),
     )

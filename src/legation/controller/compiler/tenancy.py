@@ -18,19 +18,20 @@ Rules (README, "Multi-team safety"):
    is a conflict: the older one wins, the newer is rejected naming the owner. A Host's owner and
    the namespaces it delegates to never conflict with each other there (the owner chose).
 
-"Older" means strictly older by a trusted creation time (`Entry.stamp`: the API server's, never a
-manifest file's). Equal or untrusted times decide nothing: then every party of the conflict is
-rejected, so a conflict is always loud and never settled by a name that sorts first.
+"Older" means strictly older by a trusted age (`Entry.stamp`): the API server's creation time, or
+when a directory source first read the resource; never a manifest's own timestamp. Equal ages
+decide nothing: then every party of the conflict is rejected, so a conflict is always loud and
+never settled by a name that sorts first.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from legation.api.v1alpha1 import AuthService, Host, MappingSpec
-from legation.controller.compiler.entries import AnyEntry, Entry, age
+from legation.api.v1alpha1 import AuthService, Host, MappingSpec, Resource, ResourceId
+from legation.controller.compiler.entries import AnyEntry, Entry, age, creation_stamp
 from legation.controller.compiler.ownership import (
     Claim,
     ClaimIndex,
@@ -56,6 +57,15 @@ class Tenancy:
     trusted_timestamps: bool = False
     """Whether creation timestamps were set by the API server (Kubernetes source) rather than
     written by a manifest's author (directory source): only trusted ones settle conflicts."""
+    ages: Mapping[ResourceId, float] | None = None
+    """Otherwise, the source's own record of when it first saw each resource (a directory source
+    stamps what it reads, as an API server does: `SourceSnapshot.ages`)."""
+
+    def stamp(self, rid: ResourceId, resource: Resource) -> float | None:
+        """The age of a resource that may settle a conflict between namespaces, if any."""
+        if self.trusted_timestamps:
+            return creation_stamp(resource)
+        return None if self.ages is None else self.ages.get(rid)
 
     def describe_platform(self) -> str:
         return ", ".join(sorted(self.platform_namespaces)) or "none"
@@ -70,12 +80,17 @@ def older(a: AnyEntry, b: AnyEntry) -> bool | None:
     return a.stamp < b.stamp
 
 
+def trusted_age(entry: AnyEntry) -> tuple[bool, float, tuple[int, float, str, str]]:
+    """Sort key: by trusted age (none = newest), then as within a namespace (`entries.age`)."""
+    return (entry.stamp is None, entry.stamp or 0.0, age(entry))
+
+
 def _tie(tenancy: Tenancy) -> str:
     if tenancy.trusted_timestamps:
         return "neither is older (same creation time), so neither is served"
     return (
-        "manifest files' creation times are not trusted, so neither is served: make them disjoint, "
-        "or delegate"
+        "neither was there first (read together; manifests' own creation times are not trusted), "
+        "so neither is served: make them disjoint, or delegate"
     )
 
 
@@ -103,7 +118,7 @@ def platform_only(entries: Iterable[Entry[AuthService]], tenancy: Tenancy) -> li
 def settle_hosts(entries: list[Entry[Host]], mappings: list[Accepted], tenancy: Tenancy) -> list[Entry[Host]]:
     """The Hosts that own their hostnames (`entries` already checked on their own)."""
     kept: list[Entry[Host]] = []
-    for entry in sorted(entries, key=age):
+    for entry in sorted(entries, key=trusted_age):
         hostname = entry.resource.spec.hostname
         if not entry.ok:
             continue
@@ -236,8 +251,8 @@ def _admitted(a: Accepted, hosts: list[Entry[Host]]) -> frozenset[str] | None:
 def _settle(admitted: list[Accepted], grantors: dict[Accepted, frozenset[str]], tenancy: Tenancy) -> None:
     """Overlaps between namespaces: the strictly older Mapping wins; equals all lose."""
     index: ClaimIndex[Accepted] = ClaimIndex()
-    ordered = sorted(admitted, key=lambda a: age(a.entry))
-    for _, group in itertools.groupby(ordered, key=lambda a: (a.entry.stamp is None, a.entry.stamp or 0.0)):
+    ordered = sorted(admitted, key=lambda a: trusted_age(a.entry))
+    for _, group in itertools.groupby(ordered, key=lambda a: trusted_age(a.entry)[:2]):
         fresh = []
         for a in group:
             owner = _contested(index, a, grantors)
