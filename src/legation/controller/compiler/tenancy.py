@@ -251,8 +251,9 @@ def _admitted(a: Accepted, hosts: list[Entry[Host]]) -> frozenset[str] | None:
 def _settle(admitted: list[Accepted], grantors: dict[Accepted, frozenset[str]], tenancy: Tenancy) -> None:
     """Overlaps between namespaces: the strictly older Mapping wins; equals all lose."""
     index: ClaimIndex[Accepted] = ClaimIndex()
-    ordered = sorted(admitted, key=lambda a: trusted_age(a.entry))
-    for _, group in itertools.groupby(ordered, key=lambda a: trusted_age(a.entry)[:2]):
+    keys = {a: trusted_age(a.entry) for a in admitted}  # once each: it parses a timestamp
+    ordered = sorted(admitted, key=keys.__getitem__)
+    for _, group in itertools.groupby(ordered, key=lambda a: keys[a][:2]):
         fresh = []
         for a in group:
             owner = _contested(index, a, grantors)
