@@ -37,7 +37,19 @@ def generate(n: int, root: Path) -> dict[str, int]:
     counts = {"Mapping": 0, "JWTPolicy": 0, "Secret": 0, "Host": 0, "AuthService": 0, "files": 0}
     gateway = [
         _obj("AuthService", "default", "legation-system", {"service": "legation-authz.legation-system:9001"}),
-        _obj("Host", "api", "team-00", {"hostname": "api.example.com", "tlsSecret": {"name": "api-tls"}}),
+        _obj(
+            "Host",
+            "api",
+            "team-00",
+            {
+                "hostname": "api.example.com",
+                "tlsSecret": {"name": "api-tls"},
+                # team-00 owns the name and gives every other team its own path space on it
+                "delegate": [
+                    {"namespace": ns, "prefixes": [f"/{ns.removeprefix('team-')}"]} for ns in namespaces[1:]
+                ],
+            },
+        ),
         _tls_secret("api-tls", "team-00"),
     ]
     _write(root / "gateway.yaml", gateway)

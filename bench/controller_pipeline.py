@@ -24,7 +24,7 @@ from typing import TypeVar
 
 from bench.controller_results import STAGES, ChildResult, Description
 from legation.api.v1alpha1 import Resource, ResourceError, parse_resource
-from legation.controller.compiler.compile import compile_resources
+from legation.controller.compiler.compile import Tenancy, compile_resources
 from legation.controller.compiler.ir import CompileResult, Origin
 from legation.controller.compiler.parse_cache import ParseCache
 from legation.controller.serving.pipeline import build
@@ -69,7 +69,7 @@ def _stages(source: DirectorySource, times: _Times) -> tuple[SourceSnapshot, Des
     snapshot = times.timed("load", source.load)
     assert not snapshot.errors, snapshot.errors[:3]
     parsed = times.timed("parse", lambda: _parse_all(snapshot))
-    result = times.timed("compile", lambda: compile_resources(parsed))
+    result = times.timed("compile", lambda: compile_resources(parsed, tenancy=Tenancy()))
     assert not result.rejected, result.rejected[:3]
     envoy = times.timed("translate", lambda: translate(result.ir, EnvoyOptions()))
     built = times.timed("snapshot", lambda: Snapshot.build(envoy))

@@ -53,7 +53,7 @@ class Gateway:
 
     def apply(self, manifests: str) -> CompileResult:
         """Publish the manifests and wait until Envoy runs them."""
-        result = compile_manifests(manifests)
+        result = compile_manifests(manifests, platform=frozenset({"demo", "legation-system"}))
         assert not result.rejected, [(str(s.id), s.reason) for s in result.rejected]
         self.snapshot = Snapshot.build(translate(result.ir, self.options))
         self.ads.publish(self.snapshot, NODE)
@@ -468,3 +468,18 @@ def https_get(port: int, sni: str | None, path: str, *, trust: str) -> tuple[int
 
 def pem_der(pem: str) -> bytes:
     return ssl.PEM_cert_to_DER_cert(pem)
+
+
+def test_prefixes_match_whole_segments_and_rewrites_keep_one_slash(gateway: Gateway) -> None:
+    gateway.apply(
+        mapping("orders", gateway.blue, prefix="/orders/public")
+        + mapping("root", gateway.green, prefix="/api/", rewrite="/")
+        + mapping("v1", gateway.green, prefix="/old", rewrite="/new")
+    )
+    assert gateway.echo("/orders/public")["name"] == "blue"
+    assert gateway.echo("/orders/public/menu")["name"] == "blue"
+    assert gateway.get("/orders/publicity").status == 404  # another segment, not the prefix
+    assert gateway.echo("/api/items")["path"] == "/items"  # not //items
+    assert gateway.echo("/api")["path"] == "/"
+    assert gateway.echo("/old/x?q=1")["path"] == "/new/x"  # the echo reports the query apart
+    assert gateway.echo("/old")["path"] == "/new"

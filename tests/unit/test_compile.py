@@ -14,13 +14,15 @@ from legation.api.ratelimit import DomainConfig
 from legation.api.v1alpha1 import AuthService, Host, JWTPolicy, Mapping, Resource, Secret
 from legation.api.v1alpha1.fields import parse_service
 from legation.controller.compiler.clusters import cluster_name
-from legation.controller.compiler.compile import compile_resources
+from legation.controller.compiler.compile import Tenancy, compile_resources
 from legation.controller.compiler.ir import CompileResult, DescriptorEntry, Origin, Route
 from legation.controller.compiler.ratelimits import DOMAIN, MAPPING_KEY
 from legation.core.yamlfile import load_documents
 from legation.ratelimit.config import load_config_texts
 
 API = "legation.dev/v1alpha1"
+TRUSTED = Tenancy(trusted_timestamps=True)
+"""As from Kubernetes: creation timestamps settle conflicts."""
 
 
 # --- builders ----------------------------------------------------------------------------------
@@ -115,7 +117,7 @@ def tls_pair() -> dict[str, str]:
 
 
 def run(*resources: Resource) -> CompileResult:
-    return compile_resources([(Origin("test.yaml", i), r) for i, r in enumerate(resources)])
+    return compile_resources([(Origin("test.yaml", i), r) for i, r in enumerate(resources)], tenancy=TRUSTED)
 
 
 def state(result: CompileResult, kind: str, ns: str, name: str) -> tuple[str, str | None]:
@@ -154,7 +156,7 @@ def test_one_mapping_gives_a_route_and_a_cluster() -> None:
     assert state(result, "Mapping", "team-orders", "orders") == ("Accepted", None)
     (r,) = result.ir.routes
     assert r.id == "team-orders/orders"
-    assert (r.match.hostname, r.match.kind, r.match.value) == ("api.example.com", "prefix", "/orders/")
+    assert (r.match.hostname, r.match.kind, r.match.value) == ("api.example.com", "prefix", "/orders")
     assert r.match.methods == ("GET", "POST")
     assert r.match.headers == (("x-canary", "true"),)
     assert r.match.query_parameters == (("v", "*"),)
@@ -205,13 +207,13 @@ def test_same_input_in_any_order_gives_identical_output(tls_pair: dict[str, str]
         auth_service("other"),
     ]
     origins = [(Origin(f"f{i}.yaml"), r) for i, r in enumerate(resources)]
-    expected = compile_resources(origins)
+    expected = compile_resources(origins, tenancy=TRUSTED)
     assert expected.rejected  # the test covers rejections too
     rng = random.Random(4)
     for _ in range(10):
         shuffled = origins[:]
         rng.shuffle(shuffled)
-        assert compile_resources(shuffled) == expected
+        assert compile_resources(shuffled, tenancy=TRUSTED) == expected
 
 
 def test_routes_are_ordered_most_specific_first() -> None:
@@ -235,12 +237,12 @@ def test_routes_are_ordered_most_specific_first() -> None:
 
 def test_duplicate_resources_reject_the_later_origin() -> None:
     first, second = mapping("m", prefix="/one/"), mapping("m", prefix="/two/")
-    result = compile_resources([(Origin("b.yaml"), second), (Origin("a.yaml"), first)])
+    result = compile_resources([(Origin("b.yaml"), second), (Origin("a.yaml"), first)], tenancy=TRUSTED)
     assert [s.state for s in result.statuses] == ["Accepted", "Rejected"]
     assert result.statuses[1].origin == Origin("b.yaml")
     assert result.statuses[1].reason == "duplicate Mapping team-a/m (also in a.yaml#0)"
     assert result.statuses[1].problems[0].path == ("metadata", "name")
-    assert [r.match.value for r in result.ir.routes] == ["/one/"]
+    assert [r.match.value for r in result.ir.routes] == ["/one"]
 
 
 # --- canaries ----------------------------------------------------------------------------------
@@ -316,34 +318,45 @@ def test_older_namespace_wins_a_match_and_the_loser_names_it() -> None:
     )
     st, reason = state(result, "Mapping", "team-a", "x")
     assert st == "Rejected"
-    assert reason == (
-        "Mapping team-b/y (namespace team-b) already claims this match (* prefix /shop/); the oldest Mapping wins"
-    )
+    assert reason == "path /shop/ on host * is owned by team-b (Mapping team-b/y)"
     status = result.status("Mapping", "team-a", "x")
     assert status is not None and status.problems[0].path == ("spec", "prefix")
     (r,) = result.ir.routes
     assert r.mappings == ("team-b/y", "team-b/z")
 
 
-def test_timestamps_beat_no_timestamps_and_names_break_ties() -> None:
+def test_timestamps_beat_no_timestamps_and_ties_between_namespaces_reject_both() -> None:
     result = run(
         mapping("m", "team-a", prefix="/p/"), mapping("m", "team-b", prefix="/p/", ts="2030-01-01T00:00:00Z")
     )
     assert state(result, "Mapping", "team-b", "m")[0] == "Accepted"
     assert state(result, "Mapping", "team-a", "m")[0] == "Rejected"
-    result = run(mapping("m", "team-b", prefix="/p/"), mapping("m", "team-a", prefix="/p/"))
-    assert state(result, "Mapping", "team-a", "m")[0] == "Accepted"
+    # A name that sorts first wins nothing: equal ages reject every party, loudly.
+    result = run(mapping("m", "team-b", prefix="/p/"), mapping("m", "team-a", prefix="/p"))
+    assert state(result, "Mapping", "team-a", "m") == (
+        "Rejected",
+        "path /p on host * overlaps path /p/ on host * of team-b (Mapping team-b/m); neither is older "
+        "(same creation time), so neither is served",
+    )
     assert state(result, "Mapping", "team-b", "m")[0] == "Rejected"
+    assert not result.ir.routes
 
 
-def test_different_methods_or_headers_are_different_matches() -> None:
+def test_different_methods_or_headers_are_different_matches_in_one_namespace_only() -> None:
     result = run(
         mapping("m", "team-a", prefix="/p/", methods=["GET"]),
-        mapping("m", "team-b", prefix="/p/", methods=["POST"]),
-        mapping("h", "team-c", prefix="/p/", headers={"x": "1"}),
+        mapping("n", "team-a", prefix="/p/", methods=["POST"]),
+        mapping("h", "team-a", prefix="/p/", headers={"x": "1"}),
     )
     assert not result.rejected
     assert len(result.ir.routes) == 3
+    # Across namespaces a condition only narrows a match: the paths overlap, so they conflict.
+    result = run(
+        mapping("m", "team-a", prefix="/p/", ts="2024-01-01T00:00:00Z"),
+        mapping("m", "team-b", prefix="/p/", methods=["POST"], ts="2024-02-01T00:00:00Z"),
+        mapping("h", "team-c", prefix="/p/", headers={"authorization": "*"}, ts="2024-03-01T00:00:00Z"),
+    )
+    assert [s.id.namespace for s in result.rejected] == ["team-b", "team-c"]
 
 
 # --- policies ----------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import pytest
 from legation.api.v1alpha1 import fields
 from legation.api.v1alpha1.fields import parse_service
 from legation.api.v1alpha1.ratelimit_annotation import RateKey, RateLimitAnnotationError, parse_rate_limit
-from legation.controller.compiler.compile import compile_resources, gc_paused
+from legation.controller.compiler.compile import Tenancy, compile_resources, gc_paused
 from legation.controller.compiler.ratelimits import descriptor_entry
 
 
@@ -43,7 +43,7 @@ def test_gc_paused_leaves_a_disabled_collector_disabled(gc_enabled: None) -> Non
     with gc_paused():
         pass
     assert not gc.isenabled()
-    compile_resources([])
+    compile_resources([], tenancy=Tenancy())
     assert not gc.isenabled()
 
 
@@ -66,7 +66,7 @@ def test_overlapping_pauses_in_threads_end_with_the_collector_on(gc_enabled: Non
 
 
 def test_compile_leaves_the_collector_on(gc_enabled: None) -> None:
-    compile_resources([])
+    compile_resources([], tenancy=Tenancy())
     assert gc.isenabled()
 
 

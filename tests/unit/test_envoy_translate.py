@@ -66,7 +66,8 @@ def mapping(name: str, namespace: str = "demo", limit: str | None = None, **spec
 
 
 def translated(text: str, **options: Any) -> Resources:
-    result = compile_manifests(text)
+    # `demo` plays the platform namespace here (the `*` Host, the AuthService).
+    result = compile_manifests(text, platform=frozenset({"demo", "legation-system"}))
     assert not result.rejected, [(s.id, s.reason) for s in result.rejected]
     return translate(result.ir, EnvoyOptions(**options))
 
@@ -198,7 +199,7 @@ def test_match_kinds_methods_headers_and_query_parameters() -> None:
     )
     config = translated(text)[ROUTE][HTTP_ROUTES]
     pre = route(config, "*", "demo/pre").match
-    assert pre.prefix == "/orders/"
+    assert pre.path_separated_prefix == "/orders" and not pre.prefix  # whole segments
     assert [(h.name, h.string_match.exact, h.present_match) for h in pre.headers] == [
         (":method", "GET", False),
         ("x-canary", "true", False),
@@ -244,7 +245,9 @@ def test_route_action_rewrite_timeout_retries_upgrade_and_headers() -> None:
     api = route(config, "*", "demo/api")
     action = api.route
     assert action.cluster == "svc_api_demo_8080"
-    assert action.prefix_rewrite == "/v2/"
+    # `/api/x` → `/v2/x` (not `/v2//x`), `/api` → `/v2/`
+    assert not action.prefix_rewrite
+    assert (action.regex_rewrite.pattern.regex, action.regex_rewrite.substitution) == ("^/api/*", "/v2/")
     assert action.timeout.ToMilliseconds() == 3000
     assert action.retry_policy.retry_on == "5xx,reset"
     assert action.retry_policy.num_retries.value == 2
@@ -277,13 +280,13 @@ def test_canaries_are_weighted_clusters_and_zero_weight_is_a_direct_503() -> Non
     )
     out = translated(text)
     config = out[ROUTE][HTTP_ROUTES]
-    [shop] = [r for r in vhost(config, "*").routes if r.match.prefix == "/shop/"]
+    [shop] = [r for r in vhost(config, "*").routes if r.match.path_separated_prefix == "/shop"]
     assert shop.name == "demo/canary"  # the primary (oldest; by name without timestamps)
     weighted = [(c.name, c.weight.value) for c in shop.route.weighted_clusters.clusters]
     assert sorted(weighted) == [("svc_blue_demo_80", 90), ("svc_green_demo_80", 10)]
     off = route(config, "*", "demo/off")
     assert not off.HasField("route") and off.direct_response.status == 503
-    [half] = [r for r in vhost(config, "*").routes if r.match.prefix == "/half/"]
+    [half] = [r for r in vhost(config, "*").routes if r.match.path_separated_prefix == "/half"]
     assert half.route.cluster == "svc_blue_demo_80"  # a share of 0 is left out
     assert "svc_green_demo_80" in out[CLUSTER]
 
@@ -441,13 +444,18 @@ def test_https_listener_has_one_sni_chain_per_host_with_sds_certificates(
 def test_plain_http_follows_each_hosts_insecure_action(certificates: dict[str, tuple[str, str]]) -> None:
     out = translated(hosts_text(certificates), https_port=18443)
     http, https = out[ROUTE][HTTP_ROUTES], out[ROUTE][HTTPS_ROUTES]
-    [redirect] = vhost(http, "api.example.com").routes
+    # The Host's namespace's routes (its own, and its `*` ones), then what no route matches.
+    api, app, redirect = vhost(http, "api.example.com").routes
+    assert (api.name, app.name) == ("demo/api:redirect", "demo/app:redirect")
+    assert api.redirect.https_redirect and api.match.path_separated_prefix == "/v1"
     assert redirect.name == "host:demo/api:redirect" and redirect.match.prefix == "/"
     assert redirect.redirect.https_redirect is True
     assert redirect.redirect.response_code == rc.RedirectAction.MOVED_PERMANENTLY
     assert redirect.redirect.port_redirect == 18443
     assert authz_per_route(redirect).disabled is True  # Envoy answers itself, no authz call
-    [reject] = vhost(http, "*.shop.example.com").routes
+    # Another namespace's Host decides nothing for demo's `*` route (it follows demo's `*` Host).
+    app, reject = vhost(http, "*.shop.example.com").routes
+    assert app.name == "demo/app" and app.route.cluster
     assert reject.name == "host:shop/shop:reject" and reject.direct_response.status == 403
     assert route_names(http, "*") == ["demo/app"]  # the `*` Host routes plain HTTP
     assert route_names(https, "api.example.com") == ["demo/api", "demo/app"]
@@ -812,9 +820,9 @@ def test_changing_one_mapping_changes_only_the_route_configurations(
     before = translated(gateway(hosts))
     assert changed(before, translated(gateway(hosts))) == {}
     assert changed(before, translated(gateway(hosts, timeout="7s"))) == {ROUTE: {HTTP_ROUTES, HTTPS_ROUTES}}
-    # a Mapping only the HTTPS side serves (its host redirects plain HTTP)
+    # a Mapping whose host redirects plain HTTP: its redirect carries its match
     edited = gateway(hosts).replace("prefix: /users/", "prefix: /people/")
-    assert changed(before, translated(edited)) == {ROUTE: {HTTPS_ROUTES}}
+    assert changed(before, translated(edited)) == {ROUTE: {HTTP_ROUTES, HTTPS_ROUTES}}
     # a new Mapping to an existing upstream; then one with a new upstream (its cluster appears)
     assert changed(before, translated(gateway(hosts + mapping("more", service="shop.demo:80")))) == {
         ROUTE: {HTTP_ROUTES, HTTPS_ROUTES}

@@ -152,7 +152,13 @@ async def test_every_legation_kind_gets_its_condition(cluster: tuple[KubeEmulato
             return found if len(found) == 4 else None
 
         found = await eventually(conditions)
-    assert found["Mapping"][0] == "True" and found["AuthService"][0] == "True"
+    assert found["Mapping"][0] == "True"
+    # demo is a team namespace, not the platform's: the gateway-wide kind is refused, visibly.
+    assert found["AuthService"] == (
+        "False",
+        "metadata.namespace: an AuthService is gateway-wide: only the platform namespaces "
+        "(legation-system) may create one",
+    )
     assert found["Host"] == ("False", "spec.tlsSecret.name: no Secret 'none' in namespace demo")
     assert found["JWTPolicy"][0] == "False" and found["JWTPolicy"][1].startswith("spec.rules: ")
 

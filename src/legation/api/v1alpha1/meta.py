@@ -25,7 +25,10 @@ class ObjectMeta(BaseModel):
         default_factory=dict, description=f"Kubernetes annotations; `{ANNOTATION}` on a Mapping sets limits."
     )
     creation_timestamp: str | None = Field(
-        default=None, alias="creationTimestamp", description="Set by Kubernetes; older wins conflicts."
+        default=None,
+        alias="creationTimestamp",
+        description="Set by Kubernetes; older wins conflicts between namespaces. Ignored in "
+        "manifest files (a directory source), where anyone can write it.",
     )
 
     @field_validator("labels", "annotations", mode="before")

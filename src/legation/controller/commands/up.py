@@ -26,6 +26,7 @@ from legation.controller.commands.up_preflight import (
     gateway_ports,
     lock_state,
 )
+from legation.controller.serving.platform import add_platform_argument
 from legation.core.names import DEFAULT_GATEWAY, dns_label
 
 __all__ = ["add_arguments", "run"]
@@ -59,6 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--ready-timeout", type=float, default=60.0, help="seconds each process has to be ready"
     )
+    add_platform_argument(parser)
 
 
 _HOST = "127.0.0.1"

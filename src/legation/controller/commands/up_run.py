@@ -196,6 +196,7 @@ def _start_controller(args: argparse.Namespace, *, files: DemoFiles, stack: Stac
             "--feed-token-file", f"authz={files.feed_token('authz')}",
             "--feed-token-file", f"ratelimit={files.feed_token('ratelimit')}",
             "--log-level", _LOG_LEVEL,
+            *(f"--platform-namespace={ns}" for ns in args.platform_namespace or ()),
         ],
     )  # fmt: skip
     api = f"http://{host}:{args.api_port}"

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from legation.api.v1alpha1 import Resource
 from legation.controller.serving.pipeline import build, problem_errors
+from legation.controller.serving.platform import DEFAULT, add_platform_argument, platform_namespaces
 from legation.controller.sources import SourceSnapshot
 from legation.controller.sources.directory import DirectorySource
 from legation.controller.sources.merged import merge
@@ -51,10 +52,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help="validate as the controller of this gateway would (default %(default)s)",
     )
+    add_platform_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    report = validate_snapshot(merge([DirectorySource(d).load() for d in args.dir]), gateway=args.gateway)
+    snapshot = merge([DirectorySource(d).load() for d in args.dir])
+    report = validate_snapshot(snapshot, gateway=args.gateway, platform=platform_namespaces(args))
     for problem in report.problems:
         print(problem)
     if report.problems:
@@ -64,9 +67,14 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def validate_snapshot(snapshot: SourceSnapshot, *, gateway: str = DEFAULT_GATEWAY) -> Report:
+def validate_snapshot(
+    snapshot: SourceSnapshot,
+    *,
+    gateway: str = DEFAULT_GATEWAY,
+    platform: frozenset[str] = frozenset({DEFAULT}),
+) -> Report:
     """What `gateway`'s controller would reject in `snapshot`, and why (pure)."""
-    stages = build(snapshot, EnvoyOptions(), gateway=gateway)
+    stages = build(snapshot, EnvoyOptions(), gateway=gateway, platform_namespaces=platform)
     return Report(
         resources=tuple(resource for _, resource in stages.resources),
         problems=tuple(problem_errors(stages)),

@@ -15,25 +15,32 @@ Rules, in the order they are applied:
 3. JWTPolicies: provider and rule names resolve; a `jwks.secretRef` names a Secret of the
    policy's namespace with that key, and is resolved to `jwks.inline` in the authz feed. One
    `namespaceDefault: true` policy per namespace: the oldest; the others are rejected.
-4. AuthService: one for the gateway, the oldest; the others are rejected.
+4. AuthService: only from the platform namespaces (`tenancy`); one for the gateway, the oldest;
+   the others are rejected.
 5. Hosts: `tlsSecret` names a kubernetes.io/tls Secret of the Host's namespace; one Host per
-   hostname, the oldest; the others are rejected.
+   hostname in a namespace, the oldest; ownership of hostnames between namespaces as `tenancy`
+   decides (a `*` Host only from the platform namespaces).
 6. Mappings: the rate-limit annotation parses; the policy is `auth.policy` (a JWTPolicy of the
    Mapping's own namespace, which must be accepted), else the namespace's default policy (which
    must be accepted if it exists), else none; `auth.disabled: true` means none.
-7. Matches: Mappings with an equal match (hostname, prefix/path/regex, methods, headers, query
-   parameters) form one route. If they come from several namespaces, the namespace of the
-   oldest Mapping wins and the others are rejected naming it. Within a namespace they are
-   canaries: the oldest is the primary and gives the route its settings; another Mapping may
-   leave route settings unset (it inherits them) or repeat them, but not set them differently.
+7. Ownership (`tenancy`): a Mapping on a hostname another namespace's Host owns needs a
+   delegated prefix; Mappings of different namespaces that could serve the same request
+   conflict, and only a strictly older one (by a trusted creation time) wins.
+8. Matches: Mappings with an equal match (hostname, prefix/path/regex, methods, headers, query
+   parameters) form one route: canaries. The oldest is the primary and gives the route its
+   settings; another Mapping may leave route settings unset (it inherits them) or repeat them,
+   but not set them differently.
    Weighted Mappings take their percent, in age order; one that would bring the total over 100
    is rejected. Mappings without weight share what is left equally (the remainder of the
    division goes to the first by name). If every Mapping sets a weight, weights are relative.
 
-"Oldest" means: by `metadata.creationTimestamp` (Kubernetes sets it); a resource without one
-counts as newer than any resource with one; ties (and resources without timestamps, as in the
-directory source) are decided by namespace, then name. Name order rather than file order keeps
-the outcome unchanged when files are moved or renamed.
+"Oldest" means: by `metadata.creationTimestamp`; a resource without one counts as newer than
+any resource with one; ties are decided by name (name order rather than file order keeps the
+outcome unchanged when files are moved or renamed). Within a namespace every party has one
+author, so a manifest's own timestamp is good enough. Between namespaces (rule 7, and the
+Hosts of rule 5) only a trusted age counts (`Tenancy.stamp`: the Kubernetes API server's
+creation time, or when a directory source first read the resource; never a manifest's own
+timestamp), and a tie decides nothing: every party is rejected.
 """
 
 from __future__ import annotations
@@ -57,7 +64,7 @@ from legation.api.v1alpha1 import (
 from legation.api.v1alpha1.fields import Upstream, parse_service
 from legation.controller.compiler.clusters import upstream_cluster
 from legation.controller.compiler.entries import AnyEntry, Entry, of_kind
-from legation.controller.compiler.hosts import check_secret, compile_hosts, tls_secrets
+from legation.controller.compiler.hosts import check_host, check_secret, host_irs, tls_secrets
 from legation.controller.compiler.ir import (
     IR,
     AuthServiceIR,
@@ -79,20 +86,25 @@ from legation.controller.compiler.routes import (
     compile_routes,
     route_order,
 )
+from legation.controller.compiler.tenancy import Tenancy, admit_mappings, platform_only, settle_hosts
 
-__all__ = ["compile_resources", "gc_paused"]
+__all__ = ["Tenancy", "compile_resources", "gc_paused"]
 
 
 def compile_resources(
-    resources: Sequence[tuple[Origin, Resource]], rejected: dict[ResourceId, Rejected] | None = None
+    resources: Sequence[tuple[Origin, Resource]],
+    rejected: dict[ResourceId, Rejected] | None = None,
+    *,
+    tenancy: Tenancy,
 ) -> CompileResult:
     """Compile resources (each with its origin) into statuses, IR and feeds. Pure.
 
     `rejected` names the inputs that were invalid on their own: they get no status here, but a
     reference to one says it is rejected and why, rather than that it does not exist, and one
-    that claims to be its namespace's default JWTPolicy fails that namespace closed."""
+    that claims to be its namespace's default JWTPolicy fails that namespace closed. `tenancy`
+    says which namespaces are the platform's and whether creation times can be trusted."""
     with gc_paused():
-        return _compile(resources, rejected or {})
+        return _compile(resources, rejected or {}, tenancy)
 
 
 _gc_lock = threading.Lock()
@@ -125,10 +137,15 @@ def gc_paused() -> Iterator[None]:
 
 
 def _compile(
-    resources: Sequence[tuple[Origin, Resource]], rejected: dict[ResourceId, Rejected]
+    resources: Sequence[tuple[Origin, Resource]], rejected: dict[ResourceId, Rejected], tenancy: Tenancy
 ) -> CompileResult:
     entries: list[AnyEntry] = sorted(
-        (Entry(resource_id(r), origin, r) for origin, r in resources), key=lambda e: (e.id, e.origin)
+        (
+            Entry(rid, origin, r, stamp=tenancy.stamp(rid, r))
+            for origin, r in resources
+            for rid in (resource_id(r),)
+        ),
+        key=lambda e: (e.id, e.origin),
     )
     current: dict[ResourceId, AnyEntry] = {}
     for entry in entries:
@@ -144,15 +161,19 @@ def _compile(
     policies, defaults = compile_policies(of_kind(current.values(), JWTPolicy), secrets)
     for rid in sorted(r for r, why in rejected.items() if why.namespace_default and r in stand_ins):
         defaults.setdefault(rid.namespace, stand_ins[rid])
-    auth_service = compile_auth_service(of_kind(current.values(), AuthService))
-    hosts = compile_hosts(of_kind(current.values(), Host), secrets)
+    auth_service = compile_auth_service(platform_only(of_kind(current.values(), AuthService), tenancy))
+    host_entries = of_kind(current.values(), Host)
+    for host in host_entries:
+        check_host(host, secrets)
     upstreams: dict[tuple[Upstream, bool, CircuitBreakers | None], Cluster] = {}
     accepted = [
         a
         for e in of_kind(current.values(), Mapping)
         if (a := check_mapping(e, current, defaults, upstreams)) is not None
     ]
-    routes = compile_routes(accepted)
+    owners = settle_hosts(host_entries, accepted, tenancy)
+    hosts = host_irs(owners)
+    routes = compile_routes(admit_mappings(accepted, owners, tenancy))
 
     clusters: dict[str, Cluster] = {}
     for route in routes:

@@ -1,5 +1,5 @@
-"""The compiler's working record of each resource (`Entry`: its problems, its key) and the
-age order that settles conflicts (see `compile`'s docstring)."""
+"""The compiler's working record of each resource (`Entry`: its problems, its key, its trusted
+creation time) and the age order that settles conflicts (see `compile`'s docstring)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from legation.controller.compiler.ir import (
 )
 from legation.core.errors import FieldPath
 
-__all__ = ["AnyEntry", "Entry", "age", "of_kind", "why_rejected"]
+__all__ = ["AnyEntry", "Entry", "age", "creation_stamp", "of_kind", "why_rejected"]
 
 R = TypeVar("R", bound=Resource)
 
@@ -36,6 +36,10 @@ class Entry(Generic[R]):
     """None only in an `AnyEntry` stand-in for an input that was invalid on its own (see
     `compile._stand_ins`); `of_kind` never yields those."""
     problems: list[Problem] = field(default_factory=list)
+    stamp: float | None = None
+    """`metadata.creationTimestamp` in seconds when the source's timestamps are trusted (set by
+    the API server), else None: a manifest file's timestamp is whatever its author wrote, so it
+    never settles a conflict between namespaces."""
 
     @functools.cached_property
     def key(self) -> str:
@@ -61,11 +65,18 @@ def of_kind(entries: Iterable[AnyEntry], kind: type[R]) -> list[Entry[R]]:
 
 
 def age(entry: Entry[R]) -> tuple[int, float, str, str]:
-    """Sort key: oldest first (see `compile`'s docstring)."""
-    meta: BaseModel = entry.resource.metadata
-    stamp = getattr(meta, "creation_timestamp", None) or (meta.model_extra or {}).get("creationTimestamp")
-    seconds = _parse_timestamp(stamp) if isinstance(stamp, str) else None
+    """Sort key: oldest first (see `compile`'s docstring), by the resource's own timestamp even
+    when the source's are not trusted: it orders resources of one namespace (canaries, default
+    policies), whose author wrote them all. Between namespaces only `Entry.stamp` counts."""
+    seconds = creation_stamp(entry.resource)
     return (0 if seconds is not None else 1, seconds or 0.0, entry.id.namespace, entry.id.name)
+
+
+def creation_stamp(resource: Resource) -> float | None:
+    """The resource's `metadata.creationTimestamp` in seconds, if it has a readable one."""
+    meta: BaseModel = resource.metadata
+    stamp = getattr(meta, "creation_timestamp", None) or (meta.model_extra or {}).get("creationTimestamp")
+    return _parse_timestamp(stamp) if isinstance(stamp, str) else None
 
 
 def _parse_timestamp(text: str) -> float | None:

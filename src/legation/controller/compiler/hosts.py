@@ -1,4 +1,5 @@
-"""Hosts (one per hostname, the oldest) with their TLS Secrets, and Secrets' own checks."""
+"""Hosts' own checks and IR, with their TLS Secrets, and Secrets' own checks (which Host owns
+a hostname is decided in `tenancy`)."""
 
 from __future__ import annotations
 
@@ -9,14 +10,14 @@ from legation.api.v1alpha1 import (
     ResourceId,
     Secret,
 )
-from legation.controller.compiler.entries import AnyEntry, Entry, age, why_rejected
+from legation.controller.compiler.entries import AnyEntry, Entry, why_rejected
 from legation.controller.compiler.ir import (
     HostIR,
     TlsSecret,
 )
 from legation.core.errors import FieldPath
 
-__all__ = ["check_secret", "compile_hosts", "tls_secrets"]
+__all__ = ["check_host", "check_secret", "host_irs", "tls_secrets"]
 
 
 def check_secret(entry: Entry[Secret]) -> None:
@@ -24,33 +25,33 @@ def check_secret(entry: Entry[Secret]) -> None:
         entry.reject(path, reason)
 
 
-def compile_hosts(entries: list[Entry[Host]], secrets: dict[ResourceId, AnyEntry]) -> list[HostIR]:
-    by_hostname: dict[str, Entry[Host]] = {}
-    for entry in sorted(entries, key=age):
-        host = entry.resource
-        path: FieldPath = ("spec", "tlsSecret", "name")
-        secret = secrets.get(ResourceId("Secret", entry.id.namespace, host.spec.tls_secret.name))
-        if secret is None:
-            entry.reject(path, f"no Secret {host.spec.tls_secret.name!r} in namespace {entry.id.namespace}")
-        elif not secret.ok:
-            entry.reject(path, f"{secret.id} is rejected: {why_rejected(secret)}")
-        elif isinstance(secret.resource, Secret) and secret.resource.type != "kubernetes.io/tls":
-            entry.reject(path, f"{secret.id} has type {secret.resource.type}, not kubernetes.io/tls")
-        if not entry.ok:
-            continue
-        winner = by_hostname.setdefault(host.spec.hostname, entry)
-        if winner is not entry:
-            entry.reject(
-                ("spec", "hostname"), f"hostname {host.spec.hostname} is already served by {winner.id}"
-            )
+def check_host(entry: Entry[Host], secrets: dict[ResourceId, AnyEntry]) -> None:
+    """The Host's own checks: its `tlsSecret` is a kubernetes.io/tls Secret of its namespace."""
+    host = entry.resource
+    path: FieldPath = ("spec", "tlsSecret", "name")
+    secret = secrets.get(ResourceId("Secret", entry.id.namespace, host.spec.tls_secret.name))
+    if secret is None:
+        entry.reject(path, f"no Secret {host.spec.tls_secret.name!r} in namespace {entry.id.namespace}")
+    elif not secret.ok:
+        entry.reject(path, f"{secret.id} is rejected: {why_rejected(secret)}")
+    elif isinstance(secret.resource, Secret) and secret.resource.type != "kubernetes.io/tls":
+        entry.reject(path, f"{secret.id} has type {secret.resource.type}, not kubernetes.io/tls")
+
+
+def host_irs(entries: Iterable[Entry[Host]]) -> list[HostIR]:
+    """The IR of the Hosts that own their hostnames (see `tenancy.settle_hosts`)."""
     return [
         HostIR(
             id=e.key,
             hostname=host.spec.hostname,
             secret=f"{e.id.namespace}/{host.spec.tls_secret.name}",
             insecure=host.spec.insecure.action,
+            namespaces=(
+                e.id.namespace,
+                *sorted({d.namespace for d in host.spec.delegate} - {e.id.namespace}),
+            ),
         )
-        for e in by_hostname.values()
+        for e in entries
         if isinstance(host := e.resource, Host)
     ]
 

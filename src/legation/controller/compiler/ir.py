@@ -226,6 +226,9 @@ class HostIR:
     secret: str
     """"namespace/name" of its kubernetes.io/tls Secret (served over SDS)."""
     insecure: Literal["Redirect", "Reject", "Route"]
+    namespaces: tuple[str, ...] = ()
+    """Its namespace, then the namespaces it delegates prefixes to: the routes whose plain-HTTP
+    handling (`insecure`) it decides. Other namespaces' `*` routes on its hostname keep their own."""
 
 
 @dataclass(frozen=True)

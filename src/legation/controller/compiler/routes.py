@@ -3,6 +3,7 @@ into one route (canaries and their weights), and the order Envoy tries routes in
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +28,7 @@ from legation.controller.compiler.ir import (
     Route,
     RouteMatch,
 )
+from legation.controller.compiler.ownership import PathSpace, normalize_prefix, path_space
 from legation.controller.compiler.policies import (
     policy_of,
 )
@@ -72,6 +74,11 @@ class Accepted:
     rules: tuple[RateLimitRule, ...]
     cluster: Cluster
 
+    @functools.cached_property
+    def space(self) -> PathSpace:
+        """The paths it can serve, for the ownership checks."""
+        return path_space(self.match.kind, self.match.value)
+
 
 def check_mapping(
     entry: Entry[Mapping],
@@ -104,7 +111,8 @@ def check_mapping(
 
 def route_match(spec: MappingSpec) -> RouteMatch:
     if spec.prefix is not None:
-        kind, value = "prefix", spec.prefix
+        # Whole segments: `/orders/` and `/orders` are the same match (path_separated_prefix).
+        kind, value = "prefix", normalize_prefix(spec.prefix)
     elif spec.path is not None:
         kind, value = "path", spec.path
     else:

@@ -252,6 +252,7 @@ class KubernetesSource:
             errors=(),
             origins=tuple(origins),
             version=content_version(inputs),
+            trusted_timestamps=True,  # creationTimestamp is the API server's, not the client's
         )
 
     async def _debounced(self) -> None:

@@ -34,6 +34,7 @@ from legation.controller.serving.access import HttpAccess
 from legation.controller.serving.api import create_app
 from legation.controller.serving.feed import Feed
 from legation.controller.serving.pipeline import ControllerState, Stages, build, status_errors
+from legation.controller.serving.platform import add_platform_argument, platform_namespaces
 from legation.controller.sources import Source, StatusSink
 from legation.controller.sources.directory import DirectorySource
 from legation.controller.sources.merged import MergedSource
@@ -152,6 +153,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="HOST:PORT",
         help="the authz service Envoy calls when no AuthService resource is given",
     )
+    add_platform_argument(parser)
     parser.add_argument("--shutdown-grace", type=float, default=2.0, metavar="SECONDS")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
@@ -198,8 +200,15 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, TokenFileError) as exc:
         print(f"legation controller: {exc}", file=sys.stderr)
         return 2
+    platform = platform_namespaces(args)
     if args.kubernetes:
-        from legation.controller.kubernetes.source import KubernetesOptions, KubernetesSource
+        from legation.controller.kubernetes.source import (
+            KubernetesOptions,
+            KubernetesSource,
+            default_lease_namespace,
+        )
+
+        platform = platform_namespaces(args, own=default_lease_namespace())
 
         if args.lease_renew <= 0 or args.lease_renew >= args.lease_duration:
             print(
@@ -251,6 +260,7 @@ def run(args: argparse.Namespace) -> int:
             grace=args.shutdown_grace,
             gateway=args.gateway,
             xds_security=xds_security,
+            platform=platform,
         )
     )
 
@@ -318,6 +328,7 @@ async def serve(
     grace: float = 2.0,
     gateway: str = DEFAULT_GATEWAY,
     xds_security: XdsSecurity | None = None,
+    platform: frozenset[str] = frozenset({"legation-system"}),
 ) -> None:
     security = xds_security or XdsSecurity(None)
     state = ControllerState(source_description=description)
@@ -345,7 +356,7 @@ async def serve(
         health=health,
         reflect=[SERVICE],
         background=[
-            _follow(source, options, state, xds, feeds, health, gateway=gateway),
+            _follow(source, options, state, xds, feeds, health, gateway=gateway, platform=platform),
             http.serve(sockets=[http.socket]),
         ],
         on_drain=drain,
@@ -361,13 +372,16 @@ async def _follow(
     health: Health,
     *,
     gateway: str,
+    platform: frozenset[str],
 ) -> None:
     cache = ParseCache()
     # Sources that write verdicts back (Kubernetes status) take each run's statuses.
     sink = source if isinstance(source, StatusSink) else None
     async for snapshot in source.snapshots():
         try:
-            stages = await asyncio.to_thread(build, snapshot, options, parse=cache.parse, gateway=gateway)
+            stages = await asyncio.to_thread(
+                build, snapshot, options, parse=cache.parse, gateway=gateway, platform_namespaces=platform
+            )
         except Exception as exc:
             log.exception("pipeline run failed; the previous configuration stays in force")
             state.last_error = f"{type(exc).__name__}: {exc}"

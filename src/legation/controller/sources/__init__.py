@@ -14,10 +14,11 @@ followed with watchfiles); the Kubernetes source implements the same Protocol, b
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from legation.api.v1alpha1 import ResourceId
 from legation.controller.compiler.ir import ResourceStatus
 from legation.core.errors import ConfigError
 from legation.core.yamlfile import Document
@@ -42,6 +43,14 @@ class SourceSnapshot:
     kept: tuple[str, ...] = ()
     """Origins in `errors` whose documents are their last good version (read before the error);
     an input with an error and no last good version contributes no documents."""
+    trusted_timestamps: bool = False
+    """Whether the documents' `metadata.creationTimestamp` were set by an authority (the
+    Kubernetes API server) rather than written by whoever wrote the manifest (a file): only
+    then do they settle conflicts between namespaces."""
+    ages: Mapping[ResourceId, float] | None = None
+    """For sources whose documents carry no trustworthy creation time: when the source itself
+    first saw each resource, as an API server stamps what it stores (0 for everything present at
+    its first read, which therefore ties; a later addition gets the monotonic clock's reading)."""
 
 
 class Source(Protocol):

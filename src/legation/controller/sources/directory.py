@@ -13,6 +13,13 @@ good contributes nothing. A file over the size limit, or with YAML anchors or al
 the same way (`legation.core.yamlfile`). Only a running source has a last good version: `legation validate`
 reads once and reports the error. Parsed files are cached by content, so a re-read costs a
 read per file and a parse per changed file.
+
+Age: a manifest's `metadata.creationTimestamp` is whatever its author wrote, so the source
+stamps resources itself, as an API server does (`SourceSnapshot.ages`): everything present at
+the first read ties at 0, and a resource that appears later is stamped with the monotonic clock
+when first read (kept while it exists, also across edits and moves; deleted and re-added, it is
+new). A running controller thus never gives a served route away to a newcomer that overlaps it,
+while the same conflicts present at start (or in `legation validate`) tie and are rejected.
 """
 
 from __future__ import annotations
@@ -21,12 +28,14 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import watchfiles
 
+from legation.api.v1alpha1 import ResourceId, raw_id
 from legation.controller.sources import SourceSnapshot
 from legation.core.digest import content_version
 from legation.core.errors import ConfigError
@@ -55,6 +64,8 @@ class DirectorySource:
         self._parsed: dict[str, tuple[str, list[Document] | ConfigError]] = {}
         self._good: dict[str, list[Document]] = {}
         """Each file's last documents read without error (what it serves while broken)."""
+        self._seen: dict[ResourceId, float] | None = None
+        """When each resource was first read (see the module's docstring); None before a read."""
 
     def load(self) -> SourceSnapshot:
         """Read the tree once (blocking). Never raises for bad input: problems are in `errors`.
@@ -72,13 +83,27 @@ class DirectorySource:
         self._parsed = parsed
         # Built from the previous `_good` (read by `_serving`), then replaces it: deleted files drop out.
         self._good = {f.name: docs for f in files if (docs := self._serving(f)) is not None}
+        documents = tuple(d for f in files for d in self._good.get(f.name, ()))
         return SourceSnapshot(
-            documents=tuple(d for f in files for d in self._good.get(f.name, ())),
+            documents=documents,
             errors=tuple(f.error for f in files if f.error is not None),
             origins=tuple(f.name for f in files),
             version=content_version((f.name, f.text) for f in files),
             kept=tuple(f.name for f in files if f.error is not None and f.name in self._good),
+            ages=self._stamp(documents),
         )
+
+    def _stamp(self, documents: tuple[Document, ...]) -> dict[ResourceId, float]:
+        """Each resource's first-seen age; forgets the resources that are gone."""
+        now = 0.0 if self._seen is None else time.monotonic()
+        previous = self._seen or {}
+        seen: dict[ResourceId, float] = {}
+        for doc in documents:
+            rid = raw_id(doc.data)
+            if rid is not None:
+                seen[rid] = previous.get(rid, now)
+        self._seen = seen
+        return seen
 
     def _read(self, path: Path, parsed: dict[str, tuple[str, list[Document] | ConfigError]]) -> _File | None:
         """The file's content and documents (or error); None if it vanished while we read."""

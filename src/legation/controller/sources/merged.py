@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Sequence
 
+from legation.api.v1alpha1 import ResourceId
 from legation.controller.sources import Source, SourceSnapshot
 from legation.core.digest import content_version
 
@@ -62,6 +63,18 @@ class MergedSource:
                     await task
 
 
+def _ages(snapshots: Sequence[SourceSnapshot]) -> dict[ResourceId, float] | None:
+    """Every member's first-seen ages (comparable: 0 at each member's first read, else the
+    process's monotonic clock); the earliest when two members hold the same resource."""
+    if all(s.ages is None for s in snapshots):
+        return None
+    merged: dict[ResourceId, float] = {}
+    for snapshot in snapshots:
+        for rid, seen in (snapshot.ages or {}).items():
+            merged[rid] = min(seen, merged.get(rid, seen))
+    return merged
+
+
 def merge(snapshots: Sequence[SourceSnapshot]) -> SourceSnapshot:
     """One snapshot holding every member's documents, errors and origins."""
     return SourceSnapshot(
@@ -69,5 +82,7 @@ def merge(snapshots: Sequence[SourceSnapshot]) -> SourceSnapshot:
         errors=tuple(e for s in snapshots for e in s.errors),
         origins=tuple(o for s in snapshots for o in s.origins),
         kept=tuple(o for s in snapshots for o in s.kept),
+        trusted_timestamps=all(s.trusted_timestamps for s in snapshots),
+        ages=_ages(snapshots),
         version=content_version((str(i), s.version) for i, s in enumerate(snapshots)),
     )

@@ -7,8 +7,10 @@ that covers it, most specific hostname first (`api.example.com`, then `*.example
 vanish for every host that has routes of its own; with the merge, a `*` route serves every host
 unless a more specific route matches first.
 
-On the plain-HTTP listener a hostname covered by a Host follows that Host's `insecure.action`:
-Redirect (301 to https), Reject (403) or Route (served as on https).
+On the plain-HTTP listener a Host's `insecure.action` (Redirect: 301 to https, Reject: 403, or
+Route: served as on https) applies to the routes of the Host's namespace and of the namespaces it
+delegates to, and to what no route matches; other namespaces' `*` routes serving the same
+hostname keep their own handling.
 
 Pure: messages from `xds-protos`, no I/O. Names: virtual hosts are named by their hostname,
 routes by their IR id (`namespace/name` of the primary Mapping), generated routes by the Host
@@ -99,46 +101,78 @@ def _specificity(pattern: str) -> tuple[int, int, str]:
 def route_configurations(ir: IR, options: RouteOptions, names: Mapping[str, bool]) -> dict[str, Any]:
     """Route configurations by name; `names` maps each name to whether it serves the plain-HTTP
     listener (where Hosts' insecure actions apply) or the TLS one (the hostnames Hosts cover)."""
-    by_hostname: dict[str, list[Any]] = {}
+    by_hostname: dict[str, list[tuple[Route, rc.Route]]] = {}
     for route in ir.routes:  # each route built once, copied into every virtual host it serves
         message = rc.Route()
         _route(message, route, options)
-        by_hostname.setdefault(route.match.hostname, []).append(message)
+        by_hostname.setdefault(route.match.hostname, []).append((route, message))
     hosts = {h.hostname: h for h in ir.hosts}
     hostnames = sorted({*by_hostname, *hosts}, key=_specificity)
+    insecure = _InsecureRoutes(options)
     configs = {}
     for name, plain_http in names.items():
         config = configs[name] = route_pb2.RouteConfiguration(name=name)
         for hostname in hostnames:
             candidates = _candidates(hostname)
-            if not plain_http and not any(p in hosts for p in candidates):
+            covering = [hosts[p] for p in candidates if p in hosts]  # most specific first
+            if not plain_http and not covering:
                 # A TLS connection only exists for a Host's SNI names, so a hostname no Host
                 # covers is never legitimately asked for here: leaving it out refuses Host
                 # headers that differ from SNI (domain fronting) and keeps the TLS route
                 # configuration as small as the Hosts (profile: it duplicated every route, +30 MB
                 # of the peak RSS at 10k Mappings).
                 continue
-            host = next((hosts[p] for p in candidates if p in hosts), None) if plain_http else None
-            if host is not None and host.insecure != "Route":
-                vhost = config.virtual_hosts.add(name=hostname, domains=[hostname])
-                _insecure_route(vhost.routes.add(), host, options)
-                continue
-            routes = [m for p in candidates for m in by_hostname.get(p, ())]
+            routes = [
+                insecure.variant(route, message, covering) if plain_http else message
+                for p in candidates
+                for route, message in by_hostname.get(p, ())
+            ]
+            if plain_http and covering and covering[0].insecure != "Route":
+                routes.append(insecure.catch_all(covering[0]))  # what no route matches
             if routes:  # a hostname nothing serves gets Envoy's 404 without a virtual host
                 config.virtual_hosts.add(name=hostname, domains=[hostname]).routes.extend(routes)
     return configs
 
 
-def _insecure_route(out: rc.Route, host: HostIR, options: RouteOptions) -> None:
-    out.match.prefix = "/"
+class _InsecureRoutes:
+    """Plain-HTTP versions of routes: a Host's `insecure` action applies to the routes of its own
+    namespace and of the namespaces it delegates to, never to another team's `*` routes that
+    also serve its hostname (a team's Host must not turn other teams' plain HTTP into 403s)."""
+
+    def __init__(self, options: RouteOptions) -> None:
+        self.options = options
+        self._built: dict[tuple[str, str], rc.Route] = {}
+
+    def variant(self, route: Route, message: rc.Route, covering: list[HostIR]) -> rc.Route:
+        host = next((h for h in covering if route.namespace in h.namespaces), None)
+        if host is None or host.insecure == "Route":
+            return message
+        key = (route.id, host.id)
+        built = self._built.get(key)
+        if built is None:
+            built = self._built[key] = rc.Route()
+            built.match.CopyFrom(message.match)
+            _insecure_route(built, host, self.options, name=f"{route.id}:{host.insecure.lower()}")
+        return built
+
+    def catch_all(self, host: HostIR) -> rc.Route:
+        key = ("", host.id)
+        built = self._built.get(key)
+        if built is None:
+            built = self._built[key] = rc.Route()
+            built.match.prefix = "/"
+            _insecure_route(built, host, self.options, name=f"host:{host.id}:{host.insecure.lower()}")
+        return built
+
+
+def _insecure_route(out: rc.Route, host: HostIR, options: RouteOptions, *, name: str) -> None:
+    out.name = name
     if host.insecure == "Redirect":
-        out.name = f"host:{host.id}:redirect"
         out.redirect.https_redirect = True
         out.redirect.response_code = rc.RedirectAction.MOVED_PERMANENTLY
         if options.redirect_port != 443:
             out.redirect.port_redirect = options.redirect_port
     else:
-        out.name = f"host:{host.id}:reject"
         out.direct_response.status = 403
         out.direct_response.body.inline_string = f"{host.hostname} is served over https only\n"
     if options.authz:  # answered by Envoy itself: asking authz first would only add latency
@@ -188,8 +222,11 @@ def _unavailable(out: rc.Route, body: str) -> None:
 
 
 def _match(out: rc.RouteMatch, match: RouteMatch) -> None:
-    if match.kind == "prefix":
-        out.prefix = match.value
+    if match.kind == "prefix" and match.value == "/":
+        out.prefix = "/"
+    elif match.kind == "prefix":
+        # Whole segments: `/orders` matches `/orders` and `/orders/…`, never `/ordersX`.
+        out.path_separated_prefix = match.value
     elif match.kind == "path":
         out.path = match.value
     else:
@@ -224,8 +261,7 @@ def _action(out: rc.RouteAction, route: Route) -> None:
     else:
         for cluster, weight in weights.items():
             out.weighted_clusters.clusters.add(name=cluster).weight.value = weight
-    if route.rewrite is not None:
-        out.prefix_rewrite = route.rewrite
+    _rewrite(out, route)
     out.timeout.CopyFrom(duration(route.timeout))  # 0s: Envoy's "no timeout"
     if route.retries is not None:
         policy = out.retry_policy
@@ -237,6 +273,20 @@ def _action(out: rc.RouteAction, route: Route) -> None:
         out.upgrade_configs.add(upgrade_type=upgrade)
     for limit in route.rate_limits:
         _rate_limit(out.rate_limits.add(), limit)
+
+
+def _rewrite(out: rc.RouteAction, route: Route) -> None:
+    """The matched prefix (or the whole path) replaced by `rewrite`, as Gateway API's
+    ReplacePrefixMatch: the prefix `/orders` rewritten to `/v1` sends `/orders/42` to `/v1/42`,
+    and rewritten to `/` (or `/v1/`) sends it to `/42` (`/v1/42`), not `//42`."""
+    rewrite, match = route.rewrite, route.match
+    if rewrite is None:
+        return
+    if match.kind == "prefix" and match.value != "/" and rewrite.endswith("/"):
+        out.regex_rewrite.pattern.regex = f"^{re.escape(match.value)}/*"
+        out.regex_rewrite.substitution = rewrite
+    else:
+        out.prefix_rewrite = rewrite
 
 
 def _rate_limit(out: rc.RateLimit, limit: RateLimitIR) -> None:
