@@ -59,6 +59,9 @@ class Authorizer:
         self, policies: Mapping[str, CompiledPolicy], *, default_policy: str | None, cache: TokenCache
     ) -> None:
         self.policies = policies
+        self.rejected: Mapping[str, str] = {}
+        """Policies of the config in force that could not be loaded (key -> why): requests
+        naming one are denied with 503, as when a policy's keys cannot be obtained."""
         self.default_policy = default_policy
         self.cache = cache
         self._paths: Memo[str, tuple[str, str]] = Memo(10_000)  # raw path -> normalised (paths recur)
@@ -72,6 +75,8 @@ class Authorizer:
             return _forbidden("-", "no policy for this route")
         policy = self.policies.get(name)
         if policy is None:
+            if name in self.rejected:
+                return _deny(name, 503, "unavailable", "policy rejected")
             return _forbidden(name, "unknown policy")
         split = self._paths.get(request.path)
         if split is None:
