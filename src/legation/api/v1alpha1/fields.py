@@ -90,6 +90,33 @@ def _mutable_header(value: str) -> str:
     return name
 
 
+HOP_BY_HOP = frozenset(
+    ("connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade")
+)
+"""RFC 9110 §7.6.1 connection-specific fields (plus the widespread keep-alive and
+proxy-connection): they describe one hop, never a request's content."""
+_FRAMING = frozenset(("host", "content-length", "transfer-encoding"))
+"""Fields that route or frame the request: set after the authorization decision, they would change
+which request the upstream sees."""
+
+
+def check_identity_header(value: str) -> str:
+    """A header the gateway may set from a claim: a plain RFC 9110 field name, lowercased, and
+    none that would change the request's routing, framing or connection, or Envoy's handling."""
+    if not HEADER_NAME.fullmatch(value):
+        raise ValueError(
+            f"invalid header name {value!r} (letters, digits and !#$%&'*+.^_`|~- only; no pseudo-headers)"
+        )
+    name = value.lower()
+    if name in HOP_BY_HOP or name.startswith("proxy-"):
+        raise ValueError(f"{name} is a hop-by-hop header; it cannot carry a claim")
+    if name in _FRAMING:
+        raise ValueError(f"{name} routes or frames the request; it cannot carry a claim")
+    if name.startswith("x-envoy-"):
+        raise ValueError(f"{name}: x-envoy-* headers control Envoy; they cannot carry a claim")
+    return name
+
+
 def _header_value(value: str) -> str:
     if any(c in value for c in "\r\n\0"):
         raise ValueError("a header value cannot contain CR, LF or NUL")
@@ -147,6 +174,7 @@ MutableHeader = Annotated[str, AfterValidator(_mutable_header)]
 HeaderValue = Annotated[str, AfterValidator(_header_value)]
 Method = Annotated[str, AfterValidator(_method)]
 ServiceAddress = Annotated[str, AfterValidator(_service)]
+IdentityHeader = Annotated[str, AfterValidator(check_identity_header)]
 
 
 @dataclass(frozen=True)
