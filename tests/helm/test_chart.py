@@ -377,12 +377,12 @@ def test_no_metrics_peers_means_no_metrics_rule(kube_tools: KubeTools, tmp_path:
 
 READS = {
     ("legation.dev", r, v)
-    for r in ("mappings", "jwtpolicies", "authservices", "hosts")
+    for r in ("mappings", "jwtpolicies", "authservices", "hosts", "upstreamgrants")
     for v in ("get", "list", "watch")
 } | {("", "secrets", v) for v in ("get", "list", "watch")}
 STATUS_WRITES = {
     ("legation.dev", f"{r}/status", v)
-    for r in ("mappings", "jwtpolicies", "authservices", "hosts")
+    for r in ("mappings", "jwtpolicies", "authservices", "hosts", "upstreamgrants")
     for v in ("get", "update", "patch")
 }
 LEASE = {("coordination.k8s.io", "leases", v) for v in ("get", "create", "update", "patch")}

@@ -13,7 +13,7 @@ import http
 import ipaddress
 import re
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
 import re2
 from pydantic import AfterValidator
@@ -50,7 +50,8 @@ ERROR_STATUSES = frozenset(s.value for s in http.HTTPStatus if 400 <= s.value <=
 # --- field types -------------------------------------------------------------------------------
 
 
-def _hostname(value: str) -> str:
+def check_hostname(value: str) -> str:
+    """An exact host name, `*.example.com` or `*`, lowercased."""
     host = value.lower()
     if host != "*" and (len(host) > 253 or not _HOSTNAME.fullmatch(host)):
         raise ValueError(f"invalid hostname {value!r} (expected an exact name, *.example.com or *)")
@@ -155,7 +156,10 @@ def check_status(value: int) -> int:
     return value
 
 
-def unique(values: list[str]) -> list[str]:
+T = TypeVar("T")
+
+
+def unique(values: list[T]) -> list[T]:
     for i, value in enumerate(values):
         if value in values[:i]:
             raise ValueError(f"{value!r} is listed twice")
@@ -167,7 +171,7 @@ def _service(value: str) -> str:
     return value
 
 
-Hostname = Annotated[str, AfterValidator(_hostname)]
+Hostname = Annotated[str, AfterValidator(check_hostname)]
 UrlPath = Annotated[str, AfterValidator(_path)]
 HeaderName = Annotated[str, AfterValidator(_header_name)]
 MutableHeader = Annotated[str, AfterValidator(_mutable_header)]

@@ -172,13 +172,20 @@ def _start_all(
     if upstreams is not None:
         for (host, port), name, child in upstreams.sync(from_directory(args.dir)):
             wait(f"upstream {port} ({name})", _opens(host, port), child)
-    api = _start_controller(args, files=files, stack=stack, wait=wait)
+    api = _start_controller(args, files=files, stack=stack, plan=plan, wait=wait)
     _start_services(args, api=api, stack=stack, plan=plan, wait=wait)
     _start_envoy(args, files=files, stack=stack, wait=wait)
 
 
-def _start_controller(args: argparse.Namespace, *, files: DemoFiles, stack: Stack, wait: _Waiter) -> str:
+def _start_controller(
+    args: argparse.Namespace, *, files: DemoFiles, stack: Stack, plan: _Plan, wait: _Waiter
+) -> str:
+    """The controller, allowing loopback upstreams (the demo upstreams) but never the gateway's
+    own ports: every port of `plan.reserved` (Envoy, xDS, API, authz, rate limit, their metrics,
+    a loopback Redis) is a reserved upstream, as is a Redis elsewhere."""
     host = _HOST
+    reserved = [f"{host}:{port}" for port in sorted(plan.reserved)]
+    reserved += _remote_redis(args.redis_url)
     controller = stack.start(
         "controller",
         [
@@ -192,12 +199,29 @@ def _start_controller(args: argparse.Namespace, *, files: DemoFiles, stack: Stac
             "--envoy-https-port", str(args.https_port),
             "--authz-service", f"{host}:{args.authz_port}",
             "--ratelimit-service", f"{host}:{args.ratelimit_port}",
+            "--allow-loopback-upstreams",
+            *(f"--reserved-upstream={entry}" for entry in reserved),
             "--log-level", _LOG_LEVEL,
         ],
     )  # fmt: skip
     api = f"http://{host}:{args.api_port}"
     wait("controller", lambda: _http_ok(f"{api}/readyz"), controller)
     return api
+
+
+def _remote_redis(url: str | None) -> list[str]:
+    """A redis:// or rediss:// server off this machine, as HOST:PORT (a loopback one is in the
+    plan's reserved ports already)."""
+    parts = urllib.parse.urlsplit(url) if url else None
+    if parts is None or parts.scheme not in ("redis", "rediss"):
+        return []
+    try:
+        host, port = parts.hostname, parts.port or 6379
+    except ValueError:
+        return []
+    if not host or host in ("127.0.0.1", "localhost", "::1"):
+        return []
+    return [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
 
 
 def _start_services(args: argparse.Namespace, *, api: str, stack: Stack, plan: _Plan, wait: _Waiter) -> None:

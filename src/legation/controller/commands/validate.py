@@ -6,7 +6,10 @@ duplicates, references, singletons and conflicts, and the resources rejected bec
 they depend on is rejected. There is no last good version of a file here: a file that does not
 parse is reported and contributes nothing. Prints one line per problem,
 `file:line: Kind namespace/name: field.path: reason`, and exits 1 if there is any; otherwise
-prints a one-line summary and exits 0.
+prints a one-line summary and exits 0. The upstream flags are the controller's
+(`--allow-loopback-upstreams`, `--reserved-upstream`, `--namespaced-upstreams`,
+`--platform-namespace`): `legation validate --allow-loopback-upstreams examples` checks what
+`legation up examples` serves.
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ from collections import Counter
 from dataclasses import dataclass
 
 from legation.api.v1alpha1 import Resource
+from legation.controller.compiler.upstreams import UpstreamRules
 from legation.controller.serving.pipeline import build, problem_errors
+from legation.controller.serving.upstream_flags import add_upstream_arguments, upstream_rules
 from legation.controller.sources import SourceSnapshot
 from legation.controller.sources.directory import DirectorySource
 from legation.controller.sources.merged import merge
@@ -43,10 +48,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "dir", metavar="DIR", nargs="+", help="directories (or files) of YAML manifests, read recursively"
     )
+    add_upstream_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    report = validate_snapshot(merge([DirectorySource(d).load() for d in args.dir]))
+    rules = upstream_rules(args, kubernetes=False)
+    report = validate_snapshot(merge([DirectorySource(d).load() for d in args.dir]), upstreams=rules)
     for problem in report.problems:
         print(problem)
     if report.problems:
@@ -56,9 +63,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def validate_snapshot(snapshot: SourceSnapshot) -> Report:
+def validate_snapshot(snapshot: SourceSnapshot, *, upstreams: UpstreamRules | None = None) -> Report:
     """What the controller would reject in `snapshot`, and why (pure)."""
-    stages = build(snapshot, EnvoyOptions())
+    stages = build(snapshot, EnvoyOptions(), upstreams=upstreams)
     return Report(
         resources=tuple(resource for _, resource in stages.resources),
         problems=tuple(problem_errors(stages)),

@@ -15,10 +15,15 @@ Rules, in the order they are applied:
 3. JWTPolicies: provider and rule names resolve; a `jwks.secretRef` names a Secret of the
    policy's namespace with that key, and is resolved to `jwks.inline` in the authz feed. One
    `namespaceDefault: true` policy per namespace: the oldest; the others are rejected.
-4. AuthService: one for the gateway, the oldest; the others are rejected.
+4. AuthService: one for the gateway, the oldest; the others are rejected. Its service may not
+   be one of the gateway's own endpoints (`compiler.upstreams`) other than the authz service.
+   UpstreamGrants: accepted from platform namespaces only.
 5. Hosts: `tlsSecret` names a kubernetes.io/tls Secret of the Host's namespace; one Host per
    hostname, the oldest; the others are rejected.
-6. Mappings: the rate-limit annotation parses; the policy is `auth.policy` (a JWTPolicy of the
+6. Mappings: the rate-limit annotation parses; the service is one a Mapping of that namespace
+   may name (`compiler.upstreams`: never the gateway's own endpoints; loopback, link-local and
+   unspecified addresses refused; on Kubernetes, its own namespace's Services or what an
+   UpstreamGrant opens); the policy is `auth.policy` (a JWTPolicy of the
    Mapping's own namespace, which must be accepted), else the namespace's default policy (which
    must be accepted if it exists), else none; `auth.disabled: true` means none.
 7. Matches: Mappings with an equal match (hostname, prefix/path/regex, methods, headers, query
@@ -39,6 +44,7 @@ the outcome unchanged when files are moved or renamed.
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import threading
 from collections.abc import Iterator, Sequence
@@ -52,6 +58,7 @@ from legation.api.v1alpha1 import (
     Resource,
     ResourceId,
     Secret,
+    UpstreamGrant,
     resource_id,
 )
 from legation.api.v1alpha1.fields import Upstream, parse_service
@@ -79,20 +86,32 @@ from legation.controller.compiler.routes import (
     compile_routes,
     route_order,
 )
+from legation.controller.compiler.upstreams import (
+    UpstreamRules,
+    check_auth_service,
+    compile_grants,
+    mapping_upstream,
+)
 
 __all__ = ["compile_resources", "gc_paused"]
 
 
 def compile_resources(
-    resources: Sequence[tuple[Origin, Resource]], rejected: dict[ResourceId, Rejected] | None = None
+    resources: Sequence[tuple[Origin, Resource]],
+    rejected: dict[ResourceId, Rejected] | None = None,
+    *,
+    upstreams: UpstreamRules | None = None,
 ) -> CompileResult:
     """Compile resources (each with its origin) into statuses, IR and feeds. Pure.
+
+    `upstreams`: which upstreams Mappings may name (`compiler.upstreams`; default: no loopback,
+    nothing reserved, no namespace rule).
 
     `rejected` names the inputs that were invalid on their own: they get no status here, but a
     reference to one says it is rejected and why, rather than that it does not exist, and one
     that claims to be its namespace's default JWTPolicy fails that namespace closed."""
     with gc_paused():
-        return _compile(resources, rejected or {})
+        return _compile(resources, rejected or {}, upstreams or UpstreamRules())
 
 
 _gc_lock = threading.Lock()
@@ -125,7 +144,7 @@ def gc_paused() -> Iterator[None]:
 
 
 def _compile(
-    resources: Sequence[tuple[Origin, Resource]], rejected: dict[ResourceId, Rejected]
+    resources: Sequence[tuple[Origin, Resource]], rejected: dict[ResourceId, Rejected], rules: UpstreamRules
 ) -> CompileResult:
     entries: list[AnyEntry] = sorted(
         (Entry(resource_id(r), origin, r) for origin, r in resources), key=lambda e: (e.id, e.origin)
@@ -144,13 +163,15 @@ def _compile(
     policies, defaults = compile_policies(of_kind(current.values(), JWTPolicy), secrets)
     for rid in sorted(r for r, why in rejected.items() if why.namespace_default and r in stand_ins):
         defaults.setdefault(rid.namespace, stand_ins[rid])
-    auth_service = compile_auth_service(of_kind(current.values(), AuthService))
+    auth_service = check_auth_service(compile_auth_service(of_kind(current.values(), AuthService)), rules)
+    grants = compile_grants(of_kind(current.values(), UpstreamGrant), rules)
     hosts = compile_hosts(of_kind(current.values(), Host), secrets)
-    upstreams: dict[tuple[Upstream, bool, CircuitBreakers | None], Cluster] = {}
+    by_upstream: dict[tuple[Upstream, bool, CircuitBreakers | None], Cluster] = {}
+    upstream_of = functools.partial(mapping_upstream, rules=rules, grants=grants)
     accepted = [
         a
         for e in of_kind(current.values(), Mapping)
-        if (a := check_mapping(e, current, defaults, upstreams)) is not None
+        if (a := check_mapping(e, current, defaults, by_upstream, upstream_of=upstream_of)) is not None
     ]
     routes = compile_routes(accepted)
 

@@ -22,9 +22,11 @@ from fastapi import FastAPI
 from prometheus_client import Gauge, Histogram
 
 from legation.controller.compiler.parse_cache import ParseCache
+from legation.controller.compiler.upstreams import UpstreamRules
 from legation.controller.serving.api import create_app
 from legation.controller.serving.feed import Feed
 from legation.controller.serving.pipeline import ControllerState, Stages, build, status_errors
+from legation.controller.serving.upstream_flags import add_upstream_arguments, upstream_rules
 from legation.controller.sources import Source, StatusSink
 from legation.controller.sources.directory import DirectorySource
 from legation.controller.sources.merged import MergedSource
@@ -102,6 +104,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="HOST:PORT",
         help="the authz service Envoy calls when no AuthService resource is given",
     )
+    add_upstream_arguments(parser)
     parser.add_argument("--shutdown-grace", type=float, default=2.0, metavar="SECONDS")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
@@ -142,10 +145,12 @@ def run(args: argparse.Namespace) -> int:
         ratelimit_service=None if args.ratelimit_service in (None, "", "none") else args.ratelimit_service,
         default_authz_service=args.authz_service or None,
     )
+    rules = upstream_rules(args, kubernetes=args.kubernetes, authz_service=args.authz_service or None)
     return run_until_stopped(
         serve(
             source,
             options,
+            upstreams=rules,
             description=description,
             xds_listen=args.xds_listen,
             http_listen=args.http_listen,
@@ -158,6 +163,7 @@ async def serve(
     source: Source,
     options: EnvoyOptions,
     *,
+    upstreams: UpstreamRules | None = None,
     description: str,
     xds_listen: str,
     http_listen: str,
@@ -182,7 +188,7 @@ async def serve(
         health=health,
         reflect=[SERVICE],
         background=[
-            _follow(source, options, state, xds, feeds, health),
+            _follow(source, options, state, xds, feeds, health, upstreams),
             http.serve(sockets=[http.socket]),
         ],
         on_drain=drain,
@@ -196,13 +202,14 @@ async def _follow(
     xds: XdsServer,
     feeds: dict[str, Feed],
     health: Health,
+    upstreams: UpstreamRules | None,
 ) -> None:
     cache = ParseCache()
     # Sources that write verdicts back (Kubernetes status) take each run's statuses.
     sink = source if isinstance(source, StatusSink) else None
     async for snapshot in source.snapshots():
         try:
-            stages = await asyncio.to_thread(build, snapshot, options, parse=cache.parse)
+            stages = await asyncio.to_thread(build, snapshot, options, parse=cache.parse, upstreams=upstreams)
         except Exception as exc:
             log.exception("pipeline run failed; the previous configuration stays in force")
             state.last_error = f"{type(exc).__name__}: {exc}"
