@@ -238,7 +238,7 @@ def kinds(objects: list[dict[str, Any]]) -> dict[str, int]:
 def test_defaults(rendered: dict[str, list[dict[str, Any]]]) -> None:
     objects = rendered["defaults"]
     assert kinds(objects) == {
-        "CustomResourceDefinition": 4,
+        "CustomResourceDefinition": 5,
         "ServiceAccount": 1,
         "ClusterRole": 1,
         "ClusterRoleBinding": 1,
@@ -569,6 +569,10 @@ def test_components_find_each_other(rendered: dict[str, list[dict[str, Any]]], p
     controller_args = container(objects, "controller")["args"]
     assert flag(controller_args, "--authz-service") == service_address(objects, "authz", "grpc")
     assert flag(controller_args, "--ratelimit-service") == service_address(objects, "ratelimit", "grpc")
+    # The gateway's own gRPC endpoints are never a Mapping's upstream, whatever a grant says.
+    reserved = {a.split("=", 1)[1] for a in controller_args if a.startswith("--reserved-upstream=")}
+    for component, port in (("authz", "grpc"), ("ratelimit", "grpc"), ("controller", "grpc-xds")):
+        assert service_address(objects, component, port) in reserved, (component, reserved)
     (cluster,) = [
         c for c in envoy_bootstrap(objects)["static_resources"]["clusters"] if c["name"] == "legation-xds"
     ]
