@@ -1,8 +1,8 @@
 """The authorization decision for one HTTP request: policy → rule → tokens → claims → verdict.
 
 Deny by default at every step: no policy, unknown policy, a policy the config holds but could not
-load (503), ambiguous path, no matching rule,
-missing or invalid token, missing claim. Knows nothing of gRPC; the server adapts.
+load (503), ambiguous path, no matching rule, missing or invalid token, missing claim. Knows
+nothing of gRPC; the server adapts.
 """
 
 from __future__ import annotations
