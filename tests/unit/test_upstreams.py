@@ -4,6 +4,9 @@ Kubernetes, its own namespace's Services, or what a platform UpstreamGrant opens
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -225,3 +228,29 @@ def test_the_auth_service_may_name_the_authz_service_but_no_other_reserved_endpo
     assert status.problems[0].path == ("spec", "service") and "no AuthService may name it" in (
         status.reason or ""
     )
+
+
+# --- legation validate takes the controller's flags ----------------------------------------------
+
+
+def test_validate_cli_applies_the_upstream_flags(tmp_path: Path) -> None:
+    (tmp_path / "m.yaml").write_text(
+        "apiVersion: legation.dev/v1alpha1\nkind: Mapping\nmetadata: {name: m, namespace: team-a}\n"
+        "spec: {prefix: /m/, service: '127.0.0.1:9081'}\n"
+    )
+    legation = str(Path(sys.executable).parent / "legation")
+
+    def validate(*flags: str) -> subprocess.CompletedProcess[str]:
+        argv = [legation, "validate", *flags, str(tmp_path)]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+
+    refused = validate()
+    assert (
+        refused.returncode == 1
+        and "m.yaml:4: Mapping team-a/m: spec.service: 127.0.0.1:9081 is a loopback" in refused.stdout
+    )
+    assert validate("--allow-loopback-upstreams").returncode == 0
+    reserved = validate("--allow-loopback-upstreams", "--reserved-upstream", "localhost:9081")
+    assert reserved.returncode == 1 and "the gateway's own endpoint localhost:9081" in reserved.stdout
+    bad_flag = validate("--reserved-upstream", "http://x:1")
+    assert bad_flag.returncode == 2 and "without a scheme" in bad_flag.stderr
