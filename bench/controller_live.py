@@ -88,7 +88,8 @@ def _get_json(url: str) -> dict[str, object]:
 def _controller_cmd(s: Settings, source: Path, p: _Ports) -> list[str]:
     return [s.legation, "controller", "--source", str(source), "--xds-listen", f"{HOST}:{p.xds}",
             "--http-listen", f"{HOST}:{p.api}", "--envoy-http-port", str(p.envoy_http),
-            "--envoy-https-port", str(free_port()), "--ratelimit-service", "none", "--log-level", "warning"]  # fmt: skip
+            "--envoy-https-port", str(free_port()), "--ratelimit-service", "none", "--allow-loopback-upstreams",
+            "--log-level", "warning"]  # fmt: skip
 
 
 @contextlib.contextmanager

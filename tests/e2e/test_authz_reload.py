@@ -1,4 +1,5 @@
-"""Policy hot reload without restart; broken policies at reload (old ones stay) and at start (exit 1).
+"""Policy hot reload without restart; broken policies at reload (that policy alone fails closed;
+an unparsable file keeps the old version) and at start (exit 1).
 
 The policy's keys come from `jwks: {file: keys/jwks.json}`, a path relative to the policy file,
 which also checks that relative key files resolve against the policy file's directory.
@@ -151,10 +152,11 @@ def test_changes_apply_without_restart(
     assert _versions(service) == before  # the same text again: the same version
 
 
-@pytest.mark.parametrize("case", ["unknown-field", "unknown-provider", "yaml-syntax"])
+@pytest.mark.parametrize("case", ["yaml-syntax"])
 def test_broken_reload_keeps_the_old_policies(
     running: tuple[AuthzProcess, AuthzClient], config: Path, key: Signer, case: str
 ) -> None:
+    """A file that names no policy (it does not parse) keeps the running version."""
     service, client = running
     assert decide(client, key, "read").allowed
     errors_before = _loads(service, "error")
@@ -169,15 +171,43 @@ def test_broken_reload_keeps_the_old_policies(
     )
     assert decide(client, key, "read").allowed
     assert decide(client, key, "write").status == 403
-
-    records = json_log_lines(service.process.stderr_text())
-    needle = f"{config.name}:{line}:" if line else config.name
-    matching = [r for r in records if r.get("level") == "error" and needle in str(r.get("msg", ""))]
-    assert matching, f"no error log line names {needle!r}:\n{service.process.stderr_text()[-3000:]}"
+    _assert_logged(service, config, line)
     assert service.health() == "SERVING"
 
     _write_atomic(config, policy_text("write"))  # a later good version applies
     wait_status(client, key, "read", 403)
+
+
+@pytest.mark.parametrize("case", ["unknown-field", "unknown-provider", "two-key-sources"])
+def test_broken_policy_at_reload_fails_closed_alone(
+    running: tuple[AuthzProcess, AuthzClient], config: Path, key: Signer, case: str
+) -> None:
+    """A reload where one policy is broken rejects that policy (503 for requests naming it, on
+    /readyz, in the log and metrics) and applies the others."""
+    service, client = running
+    assert decide(client, key, "read").allowed
+    text, line = BROKEN[case]
+
+    _write_atomic(config, text + "---\n" + policy_text("read", name="other"))
+    wait_status(client, key, "read", 200, policy="reload/other")
+    refused = decide(client, key, "read")
+    assert (refused.status, refused.json()["reason"]) == (503, "policy rejected"), refused
+    _assert_logged(service, config, line)
+    status, body = service.readyz()
+    assert status == 200 and "legation.authz.policies: 1 loaded; rejected: reload/app (" in body, body
+    rejected = metric_samples(service.metrics_text(), "legation_authz_policy_rejected")
+    assert [labels["policy"] for labels, value in rejected if value == 1] == [POLICY]
+
+    _write_atomic(config, policy_text("write"))  # fixed: it applies, and is no longer reported
+    wait_status(client, key, "read", 403)
+    assert "legation.authz.policies: 1 loaded\n" in service.readyz()[1]
+
+
+def _assert_logged(service: AuthzProcess, config: Path, line: int | None) -> None:
+    records = json_log_lines(service.process.stderr_text())
+    needle = f"{config.name}:{line}:" if line else config.name
+    matching = [r for r in records if r.get("level") == "error" and needle in str(r.get("msg", ""))]
+    assert matching, f"no error log line names {needle!r}:\n{service.process.stderr_text()[-3000:]}"
 
 
 @pytest.mark.parametrize("case", sorted(BROKEN))

@@ -199,10 +199,11 @@ def _walk_through(launch: Launcher, controller: Controller, server: FeedServer) 
             "ratelimit",
             "domain: legation\ndescriptors:\n  - key: mapping\n    rate_limit:\n      unit: fortnight\n",
         )
+        # (A feed that parses but holds a bad policy rejects that policy alone: test_feed_partial.)
         bad_authz = server.publish(
             "authz",
             "apiVersion: legation.dev/v1alpha1\nkind: JWTPolicy\nmetadata: {name: x, namespace: y}\n"
-            "spec:\n  rules: [{public: true}]\n  surprise: 1\n",
+            "spec: [\n",
         )
         for service, bad, metric in (
             (ratelimit, bad_rl, "legation_ratelimit_config_loads_total"),

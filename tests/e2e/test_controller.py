@@ -35,6 +35,7 @@ def _controller(launch: Launcher, source: Path, xds: int, api: int, http: int) -
             "--envoy-http-port", str(http),
             "--envoy-https-port", str(free_port()),
             "--ratelimit-service", "none",
+            "--allow-loopback-upstreams",  # the echo upstream listens on loopback
         ],
     )  # fmt: skip
     wait_for(lambda: http_get(f"http://{HOST}:{api}/readyz")[0] == 200, timeout=30, what="controller ready")

@@ -74,6 +74,7 @@ def start_controller(
             "--envoy-http-port", str(envoy_http_port),
             "--envoy-https-port", str(free_port()),
             "--ratelimit-service", "none",
+            "--allow-loopback-upstreams",  # the echo upstreams listen on loopback
             *extra,
         ],
         env={**os.environ, "KUBECONFIG": str(api.kubeconfig)},

@@ -142,16 +142,28 @@ def test_a_loopback_service_added_while_running_gets_a_demo_upstream(gateway: Ga
     assert not tcp_open(HOST, port)
 
 
+def _verdict(gateway: Gateway, name: str) -> tuple[str, str] | None:
+    for r in gateway.api_json("/api/resources?kind=Mapping")["resources"]:
+        if r["name"] == name:
+            return str(r["state"]), " ".join(p["reason"] for p in r["problems"])
+    return None
+
+
 def test_a_mapping_naming_a_gateway_port_never_gets_a_demo_upstream(gateway: Gateway) -> None:
     own = {"api": gateway.api_port, "admin": gateway.admin_port, "http": gateway.http_port}
     path = gateway.source / "own.yaml"
     _write(path, "---\n".join(_mapping(f"own-{name}", f"/own-{name}/", port) for name, port in own.items()))
     try:
-        for port in own.values():
+        # `up` reserves its own ports: the controller rejects such Mappings (and Envoy never routes
+        # them), so no demo upstream is wanted for them.
+        for name, port in own.items():
             gateway.wait_until(
-                lambda port=port: f"port {port} is the gateway's own" in gateway.process.stdout_text(),
-                what=f"the refusal for port {port}",
+                lambda name=name: _verdict(gateway, f"own-{name}") is not None,
+                what=f"the verdict on port {port}",
             )
+            state, reason = _verdict(gateway, f"own-{name}") or ("", "")
+            assert state == "Rejected" and "the gateway's own endpoint" in reason, (state, reason)
+            assert gateway.request("GET", f"/own-{name}/x").status == 404
         assert gateway.process.running, gateway.process.stdout_text()
         for port in own.values():
             assert not (gateway.state / "logs" / f"upstream-{port}.log").exists()

@@ -246,7 +246,7 @@ def kinds(objects: list[dict[str, Any]]) -> dict[str, int]:
 def test_defaults(rendered: dict[str, list[dict[str, Any]]]) -> None:
     objects = rendered["defaults"]
     assert kinds(objects) == {
-        "CustomResourceDefinition": 4,
+        "CustomResourceDefinition": 5,
         "ServiceAccount": 1,
         "ClusterRole": 4,  # the controller's; edit, view and platform for people
         "ClusterRoleBinding": 1,
@@ -402,14 +402,14 @@ def test_network_policies_can_be_turned_off(kube_tools: KubeTools, tmp_path: Pat
 
 READS = {
     ("legation.dev", r, v)
-    for r in ("mappings", "jwtpolicies", "authservices", "hosts")
+    for r in ("mappings", "jwtpolicies", "authservices", "hosts", "upstreamgrants")
     for v in ("get", "list", "watch")
 } | {("", "secrets", "get")}
 """Secrets: get only. The controller reads a Secret by name when a resource names it; it can
 neither list nor watch them."""
 STATUS_WRITES = {
     ("legation.dev", f"{r}/status", v)
-    for r in ("mappings", "jwtpolicies", "authservices", "hosts")
+    for r in ("mappings", "jwtpolicies", "authservices", "hosts", "upstreamgrants")
     for v in ("get", "update", "patch")
 }
 LEASE = {("coordination.k8s.io", "leases", v) for v in ("get", "create", "update", "patch")}
@@ -603,6 +603,10 @@ def test_components_find_each_other(rendered: dict[str, list[dict[str, Any]]], p
     controller_args = container(objects, "controller")["args"]
     assert flag(controller_args, "--authz-service") == service_address(objects, "authz", "grpc")
     assert flag(controller_args, "--ratelimit-service") == service_address(objects, "ratelimit", "grpc")
+    # The gateway's own gRPC endpoints are never a Mapping's upstream, whatever a grant says.
+    reserved = {a.split("=", 1)[1] for a in controller_args if a.startswith("--reserved-upstream=")}
+    for component, port in (("authz", "grpc"), ("ratelimit", "grpc"), ("controller", "grpc-xds")):
+        assert service_address(objects, component, port) in reserved, (component, reserved)
     (cluster,) = [
         c for c in envoy_bootstrap(objects)["static_resources"]["clusters"] if c["name"] == "legation-xds"
     ]

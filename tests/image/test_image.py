@@ -147,11 +147,12 @@ def test_validate_the_examples(container: str, tmp_path: Path) -> None:
         path.chmod(0o755 if path.is_dir() else 0o644)  # readable by uid 10001
     examples = {REPO / "examples": "/tmp/examples"}
 
-    result = run(container, "validate", "/tmp/examples", "/tmp/demo",
+    # The examples' upstreams are loopback demo services: allowed as `legation up` allows them.
+    result = run(container, "validate", "--allow-loopback-upstreams", "/tmp/examples", "/tmp/demo",
                  volumes={**examples, demo.manifests: "/tmp/demo"})  # fmt: skip
     assert result.returncode == 0, result.stderr + result.stdout
 
-    result = run(container, "validate", "/tmp/examples", volumes=examples)
+    result = run(container, "validate", "--allow-loopback-upstreams", "/tmp/examples", volumes=examples)
     assert result.returncode == 1
     assert "no Secret 'demo-tls' in namespace team-catalog" in result.stderr + result.stdout
     assert "no Secret 'demo-issuer-jwks' in namespace team-orders" in result.stderr + result.stdout

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import yaml
+from fixtures.jwks_server import jwks_json, make_rsa_key
 from fixtures.manifests import self_signed
 
 from legation.api.ratelimit import DomainConfig
@@ -427,7 +428,7 @@ def test_the_feed_holds_only_the_policies_routes_use() -> None:
 
 
 def test_secret_backed_jwks_is_resolved_inline() -> None:
-    jwks_text = '{"keys": []}'
+    jwks_text = jwks_json([make_rsa_key("k")])
     result = run(
         secret("keys", jwks=jwks_text),
         policy("p", jwks={"secretRef": {"name": "keys", "key": "jwks"}}),

@@ -460,7 +460,8 @@ def test_public_names() -> None:
             "API_VERSION", "CUSTOM_KINDS", "HTTP_METHODS", "KINDS", "Kind", "MAX_REGEX_PROGRAM_SIZE", "AuthRef", "AuthService",
             "AuthServiceSpec", "CircuitBreakers", "Cors", "Host", "HostSpec", "IncludeBody", "Insecure",
             "JWTPolicy", "Mapping", "MappingSpec", "ObjectMeta", "Resource", "ResourceError", "ResourceId",
-            "Retries", "Secret", "SecretName", "Upstream", "parse_resource", "parse_service", "raw_id",
+            "Retries", "Secret", "SecretName", "Upstream", "GrantedUpstream", "UpstreamGrant",
+            "UpstreamGrantSpec", "parse_resource", "parse_service", "raw_id",
             "resource_id",
         ]
     )  # fmt: skip

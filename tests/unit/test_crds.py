@@ -271,7 +271,7 @@ def test_kinds_have_distinct_names_a_category_and_status() -> None:
     names = [crd(k)["spec"]["names"] for k in KINDS]
     every = [n for names_ in names for n in (names_["plural"], names_["singular"], *names_["shortNames"])]
     assert len(every) == len(set(every))
-    assert {n["kind"] for n in names} == {"Mapping", "JWTPolicy", "AuthService", "Host"}
+    assert {n["kind"] for n in names} == {"Mapping", "JWTPolicy", "AuthService", "Host", "UpstreamGrant"}
     for kind in KINDS:
         version = crd(kind)["spec"]["versions"][0]
         assert crd(kind)["spec"]["names"]["categories"] == ["legation"]

@@ -34,7 +34,7 @@ from legation.authz.jwks import StaticKeySource
 from legation.authz.policy import compile_policy
 from legation.authz.server import response_for
 from legation.authz.tokens import TokenCache
-from legation.controller.compiler.ratelimits import DOMAIN
+from legation.controller.compiler.ratelimits import ABSENT, DOMAIN
 from legation.controller.translate.envoy import (
     ACCESS_LOG_FORMAT,
     AUTHZ_CLUSTER,
@@ -666,16 +666,23 @@ def test_rate_limit_actions_per_annotation_key() -> None:
             "metadataKey": {"key": "envoy.filters.http.ext_authz", "path": [{"key": "org.team"}]},
         }
     }
+    header = {"requestHeaders": {"headerName": "x-api-key", "descriptorKey": "header_x-api-key"}}
+    no_header = {
+        "headerValueMatch": {
+            "descriptorKey": "header_x-api-key",
+            "descriptorValue": ABSENT,
+            "expectMatch": False,
+            "headers": [{"name": "x-api-key", "presentMatch": True}],
+        }
+    }
+    path = {"requestHeaders": {"headerName": ":path", "descriptorKey": "path"}}
+    method = {"requestHeaders": {"headerName": ":method", "descriptorKey": "method"}}
     assert limits == [
         [head, {"remoteAddress": {}}],
-        [head, claim],
+        [head, {"metadata": {**claim["metadata"], "defaultValue": ABSENT}}],
         [head],
-        [
-            head,
-            {"requestHeaders": {"headerName": "x-api-key", "descriptorKey": "header_x-api-key"}},
-            {"requestHeaders": {"headerName": ":path", "descriptorKey": "path"}},
-            {"requestHeaders": {"headerName": ":method", "descriptorKey": "method"}},
-        ],
+        [head, header, path, method],  # with the header
+        [head, no_header, path, method],  # without it: one shared bucket, not a way out
     ]
     assert action.rate_limits[1].actions[1].metadata.source == rc.RateLimit.Action.MetaData.DYNAMIC
     assert not route(translated(mapping("free"))[ROUTE][HTTP_ROUTES], "*", "demo/free").route.rate_limits
@@ -685,7 +692,8 @@ def envoy_descriptors(
     route_action: Any, *, client: str, headers: Mapping[str, str], metadata: Mapping[str, Any]
 ) -> list[list[tuple[str, str]]]:
     """The descriptors Envoy builds from a route's rate_limits for one request (a model of Envoy's
-    actions: a missing header or metadata value drops that whole descriptor)."""
+    actions: a missing header, or metadata value without default_value, drops that whole
+    descriptor; header_value_match appends its value when the match is as expected)."""
     found = []
     for limit in route_action.rate_limits:
         entries: list[tuple[str, str]] | None = []
@@ -703,12 +711,22 @@ def envoy_descriptors(
                     entries = None
                     break
                 entries.append((action.request_headers.descriptor_key, value))
+            elif kind == "header_value_match":
+                match = action.header_value_match
+                assert all(h.present_match for h in match.headers)
+                matched = all(h.name in headers for h in match.headers)
+                if matched != match.expect_match.value:
+                    entries = None
+                    break
+                entries.append((match.descriptor_key or "header_match", match.descriptor_value))
             elif kind == "metadata":
                 assert action.metadata.source == rc.RateLimit.Action.MetaData.DYNAMIC
                 node: Any = metadata.get(action.metadata.metadata_key.key)
                 for segment in action.metadata.metadata_key.path:
                     node = node.get(segment.key) if isinstance(node, dict) else None
                 if not isinstance(node, str):
+                    node = action.metadata.default_value or None
+                if node is None:
                     entries = None
                     break
                 entries.append((action.metadata.descriptor_key, node))
@@ -781,9 +799,20 @@ def test_descriptors_envoy_sends_match_the_compiled_rate_limit_config() -> None:
         found.append(sorted((limit.requests, limit.window_ms // 1000) for limit in limits))
     # 100/m and 50/s share the `per ip` descriptor; every annotation rule is reached exactly once
     assert found == [[(50, 1), (100, 60)], [(1000, 3600)], [(20, 1)], [(5, 1)]]
+    # Without the claim or the header, the request is still counted, in one bucket per rule.
     anonymous = envoy_descriptors(action, client="192.0.2.7", headers={":method": "GET"}, metadata={})
-    assert [("claim_org.team", "orders")] not in [d[1:] for d in anonymous]  # no claim: that limit is skipped
-    assert len(anonymous) == 2
+    assert anonymous == [
+        [("mapping", "demo/api"), ("remote_address", "192.0.2.7")],
+        [("mapping", "demo/api"), ("claim_org.team", ABSENT)],
+        [("mapping", "demo/api")],
+        [("mapping", "demo/api"), ("header_x-api-key", ABSENT), ("method", "GET")],
+    ]
+    assert [sorted(limit.requests for limit in rules.lookup(DOMAIN, d) or ()) for d in anonymous] == [
+        [50, 100],
+        [1000],
+        [20],
+        [5],
+    ]
 
 
 # --- stability ---------------------------------------------------------------------------------

@@ -46,7 +46,7 @@ apiVersion: legation.dev/v1alpha1
 kind: JWTPolicy
 metadata: {name: p, namespace: t}
 spec:
-  providers: [{name: idp, issuer: "https://idp.example/", jwks: {inline: '{"keys": []}'}}]
+  providers: [{name: idp, issuer: "https://idp.example/", jwks: {uri: "https://idp.example/jwks"}}]
   rules: [{requires: {anyOf: [idp]}}]
 """
 

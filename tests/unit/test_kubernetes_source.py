@@ -113,7 +113,7 @@ async def test_documents_look_like_the_directory_sources(
     (tmp_path / "m.yaml").write_text(
         "apiVersion: legation.dev/v1alpha1\nkind: Mapping\n"
         "metadata: {name: orders, namespace: demo, annotations: {legation.dev/rate-limit: 10/s}}\n"
-        "spec: {prefix: /a/, service: '127.0.0.1:8080'}\n"
+        "spec: {prefix: /a/, service: 'app:8080'}\n"
     )
     from_file = build(DirectorySource(tmp_path / "m.yaml").load(), EnvoyOptions())
     from_api = build(snapshot, EnvoyOptions())

@@ -130,7 +130,7 @@ async def test_every_legation_kind_gets_its_condition(cluster: tuple[KubeEmulato
     emulator, client, kubeconfig = cluster
     api = "legation.dev/v1alpha1"
     objects = {
-        kc.KINDS["Mapping"]: {"kind": "Mapping", "spec": {"prefix": "/m/", "service": "127.0.0.1:80"}},
+        kc.KINDS["Mapping"]: {"kind": "Mapping", "spec": {"prefix": "/m/", "service": "app:80"}},
         kc.KINDS["AuthService"]: {"kind": "AuthService", "spec": {"service": "127.0.0.1:9001"}},
         kc.KINDS["Host"]: {
             "kind": "Host",

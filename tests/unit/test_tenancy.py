@@ -285,7 +285,7 @@ def team_file(ns: str, name: str, prefix: str, timestamp: str | None = None) -> 
     return (
         "apiVersion: legation.dev/v1alpha1\nkind: Mapping\n"
         f"metadata: {{name: {name}, namespace: {ns}{stamp}}}\n"
-        f"spec: {{prefix: {prefix}, service: '127.0.0.1:9', auth: {{disabled: true}}}}\n"
+        f"spec: {{prefix: {prefix}, service: 'app.{ns}:9', auth: {{disabled: true}}}}\n"
     )
 
 

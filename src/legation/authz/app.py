@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -13,7 +14,7 @@ from legation.authz.authorizer import Authorizer
 from legation.authz.config import LoadedPolicies, load_policies, load_policy_texts
 from legation.authz.jwks import JwksError, KeySource, StaticKeySource
 from legation.authz.jwks_remote import RemoteJwks, RemoteSettings
-from legation.authz.metrics import CONFIG_INFO, CONFIG_LOADS, DecisionMetrics, register_cache
+from legation.authz.metrics import CONFIG_INFO, CONFIG_LOADS, DecisionMetrics, register_cache, set_rejected
 from legation.authz.policy import CompiledPolicy, compile_policy
 from legation.authz.server import SERVICE, AuthorizationServicer
 from legation.authz.tokens import TokenCache
@@ -34,6 +35,9 @@ __all__ = ["Settings", "add_arguments", "run"]
 
 
 CONFIG_COMPONENT = "legation.authz.config"
+POLICIES_DETAIL = "legation.authz.policies"
+
+log = logging.getLogger("legation.authz")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -93,45 +97,51 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _load_standalone(path: str) -> LoadedPolicies:
-    """The policies in a file or directory, refusing what only the controller can resolve."""
+    """The policies in a file or directory, refusing what only the controller can resolve.
+    Strict: the config a service starts with, and `--check`, must be entirely good."""
     loaded = load_policies(path)
-    _standalone_checks(loaded)
+    _refuse(_standalone_problems(loaded))
     return loaded
 
 
-def _standalone_checks(loaded: LoadedPolicies) -> None:
-    errors = []
+def _refuse(problems: dict[str, list[ConfigError]]) -> None:
+    if problems:
+        raise ConfigErrors([e for errors in problems.values() for e in errors])
+
+
+def _standalone_problems(loaded: LoadedPolicies) -> dict[str, list[ConfigError]]:
+    problems: dict[str, list[ConfigError]] = {}
     for policy in loaded.policies:
         for i, provider in enumerate(policy.spec.providers):
             if provider.jwks.secret_ref is not None:
-                errors.append(
+                problems.setdefault(policy.key, []).append(
                     ConfigError(
                         file=loaded.origin.get(policy.key, "?"),
                         path=("spec", "providers", i, "jwks", "secretRef"),
                         reason="secretRef is resolved by the controller; standalone, use inline or file",
                     )
                 )
-    if errors:
-        raise ConfigErrors(errors)
+    return problems
 
 
-def _feed_checks(loaded: LoadedPolicies) -> None:
+def _feed_problems(loaded: LoadedPolicies) -> dict[str, list[ConfigError]]:
     """A fed policy comes from resources that teams write: a `jwks.file` there would make the
     service read a file of its own machine (its feed token, say) as keys, on a team's say-so. It
-    is refused, relative or absolute: on a feed, keys come inline (secretRef is inlined by the
-    controller) or from a uri."""
-    errors = [
-        ConfigError(
-            file=loaded.origin.get(policy.key, "?"),
-            path=("spec", "providers", i, "jwks", "file"),
-            reason="jwks.file is refused in a policy from the config feed; use uri, inline or secretRef",
-        )
-        for policy in loaded.policies
-        for i, provider in enumerate(policy.spec.providers)
-        if provider.jwks.file is not None
-    ]
-    if errors:
-        raise ConfigErrors(errors)
+    is refused, relative or absolute, for that policy alone: on a feed, keys come inline
+    (secretRef is inlined by the controller) or from a uri."""
+    problems = _standalone_problems(loaded)
+    for policy in loaded.policies:
+        for i, provider in enumerate(policy.spec.providers):
+            if provider.jwks.file is not None:
+                problems.setdefault(policy.key, []).append(
+                    ConfigError(
+                        file=loaded.origin.get(policy.key, "?"),
+                        path=("spec", "providers", i, "jwks", "file"),
+                        reason="jwks.file is refused in a policy from the config feed; use uri, inline or "
+                        "secretRef",
+                    )
+                )
+    return problems
 
 
 class KeySources:
@@ -186,13 +196,15 @@ class KeySources:
 class _Compiled(NamedTuple):
     version: str
     policies: dict[str, CompiledPolicy]
+    rejected: dict[str, tuple[ConfigError, ...]]
 
 
-def compile_all(loaded: LoadedPolicies, sources: KeySources) -> dict[str, CompiledPolicy]:
+def compile_all(loaded: LoadedPolicies, sources: KeySources, *, partial: bool = False) -> _Compiled:
     """Compile every policy; key material that cannot be used (a bad inline JWKS, a missing
-    file, a refused URI) is a config error of that provider's `jwks` field."""
+    file, a refused URI) is a config error of that provider's `jwks` field: of the whole config
+    (strict), or of that policy alone, which joins `loaded.rejected` (partial)."""
     compiled = {}
-    errors = []
+    problems: dict[str, list[ConfigError]] = {}
     for policy in loaded.policies:
         file = loaded.origin.get(policy.key, ".")
         base = Path(file).parent
@@ -200,14 +212,43 @@ def compile_all(loaded: LoadedPolicies, sources: KeySources) -> dict[str, Compil
             compiled[policy.key] = compile_policy(policy, functools.partial(sources.get, base=base))
         except JwksError as exc:
             index = next((i for i, p in enumerate(policy.spec.providers) if exc.provider_name == p.name), 0)
-            errors.append(
+            problems[policy.key] = [
                 ConfigError(
                     file=file, path=("spec", "providers", index, "jwks"), reason=f"unusable keys: {exc}"
                 )
-            )
-    if errors:
-        raise ConfigErrors(errors)
-    return compiled
+            ]
+    if not partial:
+        _refuse(problems)
+    return _Compiled(loaded.version, compiled, dict(loaded.without(problems).rejected))
+
+
+def _load_partial(
+    loaded: LoadedPolicies, problems: dict[str, list[ConfigError]], sources: KeySources
+) -> _Compiled:
+    return compile_all(loaded.without(problems), sources, partial=True)
+
+
+def _report_rejected(rejected: dict[str, tuple[ConfigError, ...]]) -> None:
+    """Each policy not loaded, in the log (every problem, with file, line and field) and in
+    `legation_authz_policy_rejected{policy}`."""
+    for key, errors in sorted(rejected.items()):
+        for error in errors:
+            log.error(
+                "policy %s rejected; requests naming it are denied: %s", key, error,
+                extra={"policy": key, "file": error.file, "line": error.line, "reason": error.reason},
+            )  # fmt: skip
+    set_rejected(rejected)
+
+
+def _describe_policies(authorizer: Authorizer) -> str:
+    """The /readyz line: how many policies are loaded, and which are not, each with its first
+    problem."""
+    loaded = f"{len(authorizer.policies)} loaded"
+    if not authorizer.rejected:
+        return loaded
+    return f"{loaded}; rejected: " + "; ".join(
+        f"{k} ({why})" for k, why in sorted(authorizer.rejected.items())
+    )
 
 
 async def serve(settings: Settings, loaded: LoadedPolicies | None) -> None:
@@ -216,7 +257,7 @@ async def serve(settings: Settings, loaded: LoadedPolicies | None) -> None:
     sources = KeySources(allow_insecure=settings.jwks_allow_insecure)
     cache = TokenCache(settings.cache_size)
     register_cache(cache)
-    compiled = compile_all(loaded, sources) if loaded is not None else {}
+    compiled = compile_all(loaded, sources).policies if loaded is not None else {}
     authorizer = Authorizer(compiled, default_policy=settings.default_policy, cache=cache)
     await sources.begin()
     recorder = DecisionMetrics(authorizer)
@@ -233,19 +274,21 @@ async def serve(settings: Settings, loaded: LoadedPolicies | None) -> None:
             what="policies", version=None, loads=CONFIG_LOADS, info=CONFIG_INFO, url=settings.config_url
         )
 
+    health.add_detail(POLICIES_DETAIL, lambda: _describe_policies(authorizer))
+
     def load_file() -> _Compiled:
-        new = _load_standalone(settings.config or "")
-        return _Compiled(new.version, compile_all(new, sources))
+        new = load_policies(settings.config or "", partial=True)
+        return _load_partial(new, _standalone_problems(new), sources)
 
     def load_feed(feed_version: str, content: str) -> _Compiled:
+        new = load_policy_texts([(f"{settings.config_url}@{feed_version}", content)], partial=True)
         # The version is the feed's, so that the service reports what the controller published.
-        new = load_policy_texts([(f"{settings.config_url}@{feed_version}", content)])
-        _standalone_checks(new)
-        _feed_checks(new)
-        return _Compiled(feed_version, compile_all(new, sources))
+        return _load_partial(new, _feed_problems(new), sources)._replace(version=feed_version)
 
     async def apply(new: _Compiled) -> None:
         authorizer.policies = new.policies
+        authorizer.rejected = {key: str(errors[0]) for key, errors in new.rejected.items()}
+        _report_rejected(new.rejected)
         await sources.begin()
 
     await run_server(

@@ -1,8 +1,8 @@
 """The authorization decision for one HTTP request: policy → rule → tokens → claims → verdict.
 
-Deny by default at every step: no policy, unknown policy, ambiguous path or host, no matching
-rule, missing or invalid token, missing claim, a claim to forward holding control characters.
-Knows nothing of gRPC; the server adapts.
+Deny by default at every step: no policy, unknown policy, a policy the config holds but could not
+load (503), ambiguous path or host, no matching rule, missing or invalid token, missing claim, a
+claim to forward holding control characters. Knows nothing of gRPC; the server adapts.
 
 Method-override headers (X-HTTP-Method-Override…) make some upstreams run a POST as a DELETE.
 The gateway removes them before authorization unless the route opts in; if one arrives anyway
@@ -69,6 +69,9 @@ class Authorizer:
         self, policies: Mapping[str, CompiledPolicy], *, default_policy: str | None, cache: TokenCache
     ) -> None:
         self.policies = policies
+        self.rejected: Mapping[str, str] = {}
+        """Policies of the config in force that could not be loaded (key -> why): requests
+        naming one are denied with 503, as when a policy's keys cannot be obtained."""
         self.default_policy = default_policy
         self.cache = cache
         self._paths: Memo[str, tuple[str, str]] = Memo(10_000)  # raw path -> normalised (paths recur)
@@ -82,6 +85,8 @@ class Authorizer:
             return _forbidden("-", "no policy for this route")
         policy = self.policies.get(name)
         if policy is None:
+            if name in self.rejected:
+                return _deny(name, 503, "unavailable", "policy rejected")
             return _forbidden(name, "unknown policy")
         split = self._paths.get(request.path)
         if split is None:

@@ -3,7 +3,7 @@ config, reasons are fixed strings; token values and subjects never become labels
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from prometheus_client import REGISTRY, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily
@@ -13,7 +13,7 @@ from legation.authz.authorizer import Authorizer, Verdict
 from legation.authz.server import DecisionRecorder
 from legation.authz.tokens import TokenCache
 
-__all__ = ["CONFIG_INFO", "CONFIG_LOADS", "DecisionMetrics", "register_cache"]
+__all__ = ["CONFIG_INFO", "CONFIG_LOADS", "REJECTED", "DecisionMetrics", "register_cache", "set_rejected"]
 
 DECISIONS = Counter(
     "legation_authz_decisions_total",
@@ -27,6 +27,19 @@ CONFIG_INFO = Gauge(
     "legation_authz_config_info", "The policy config version in force (value 1).", ["version"]
 )
 
+REJECTED = Gauge(
+    "legation_authz_policy_rejected",
+    "Policies of the config in force that could not be loaded (value 1); requests naming one are denied.",
+    ["policy"],
+)
+
+
+def set_rejected(keys: Iterable[str]) -> None:
+    """The rejected policies of the config just applied (the previous ones' series removed)."""
+    REJECTED.clear()
+    for key in keys:
+        REJECTED.labels(key).set(1)
+
 
 class DecisionMetrics(DecisionRecorder):
     def __init__(self, authorizer: Authorizer) -> None:
@@ -34,7 +47,8 @@ class DecisionMetrics(DecisionRecorder):
         self._children: dict[tuple[str, bool, int, str], Counter] = {}
 
     def record(self, verdict: Verdict) -> None:
-        policy = verdict.policy if verdict.policy in self._authorizer.policies else "-"
+        known = verdict.policy in self._authorizer.policies or verdict.policy in self._authorizer.rejected
+        policy = verdict.policy if known else "-"
         key = (policy, verdict.allow, verdict.status, verdict.reason)
         child = self._children.get(key)
         if child is None:

@@ -30,6 +30,7 @@ __all__ = [
     "has_control_characters",
     "normalize_host",
     "normalize_path",
+    "segment_prefix",
 ]
 
 
@@ -55,7 +56,7 @@ class CompiledRule:
         ):
             return False
         if self.path_prefix is not None:
-            return path.startswith(self.path_prefix)
+            return segment_prefix(self.path_prefix, path)
         if self.path is not None:
             return path == self.path
         if self.regex is not None:
@@ -131,7 +132,7 @@ def _rule(index: int, rule: Rule, providers: Mapping[str, CompiledProvider]) -> 
     requires = rule.requires
     return CompiledRule(
         index=index,
-        path_prefix=m.path_prefix,
+        path_prefix=m.path_prefix.rstrip("/") if m.path_prefix is not None else None,
         path=m.path,
         regex=re2.compile(m.regex) if m.regex is not None else None,
         methods=frozenset(m.methods),
@@ -142,6 +143,13 @@ def _rule(index: int, rule: Rule, providers: Mapping[str, CompiledProvider]) -> 
         providers=tuple(providers[n] for n in (requires.providers if requires else [])),
         claims=tuple((claim, tuple(values)) for claim, values in rule.claims.items()),
     )
+
+
+def segment_prefix(prefix: str, path: str) -> bool:
+    """Whether `prefix` (its trailing slashes dropped, as `_rule` stores it) covers `path` in
+    whole segments, as Gateway API's PathPrefix: `/orders/public` covers `/orders/public` and
+    `/orders/public/…`, never `/orders/publicity`. The prefix `/` (stored as "") covers all."""
+    return path.startswith(prefix) and (len(path) == len(prefix) or path[len(prefix)] == "/")
 
 
 def claim_at(claims: Mapping[str, Any], path: str) -> Any:

@@ -6,7 +6,7 @@ names are camelCase on the wire, snake_case in Python; unknown keys are errors e
 Kubernetes `metadata`, where the API server's own fields pass.
 
 Modules: `meta` (what every kind shares), one per kind (`mapping`, `jwtpolicy`, `authservice`,
-`host`, `secret`), `fields` (field types and their checks), `ratelimit_annotation` (the
+`host`, `upstreamgrant`, `secret`), `fields` (field types and their checks), `ratelimit_annotation` (the
 `legation.dev/rate-limit` grammar), `kinds` (the one registry of kinds) and `parse` (one YAML
 document → one resource, or errors with file, line and field).
 """
@@ -20,6 +20,7 @@ from legation.api.v1alpha1.mapping import AuthRef, CircuitBreakers, Cors, Mappin
 from legation.api.v1alpha1.meta import API_VERSION, ObjectMeta
 from legation.api.v1alpha1.parse import ResourceError, parse_resource
 from legation.api.v1alpha1.secret import Secret
+from legation.api.v1alpha1.upstreamgrant import GrantedUpstream, UpstreamGrant, UpstreamGrantSpec
 
 __all__ = [
     "API_VERSION",
@@ -32,6 +33,7 @@ __all__ = [
     "AuthServiceSpec",
     "CircuitBreakers",
     "Cors",
+    "GrantedUpstream",
     "Host",
     "HostSpec",
     "IncludeBody",
@@ -48,6 +50,8 @@ __all__ = [
     "Secret",
     "SecretName",
     "Upstream",
+    "UpstreamGrant",
+    "UpstreamGrantSpec",
     "parse_resource",
     "parse_service",
     "raw_id",

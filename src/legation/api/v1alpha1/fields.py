@@ -13,7 +13,7 @@ import http
 import ipaddress
 import re
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import re2
 from pydantic import AfterValidator, Field
@@ -50,7 +50,8 @@ ERROR_STATUSES = frozenset(s.value for s in http.HTTPStatus if 400 <= s.value <=
 # --- field types -------------------------------------------------------------------------------
 
 
-def _hostname(value: str) -> str:
+def check_hostname(value: str) -> str:
+    """An exact host name, `*.example.com` or `*`, lowercased."""
     host = value.lower()
     if host != "*" and (len(host) > 253 or not _HOSTNAME.fullmatch(host)):
         raise ValueError(f"invalid hostname {value!r} (expected an exact name, *.example.com or *)")
@@ -87,6 +88,33 @@ def _mutable_header(value: str) -> str:
     name = _header_name(value)
     if name == "host":
         raise ValueError("the host header cannot be added or removed (Envoy refuses it)")
+    return name
+
+
+HOP_BY_HOP = frozenset(
+    ("connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade")
+)
+"""RFC 9110 §7.6.1 connection-specific fields (plus the widespread keep-alive and
+proxy-connection): they describe one hop, never a request's content."""
+_FRAMING = frozenset(("host", "content-length", "transfer-encoding"))
+"""Fields that route or frame the request: set after the authorization decision, they would change
+which request the upstream sees."""
+
+
+def check_identity_header(value: str) -> str:
+    """A header the gateway may set from a claim: a plain RFC 9110 field name, lowercased, and
+    none that would change the request's routing, framing or connection, or Envoy's handling."""
+    if not HEADER_NAME.fullmatch(value):
+        raise ValueError(
+            f"invalid header name {value!r} (letters, digits and !#$%&'*+.^_`|~- only; no pseudo-headers)"
+        )
+    name = value.lower()
+    if name in HOP_BY_HOP or name.startswith("proxy-"):
+        raise ValueError(f"{name} is a hop-by-hop header; it cannot carry a claim")
+    if name in _FRAMING:
+        raise ValueError(f"{name} routes or frames the request; it cannot carry a claim")
+    if name.startswith("x-envoy-"):
+        raise ValueError(f"{name}: x-envoy-* headers control Envoy; they cannot carry a claim")
     return name
 
 
@@ -128,7 +156,10 @@ def check_status(value: int) -> int:
     return value
 
 
-def unique(values: list[str]) -> list[str]:
+T = TypeVar("T")
+
+
+def unique(values: list[T]) -> list[T]:
     for i, value in enumerate(values):
         if value in values[:i]:
             raise ValueError(f"{value!r} is listed twice")
@@ -140,13 +171,14 @@ def _service(value: str) -> str:
     return value
 
 
-Hostname = Annotated[str, AfterValidator(_hostname)]
+Hostname = Annotated[str, AfterValidator(check_hostname)]
 UrlPath = Annotated[str, AfterValidator(_path)]
 HeaderName = Annotated[str, AfterValidator(_header_name)]
 MutableHeader = Annotated[str, AfterValidator(_mutable_header)]
 HeaderValue = Annotated[str, AfterValidator(_header_value)]
 Method = Annotated[str, AfterValidator(_method)]
 ServiceAddress = Annotated[str, AfterValidator(_service)]
+IdentityHeader = Annotated[str, AfterValidator(check_identity_header)]
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import re2
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from legation.api.v1alpha1.base import SpecModel
-from legation.api.v1alpha1.fields import HTTP_METHODS
+from legation.api.v1alpha1.fields import HTTP_METHODS, IdentityHeader
 from legation.api.v1alpha1.meta import ObjectMeta
 from legation.core.durations import Duration
 from legation.core.errors import FieldPath
@@ -143,7 +143,11 @@ class Provider(SpecModel):
 class Match(SpecModel):
     """Which requests a rule covers; every given condition must hold. Empty = all requests."""
 
-    path_prefix: str | None = Field(default=None, description="Path prefix (one of pathPrefix, path, regex).")
+    path_prefix: str | None = Field(
+        default=None,
+        description="Path prefix in whole segments (one of pathPrefix, path, regex): /orders/public "
+        "covers /orders/public and /orders/public/…, not /orders/publicity; a trailing / changes nothing.",
+    )
     path: str | None = Field(default=None, description="Exact path (query string excluded).")
     regex: str | None = Field(default=None, description="RE2 regex matched against the whole path.")
     methods: list[str] = Field(default_factory=list, description="Methods matched; empty = any.")
@@ -237,8 +241,11 @@ class PolicySpec(SpecModel):
         default_factory=list, description="Identity providers trusted; rules name them in requires."
     )
     rules: list[Rule] = Field(min_length=1, description="First match wins; no match = deny.")
-    claims_to_headers: dict[str, str] = Field(
-        default_factory=dict, description="claim path -> request header."
+    claims_to_headers: dict[str, IdentityHeader] = Field(
+        default_factory=dict,
+        description="claim path -> request header, set for the upstream (a client's copy is removed). "
+        "A plain header name: not a pseudo-header, hop-by-hop header (connection, keep-alive, "
+        "proxy-*, te, trailer, transfer-encoding, upgrade), host, content-length or x-envoy-*.",
     )
     metadata_claims: list[str] = Field(
         default_factory=list, description="Claims emitted as dynamic metadata."

@@ -16,6 +16,7 @@ from legation.api.v1alpha1.jwtpolicy import JWTPolicy
 from legation.api.v1alpha1.mapping import Mapping
 from legation.api.v1alpha1.meta import API_VERSION
 from legation.api.v1alpha1.secret import Secret
+from legation.api.v1alpha1.upstreamgrant import UpstreamGrant
 
 __all__ = [
     "CUSTOM_KINDS",
@@ -28,7 +29,7 @@ __all__ = [
     "resource_id",
 ]
 
-Resource = Mapping | JWTPolicy | AuthService | Host | Secret
+Resource = Mapping | JWTPolicy | AuthService | Host | UpstreamGrant | Secret
 
 
 @dataclass(frozen=True)
@@ -152,6 +153,17 @@ _ALL = (
             *_STATUS_COLUMNS,
         ),
         summary="TLS termination for a hostname.",
+    ),
+    Kind(
+        model=UpstreamGrant,
+        api_version=API_VERSION,
+        plural="upstreamgrants",
+        short_names=("upgrant",),
+        columns=(
+            Column("Upstreams", ".spec.upstreams[*].host", description="The hosts opened."),
+            *_STATUS_COLUMNS,
+        ),
+        summary="Lets namespaces' Mappings name upstreams beyond their own Services (platform only).",
     ),
     Kind(model=Secret, api_version="v1", plural="secrets", summary="TLS pairs and JWKS documents."),
 )

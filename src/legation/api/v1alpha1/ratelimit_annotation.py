@@ -57,10 +57,11 @@ WINDOW_UNITS: dict[str, Unit] = {"s": "second", "m": "minute", "h": "hour", "d":
 
 KEY_FORMS: dict[str, str] = {
     "ip": "the client address (Envoy's remote address)",
-    "header:NAME": "the value of the request header NAME; requests without it are not counted by the rule",
+    "header:NAME": "the value of the request header NAME; requests without it share one bucket of the rule "
+    "(leaving the header out never escapes the limit)",
     "claim:NAME": "a claim of the caller's JWT, passed from the authz service to Envoy as dynamic metadata "
     "(`sub` and `iss` always; any other claim must be listed in the JWTPolicy's metadataClaims); "
-    "requests without it are not counted by the rule",
+    "requests without it (no token, or a token without that claim) share one bucket of the rule",
     "path": "the request path, query string included",
     "method": "the request method",
 }

@@ -172,13 +172,20 @@ def _start_all(
     if upstreams is not None:
         for (host, port), name, child in upstreams.sync(from_directory(args.dir, gateway=args.gateway)):
             wait(f"upstream {port} ({name})", _opens(host, port), child)
-    api = _start_controller(args, files=files, stack=stack, wait=wait)
+    api = _start_controller(args, files=files, stack=stack, plan=plan, wait=wait)
     _start_services(args, api=api, files=files, stack=stack, plan=plan, wait=wait)
     _start_envoy(args, files=files, stack=stack, wait=wait)
 
 
-def _start_controller(args: argparse.Namespace, *, files: DemoFiles, stack: Stack, wait: _Waiter) -> str:
+def _start_controller(
+    args: argparse.Namespace, *, files: DemoFiles, stack: Stack, plan: _Plan, wait: _Waiter
+) -> str:
+    """The controller, allowing loopback upstreams (the demo upstreams) but never the gateway's
+    own ports: every port of `plan.reserved` (Envoy, xDS, API, authz, rate limit, their metrics,
+    a loopback Redis) is a reserved upstream, as is a Redis elsewhere."""
     host = _HOST
+    reserved = [f"{host}:{port}" for port in sorted(plan.reserved)]
+    reserved += _remote_redis(args.redis_url)
     controller = stack.start(
         "controller",
         [
@@ -195,6 +202,8 @@ def _start_controller(args: argparse.Namespace, *, files: DemoFiles, stack: Stac
             "--gateway", args.gateway,
             "--feed-token-file", f"authz={files.feed_token('authz')}",
             "--feed-token-file", f"ratelimit={files.feed_token('ratelimit')}",
+            "--allow-loopback-upstreams",
+            *(f"--reserved-upstream={entry}" for entry in reserved),
             "--log-level", _LOG_LEVEL,
             *(f"--platform-namespace={ns}" for ns in args.platform_namespace or ()),
         ],
@@ -202,6 +211,21 @@ def _start_controller(args: argparse.Namespace, *, files: DemoFiles, stack: Stac
     api = f"http://{host}:{args.api_port}"
     wait("controller", lambda: _http_ok(f"{api}/readyz"), controller)
     return api
+
+
+def _remote_redis(url: str | None) -> list[str]:
+    """A redis:// or rediss:// server off this machine, as HOST:PORT (a loopback one is in the
+    plan's reserved ports already)."""
+    parts = urllib.parse.urlsplit(url) if url else None
+    if parts is None or parts.scheme not in ("redis", "rediss"):
+        return []
+    try:
+        host, port = parts.hostname, parts.port or 6379
+    except ValueError:
+        return []
+    if not host or host in ("127.0.0.1", "localhost", "::1"):
+        return []
+    return [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
 
 
 def _start_services(

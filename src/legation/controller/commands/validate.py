@@ -6,7 +6,10 @@ duplicates, references, singletons and conflicts, and the resources rejected bec
 they depend on is rejected. There is no last good version of a file here: a file that does not
 parse is reported and contributes nothing. Prints one line per problem,
 `file:line: Kind namespace/name: field.path: reason`, and exits 1 if there is any; otherwise
-prints a one-line summary and exits 0.
+prints a one-line summary and exits 0. The upstream flags are the controller's
+(`--allow-loopback-upstreams`, `--reserved-upstream`, `--namespaced-upstreams`,
+`--platform-namespace`): `legation validate --allow-loopback-upstreams examples` checks what
+`legation up examples` serves.
 """
 
 from __future__ import annotations
@@ -17,8 +20,10 @@ from collections import Counter
 from dataclasses import dataclass
 
 from legation.api.v1alpha1 import Resource
+from legation.controller.compiler.upstreams import UpstreamRules
 from legation.controller.serving.pipeline import build, problem_errors
 from legation.controller.serving.platform import DEFAULT, add_platform_argument, platform_namespaces
+from legation.controller.serving.upstream_flags import add_upstream_arguments, upstream_rules
 from legation.controller.sources import SourceSnapshot
 from legation.controller.sources.directory import DirectorySource
 from legation.controller.sources.merged import merge
@@ -53,11 +58,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="validate as the controller of this gateway would (default %(default)s)",
     )
     add_platform_argument(parser)
+    add_upstream_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     snapshot = merge([DirectorySource(d).load() for d in args.dir])
-    report = validate_snapshot(snapshot, gateway=args.gateway, platform=platform_namespaces(args))
+    platform = platform_namespaces(args)
+    rules = upstream_rules(args, kubernetes=False, platform=platform)
+    report = validate_snapshot(snapshot, gateway=args.gateway, platform=platform, upstreams=rules)
     for problem in report.problems:
         print(problem)
     if report.problems:
@@ -72,9 +80,12 @@ def validate_snapshot(
     *,
     gateway: str = DEFAULT_GATEWAY,
     platform: frozenset[str] = frozenset({DEFAULT}),
+    upstreams: UpstreamRules | None = None,
 ) -> Report:
     """What `gateway`'s controller would reject in `snapshot`, and why (pure)."""
-    stages = build(snapshot, EnvoyOptions(), gateway=gateway, platform_namespaces=platform)
+    stages = build(
+        snapshot, EnvoyOptions(), gateway=gateway, platform_namespaces=platform, upstreams=upstreams
+    )
     return Report(
         resources=tuple(resource for _, resource in stages.resources),
         problems=tuple(problem_errors(stages)),

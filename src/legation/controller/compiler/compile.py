@@ -16,11 +16,16 @@ Rules, in the order they are applied:
    policy's namespace with that key, and is resolved to `jwks.inline` in the authz feed. One
    `namespaceDefault: true` policy per namespace: the oldest; the others are rejected.
 4. AuthService: only from the platform namespaces (`tenancy`); one for the gateway, the oldest;
-   the others are rejected.
+   the others are rejected. Its service may not be one of the gateway's own endpoints
+   (`compiler.upstreams`) other than the authz service. UpstreamGrants: from platform namespaces
+   only.
 5. Hosts: `tlsSecret` names a kubernetes.io/tls Secret of the Host's namespace; one Host per
    hostname in a namespace, the oldest; ownership of hostnames between namespaces as `tenancy`
    decides (a `*` Host only from the platform namespaces).
-6. Mappings: the rate-limit annotation parses; the policy is `auth.policy` (a JWTPolicy of the
+6. Mappings: the rate-limit annotation parses; the service is one a Mapping of that namespace
+   may name (`compiler.upstreams`: never the gateway's own endpoints; loopback, link-local and
+   unspecified addresses refused; on Kubernetes, its own namespace's Services or what an
+   UpstreamGrant opens); the policy is `auth.policy` (a JWTPolicy of the
    Mapping's own namespace, which must be accepted), else the namespace's default policy (which
    must be accepted if it exists), else none; `auth.disabled: true` means none.
 7. Ownership (`tenancy`): a Mapping on a hostname another namespace's Host owns needs a
@@ -46,6 +51,7 @@ timestamp), and a tie decides nothing: every party is rejected.
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import threading
 from collections.abc import Iterator, Sequence
@@ -59,6 +65,7 @@ from legation.api.v1alpha1 import (
     Resource,
     ResourceId,
     Secret,
+    UpstreamGrant,
     resource_id,
 )
 from legation.api.v1alpha1.fields import Upstream, parse_service
@@ -87,6 +94,12 @@ from legation.controller.compiler.routes import (
     route_order,
 )
 from legation.controller.compiler.tenancy import Tenancy, admit_mappings, platform_only, settle_hosts
+from legation.controller.compiler.upstreams import (
+    UpstreamRules,
+    check_auth_service,
+    compile_grants,
+    mapping_upstream,
+)
 
 __all__ = ["Tenancy", "compile_resources", "gc_paused"]
 
@@ -95,16 +108,20 @@ def compile_resources(
     resources: Sequence[tuple[Origin, Resource]],
     rejected: dict[ResourceId, Rejected] | None = None,
     *,
-    tenancy: Tenancy,
+    tenancy: Tenancy | None = None,
+    upstreams: UpstreamRules | None = None,
 ) -> CompileResult:
     """Compile resources (each with its origin) into statuses, IR and feeds. Pure.
+
+    `upstreams`: which upstreams Mappings may name (`compiler.upstreams`; default: no loopback,
+    nothing reserved, no namespace rule).
 
     `rejected` names the inputs that were invalid on their own: they get no status here, but a
     reference to one says it is rejected and why, rather than that it does not exist, and one
     that claims to be its namespace's default JWTPolicy fails that namespace closed. `tenancy`
     says which namespaces are the platform's and whether creation times can be trusted."""
     with gc_paused():
-        return _compile(resources, rejected or {}, tenancy)
+        return _compile(resources, rejected or {}, tenancy or Tenancy(), upstreams or UpstreamRules())
 
 
 _gc_lock = threading.Lock()
@@ -137,7 +154,10 @@ def gc_paused() -> Iterator[None]:
 
 
 def _compile(
-    resources: Sequence[tuple[Origin, Resource]], rejected: dict[ResourceId, Rejected], tenancy: Tenancy
+    resources: Sequence[tuple[Origin, Resource]],
+    rejected: dict[ResourceId, Rejected],
+    tenancy: Tenancy,
+    rules: UpstreamRules,
 ) -> CompileResult:
     entries: list[AnyEntry] = sorted(
         (
@@ -161,15 +181,19 @@ def _compile(
     policies, defaults = compile_policies(of_kind(current.values(), JWTPolicy), secrets)
     for rid in sorted(r for r, why in rejected.items() if why.namespace_default and r in stand_ins):
         defaults.setdefault(rid.namespace, stand_ins[rid])
-    auth_service = compile_auth_service(platform_only(of_kind(current.values(), AuthService), tenancy))
+    auth_service = check_auth_service(
+        compile_auth_service(platform_only(of_kind(current.values(), AuthService), tenancy)), rules
+    )
+    grants = compile_grants(of_kind(current.values(), UpstreamGrant), rules)
     host_entries = of_kind(current.values(), Host)
     for host in host_entries:
         check_host(host, secrets)
-    upstreams: dict[tuple[Upstream, bool, CircuitBreakers | None], Cluster] = {}
+    by_upstream: dict[tuple[Upstream, bool, CircuitBreakers | None], Cluster] = {}
+    upstream_of = functools.partial(mapping_upstream, rules=rules, grants=grants)
     accepted = [
         a
         for e in of_kind(current.values(), Mapping)
-        if (a := check_mapping(e, current, defaults, upstreams)) is not None
+        if (a := check_mapping(e, current, defaults, by_upstream, upstream_of=upstream_of)) is not None
     ]
     owners = settle_hosts(host_entries, accepted, tenancy)
     hosts = host_irs(owners)

@@ -1,12 +1,20 @@
-"""JWTPolicies (references resolved, `secretRef` inlined, one namespace default), the one
-AuthService, and which policy a Mapping gets."""
+"""JWTPolicies (references resolved, `secretRef` inlined, static key sets checked, one namespace
+default), the one AuthService, and which policy a Mapping gets.
+
+A key set given inline or through a Secret is parsed here with the authz service's own parser
+(`legation.api.jwks`): a policy whose keys the service could not load is rejected, alone, rather
+than sent in the feed every team shares. `jwks.file` is read by the authz service on its own
+machine, so it is checked there (that policy alone fails closed); `jwks.uri` when fetched."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
+from typing import Any
 
 from pydantic import ValidationError
 
+from legation.api.jwks import JwksError, parse_jwks
 from legation.api.v1alpha1 import (
     AuthService,
     JWTPolicy,
@@ -40,6 +48,7 @@ def compile_policies(
                 jwks = data["spec"]["providers"][i]["jwks"]
                 jwks.pop("secretRef")
                 jwks["inline"] = value
+        _check_static_keys(entry, data)
         if entry.ok:
             try:
                 resolved[entry] = JWTPolicy.model_validate(data)
@@ -56,6 +65,33 @@ def compile_policies(
                 f"only one JWTPolicy per namespace may set namespaceDefault; {winner.id} is older",
             )
     return {e: p for e, p in resolved.items() if e.ok}, defaults
+
+
+def _check_static_keys(entry: Entry[JWTPolicy], data: dict[str, Any]) -> None:
+    """Rejects `entry` for each provider whose inline (or Secret) key set yields no usable key."""
+    for i, (provider, raw) in enumerate(
+        zip(entry.resource.spec.providers, data["spec"]["providers"], strict=True)
+    ):
+        text = raw["jwks"].get("inline")
+        if text is None:
+            continue
+        ref = provider.jwks.secret_ref
+        where = f"Secret {entry.id.namespace}/{ref.name} key {ref.key!r}" if ref else "inline JWKS"
+        problem = _jwks_problem(text, tuple(provider.algorithms), where)
+        if problem is not None:
+            field = "secretRef" if ref is not None else "inline"
+            entry.reject(("spec", "providers", i, "jwks", field), problem)
+
+
+@functools.lru_cache(maxsize=256)
+def _jwks_problem(text: str, algorithms: tuple[str, ...], where: str) -> str | None:
+    """Why the authz service could not load this key set, or None. Cached: a compile runs on
+    every change, and the same few key sets come back each time (parsing RSA keys is not free)."""
+    try:
+        parse_jwks(text, algorithms=algorithms, source=where)
+    except JwksError as exc:
+        return f"not a usable key set for the authz service: {exc}"
+    return None
 
 
 def _secret_value(

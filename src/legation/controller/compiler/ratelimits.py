@@ -18,11 +18,15 @@ from legation.controller.compiler.ir import (
     Route,
 )
 
-__all__ = ["DOMAIN", "MAPPING_KEY", "descriptor_entry", "domain", "rate_limits"]
+__all__ = ["ABSENT", "DOMAIN", "MAPPING_KEY", "descriptor_entry", "domain", "rate_limits"]
 
 
 DOMAIN = "legation"
 """The rate-limit domain of every route's descriptors."""
+ABSENT = "(absent)"
+"""The descriptor value of a header or claim a request does not carry: every such request of a
+route shares this one bucket per rule, so that leaving the key out never escapes the limit. (A
+request that sends this very value joins the same bucket: sharing a counter never loosens it.)"""
 MAPPING_KEY = "mapping"
 """The descriptor key whose value ("namespace/name") keeps each route's counters apart."""
 

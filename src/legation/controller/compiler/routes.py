@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,7 +86,11 @@ def check_mapping(
     current: dict[ResourceId, AnyEntry],
     defaults: dict[str, AnyEntry],
     clusters: dict[tuple[Upstream, bool, CircuitBreakers | None], Cluster],
+    *,
+    upstream_of: Callable[[Entry[Mapping]], Upstream | None] = lambda e: e.resource.spec.upstream,
 ) -> Accepted | None:
+    """`upstream_of` checks the Mapping's service (`compiler.upstreams`): the upstream to use,
+    or None with the Mapping rejected."""
     mapping = entry.resource
     if not entry.ok:  # a duplicate
         return None
@@ -96,11 +101,12 @@ def check_mapping(
         for problem in exc.problems:
             entry.reject(("metadata", "annotations", ANNOTATION), str(problem))
     policy = policy_of(entry, mapping, current, defaults)
-    if entry.problems:
+    upstream = upstream_of(entry)
+    if entry.problems or upstream is None:
         return None
     spec = mapping.spec
     # One Cluster per distinct upstream, shared by the Mappings that use it.
-    cluster_key = (spec.upstream, spec.http2, spec.circuit_breakers)
+    cluster_key = (upstream, spec.http2, spec.circuit_breakers)
     cluster = clusters.get(cluster_key)
     if cluster is None:
         cluster = clusters[cluster_key] = upstream_cluster(*cluster_key)

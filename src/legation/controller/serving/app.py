@@ -30,11 +30,13 @@ from fastapi import FastAPI
 from prometheus_client import Gauge, Histogram
 
 from legation.controller.compiler.parse_cache import ParseCache
+from legation.controller.compiler.upstreams import UpstreamRules
 from legation.controller.serving.access import HttpAccess
 from legation.controller.serving.api import create_app
 from legation.controller.serving.feed import Feed
 from legation.controller.serving.pipeline import ControllerState, Stages, build, status_errors
 from legation.controller.serving.platform import add_platform_argument, platform_namespaces
+from legation.controller.serving.upstream_flags import add_upstream_arguments, upstream_rules
 from legation.controller.sources import Source, StatusSink
 from legation.controller.sources.directory import DirectorySource
 from legation.controller.sources.merged import MergedSource
@@ -154,6 +156,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the authz service Envoy calls when no AuthService resource is given",
     )
     add_platform_argument(parser)
+    add_upstream_arguments(parser)
     parser.add_argument("--shutdown-grace", type=float, default=2.0, metavar="SECONDS")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
@@ -248,10 +251,14 @@ def run(args: argparse.Namespace) -> int:
         ratelimit_service=None if args.ratelimit_service in (None, "", "none") else args.ratelimit_service,
         default_authz_service=args.authz_service or None,
     )
+    rules = upstream_rules(
+        args, kubernetes=args.kubernetes, platform=platform, authz_service=args.authz_service or None
+    )
     return run_until_stopped(
         serve(
             source,
             options,
+            upstreams=rules,
             description=description,
             xds_listen=args.xds_listen,
             http_listen=args.http_listen,
@@ -320,6 +327,7 @@ async def serve(
     source: Source,
     options: EnvoyOptions,
     *,
+    upstreams: UpstreamRules | None = None,
     description: str,
     xds_listen: str,
     http_listen: str,
@@ -356,7 +364,17 @@ async def serve(
         health=health,
         reflect=[SERVICE],
         background=[
-            _follow(source, options, state, xds, feeds, health, gateway=gateway, platform=platform),
+            _follow(
+                source,
+                options,
+                state,
+                xds,
+                feeds,
+                health,
+                gateway=gateway,
+                platform=platform,
+                upstreams=upstreams,
+            ),
             http.serve(sockets=[http.socket]),
         ],
         on_drain=drain,
@@ -373,6 +391,7 @@ async def _follow(
     *,
     gateway: str,
     platform: frozenset[str],
+    upstreams: UpstreamRules | None,
 ) -> None:
     cache = ParseCache()
     # Sources that write verdicts back (Kubernetes status) take each run's statuses.
@@ -380,7 +399,13 @@ async def _follow(
     async for snapshot in source.snapshots():
         try:
             stages = await asyncio.to_thread(
-                build, snapshot, options, parse=cache.parse, gateway=gateway, platform_namespaces=platform
+                build,
+                snapshot,
+                options,
+                parse=cache.parse,
+                gateway=gateway,
+                platform_namespaces=platform,
+                upstreams=upstreams,
             )
         except Exception as exc:
             log.exception("pipeline run failed; the previous configuration stays in force")

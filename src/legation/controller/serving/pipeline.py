@@ -20,6 +20,7 @@ from legation.controller.compiler.compile import compile_resources, gc_paused
 from legation.controller.compiler.gateways import claims, for_gateway
 from legation.controller.compiler.ir import CompileResult, Origin, Problem, Rejected, ResourceStatus
 from legation.controller.compiler.tenancy import DEFAULT_PLATFORM_NAMESPACES, Tenancy
+from legation.controller.compiler.upstreams import UpstreamRules
 from legation.controller.sources import SourceSnapshot
 from legation.controller.translate.envoy import EnvoyOptions, translate
 from legation.controller.translate.feeds import authz_feed_text, ratelimit_feed_text
@@ -64,11 +65,13 @@ def build(
     parse: Parser = parse_resource,
     gateway: str = DEFAULT_GATEWAY,
     platform_namespaces: frozenset[str] = DEFAULT_PLATFORM_NAMESPACES,
+    upstreams: UpstreamRules | None = None,
 ) -> Stages:
     """Run every stage on `snapshot` for `gateway`. Pure, apart from timing itself. `parse` may be
     a caching wrapper of `parse_resource` (a change to one file then re-validates only that file).
     `platform_namespaces` may create the gateway-wide kinds; whether creation times settle
-    conflicts is the source's to say (`SourceSnapshot.trusted_timestamps`)."""
+    conflicts is the source's to say (`SourceSnapshot.trusted_timestamps`); `upstreams` says
+    which upstreams Mappings may name (see `compiler.upstreams`)."""
     start = time.perf_counter()
     tenancy = Tenancy(
         platform_namespaces=platform_namespaces,
@@ -76,12 +79,17 @@ def build(
         ages=snapshot.ages,
     )
     with gc_paused():  # nothing built here has cycles; profile: 1.82 -> 1.34 s at 10k Mappings
-        stages = _build(snapshot, options, parse, tenancy, gateway)
+        stages = _build(snapshot, options, parse, tenancy, gateway, upstreams)
     return dataclasses.replace(stages, seconds=time.perf_counter() - start)
 
 
 def _build(
-    snapshot: SourceSnapshot, options: EnvoyOptions, parse: Parser, tenancy: Tenancy, gateway: str
+    snapshot: SourceSnapshot,
+    options: EnvoyOptions,
+    parse: Parser,
+    tenancy: Tenancy,
+    gateway: str,
+    upstreams: UpstreamRules | None,
 ) -> Stages:
     resources: list[tuple[Origin, Resource]] = []
     invalid: list[ResourceStatus] = []
@@ -98,7 +106,7 @@ def _build(
         else:
             resources.append((origin, parsed))
     resources = for_gateway(resources, gateway)
-    result = compile_resources(resources, rejected, tenancy=tenancy)
+    result = compile_resources(resources, rejected, tenancy=tenancy, upstreams=upstreams)
     located = _locate(result.statuses, snapshot.documents)
     statuses = sorted((*located, *invalid), key=lambda s: (s.id, s.origin))
     return Stages(

@@ -32,6 +32,7 @@ from envoy.extensions.filters.http.ext_authz.v3 import ext_authz_pb2
 
 from legation.api.v1alpha1 import Cors
 from legation.controller.compiler.ir import IR, DescriptorEntry, HostIR, RateLimitIR, Route, RouteMatch
+from legation.controller.compiler.ratelimits import ABSENT
 from legation.controller.translate.options import (
     CORS_FILTER,
     EXT_AUTHZ_FILTER,
@@ -272,7 +273,7 @@ def _action(out: rc.RouteAction, route: Route) -> None:
     for upgrade in route.allow_upgrade:
         out.upgrade_configs.add(upgrade_type=upgrade)
     for limit in route.rate_limits:
-        _rate_limit(out.rate_limits.add(), limit)
+        _rate_limit(out, limit)
 
 
 def _rewrite(out: rc.RouteAction, route: Route) -> None:
@@ -289,16 +290,41 @@ def _rewrite(out: rc.RouteAction, route: Route) -> None:
         out.prefix_rewrite = rewrite
 
 
-def _rate_limit(out: rc.RateLimit, limit: RateLimitIR) -> None:
+def _rate_limit(out: rc.RouteAction, limit: RateLimitIR) -> None:
+    """The route's `rate_limits` entries for one descriptor. A request without a header the rule
+    keys on is counted too, in one bucket shared by all such requests (value ABSENT): Envoy's
+    `request_headers` action cannot supply a default, so each header entry gets a second variant
+    that fires only when the header is absent (`header_value_match`, expect_match false). Envoy
+    drops a `rate_limits` entry when any of its actions yields nothing, so exactly one variant
+    applies to each request; n header keys in one rule make 2^n entries (rules have few keys)."""
+    variants: list[list[rc.RateLimit.Action]] = [[]]
     for entry in limit.entries:
-        out.actions.append(rate_limit_action(entry))
+        present = rate_limit_action(entry)
+        if entry.source == "request_header" and not (entry.value or "").startswith(":"):
+            absent = _absent_header_action(entry)
+            variants = [[*v, a] for v in variants for a in (present, absent)]
+        else:
+            variants = [[*v, present] for v in variants]
+    for actions in variants:
+        out.rate_limits.add().actions.extend(actions)
+
+
+def _absent_header_action(entry: DescriptorEntry) -> rc.RateLimit.Action:
+    action = rc.RateLimit.Action()
+    match = action.header_value_match
+    match.descriptor_key = entry.key
+    match.descriptor_value = ABSENT
+    match.expect_match.value = False
+    match.headers.add(name=entry.value or "", present_match=True)
+    return action
 
 
 def rate_limit_action(entry: DescriptorEntry) -> rc.RateLimit.Action:
     """The route `rate_limits` action that makes Envoy send `entry` (see ir.DescriptorEntry).
 
-    If the value is missing from the request (no such header, no such claim), Envoy sends no
-    descriptor for that limit at all: a `per header:x` limit counts only requests that carry x."""
+    A claim missing from the dynamic metadata (no token on a public rule, or a token without
+    it) is sent as ABSENT, so that omitting the claim never escapes the limit; for a missing
+    header, see `_rate_limit`."""
     action = rc.RateLimit.Action()
     if entry.source == "generic_key":
         action.generic_key.descriptor_key = entry.key
@@ -318,6 +344,7 @@ def rate_limit_action(entry: DescriptorEntry) -> rc.RateLimit.Action:
         metadata.source = rc.RateLimit.Action.MetaData.DYNAMIC
         metadata.metadata_key.key = EXT_AUTHZ_METADATA_NAMESPACE
         metadata.metadata_key.path.add().key = entry.value or ""
+        metadata.default_value = ABSENT
     return action
 
 
