@@ -9,6 +9,7 @@ from legation.api.v1alpha1 import (
     ResourceId,
     Secret,
 )
+from legation.controller.compiler.certificates import certificate_info
 from legation.controller.compiler.entries import AnyEntry, Entry, age, why_rejected
 from legation.controller.compiler.ir import (
     HostIR,
@@ -43,16 +44,23 @@ def compile_hosts(entries: list[Entry[Host]], secrets: dict[ResourceId, AnyEntry
             entry.reject(
                 ("spec", "hostname"), f"hostname {host.spec.hostname} is already served by {winner.id}"
             )
-    return [
-        HostIR(
-            id=e.key,
-            hostname=host.spec.hostname,
-            secret=f"{e.id.namespace}/{host.spec.tls_secret.name}",
-            insecure=host.spec.insecure.action,
-        )
-        for e in by_hostname.values()
-        if isinstance(host := e.resource, Host)
-    ]
+    return [_host_ir(entry, secrets) for entry in by_hostname.values()]
+
+
+def _host_ir(entry: Entry[Host], secrets: dict[ResourceId, AnyEntry]) -> HostIR:
+    """The Host with the public facts of its certificate (names, expiry; never the key)."""
+    spec = entry.resource.spec
+    secret = secrets[ResourceId("Secret", entry.id.namespace, spec.tls_secret.name)].resource
+    pem = secret.value("tls.crt") if isinstance(secret, Secret) else None
+    info = certificate_info(pem) if pem else None
+    return HostIR(
+        id=entry.key,
+        hostname=spec.hostname,
+        secret=f"{entry.id.namespace}/{spec.tls_secret.name}",
+        insecure=spec.insecure.action,
+        certificate_names=info.names if info is not None else (),
+        not_after=info.not_after if info is not None else None,
+    )
 
 
 def tls_secrets(hosts: Iterable[HostIR], secrets: dict[ResourceId, AnyEntry]) -> tuple[TlsSecret, ...]:

@@ -89,6 +89,9 @@ class ResourceStatus:
     origin: Origin
     state: Literal["Accepted", "Rejected"]
     problems: tuple[Problem, ...] = ()
+    warnings: tuple[str, ...] = ()
+    """What an Accepted resource should see to (a Host whose certificate expires within 14 days);
+    never a reason to reject. Set by the pipeline run, which knows the time (the compiler does not)."""
 
     @property
     def accepted(self) -> bool:
@@ -226,6 +229,10 @@ class HostIR:
     secret: str
     """"namespace/name" of its kubernetes.io/tls Secret (served over SDS)."""
     insecure: Literal["Redirect", "Reject", "Route"]
+    certificate_names: tuple[str, ...] = ()
+    """The names its certificate covers (subjectAltName; the CN without one)."""
+    not_after: str | None = None
+    """When its certificate expires, ISO 8601 UTC; None if the certificate could not be read."""
 
 
 @dataclass(frozen=True)

@@ -32,8 +32,10 @@ from prometheus_client import Gauge, Histogram
 from legation.controller.compiler.parse_cache import ParseCache
 from legation.controller.serving.access import HttpAccess
 from legation.controller.serving.api import create_app
+from legation.controller.serving.dns_check import DnsChecker
 from legation.controller.serving.feed import Feed
 from legation.controller.serving.pipeline import ControllerState, Stages, build, status_errors
+from legation.controller.serving.upstream_health import EnvoyAdminPoller
 from legation.controller.sources import Source, StatusSink
 from legation.controller.sources.directory import DirectorySource
 from legation.controller.sources.merged import MergedSource
@@ -152,8 +154,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="HOST:PORT",
         help="the authz service Envoy calls when no AuthService resource is given",
     )
+    parser.add_argument(
+        "--envoy-admin",
+        action="append",
+        default=[],
+        type=_admin_url,
+        metavar="URL",
+        help="an Envoy's admin interface (http://HOST:PORT), read for upstream health on the page "
+        "(GET /clusters only); repeat per Envoy",
+    )
     parser.add_argument("--shutdown-grace", type=float, default=2.0, metavar="SECONDS")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+
+def _admin_url(text: str) -> str:
+    if not text.startswith(("http://", "https://")) or "?" in text or "#" in text:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected http://HOST:PORT (Envoy's admin address)")
+    return text.rstrip("/")
 
 
 def _add_http_security(parser: argparse.ArgumentParser) -> None:
@@ -251,6 +268,7 @@ def run(args: argparse.Namespace) -> int:
             grace=args.shutdown_grace,
             gateway=args.gateway,
             xds_security=xds_security,
+            envoy_admins=args.envoy_admin,
         )
     )
 
@@ -318,12 +336,15 @@ async def serve(
     grace: float = 2.0,
     gateway: str = DEFAULT_GATEWAY,
     xds_security: XdsSecurity | None = None,
+    envoy_admins: Sequence[str] = (),
 ) -> None:
     security = xds_security or XdsSecurity(None)
     state = ControllerState(source_description=description)
     xds = XdsServer(require_peer=security.credentials is not None)
     feeds = {name: Feed() for name in FEEDS}
-    app = create_app(state, xds, feeds, access=access)
+    upstreams = EnvoyAdminPoller(envoy_admins) if envoy_admins else None
+    dns = DnsChecker(lambda: _upstream_hosts(state))
+    app = create_app(state, xds, feeds, access=access, upstreams=upstreams, dns=dns.cache)
     http = _HttpServer(app, http_listen, tls=http_tls)  # binds now: a taken port stops us
     health = Health([SERVICE])
     await health.set_component("pipeline", False)
@@ -347,9 +368,16 @@ async def serve(
         background=[
             _follow(source, options, state, xds, feeds, health, gateway=gateway),
             http.serve(sockets=[http.socket]),
+            dns.run(),
+            *([upstreams.run()] if upstreams is not None else []),
         ],
         on_drain=drain,
     )
+
+
+def _upstream_hosts(state: ControllerState) -> list[str]:
+    """The host names of the current snapshot's upstreams (for the background DNS check)."""
+    return [c.host for c in state.stages.result.ir.clusters] if state.stages is not None else []
 
 
 async def _follow(
