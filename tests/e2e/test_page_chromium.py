@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import html
+import json
 import re
 import shutil
 import socket
@@ -201,8 +202,6 @@ spec: {{hostname: api.example.com, tlsSecret: {{name: api-tls}}}}
 
 def upstream_states(api: str) -> dict[str, str]:
     """cluster host address → state, from /api/upstreams (the same data the page shows)."""
-    import json
-
     envoys = json.loads(http_get(f"{api}/api/upstreams")[1])["envoys"] or []
     return {h["address"]: h["state"] for e in envoys for hosts in e["clusters"].values() for h in hosts}
 
