@@ -173,7 +173,7 @@ def test_feeds_refuse_callers_without_their_token_and_nothing_shows_a_secret(
     assert all(r["state"] == "Accepted" for r in resources["resources"]), resources
     for path in (
         "/", "/api/status", "/api/resources", "/api/resources?kind=Secret", "/api/resources?kind=JWTPolicy",
-        "/api/ir", "/api/envoy", "/api/feeds", "/api/envoys",
+        "/api/ir", "/api/envoy", "/api/feeds", "/api/envoys", "/api/upstreams",
     ):  # fmt: skip
         status, body = http_get(base + path)
         assert status == 200, path

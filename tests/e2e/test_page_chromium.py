@@ -4,12 +4,17 @@ The app serves a real pipeline run (a good Mapping, a bad one) and a real XdsSer
 Envoy-like client fed a NACK. Chromium loads the page and dumps its DOM; the test reads what a
 user would see: the rejected resource's reason, the route, the NACK. A second test checks that
 the page's own script follows the controller: a run recorded after the first page was served
-appears in the DOM without a reload."""
+appears in the DOM without a reload. A third runs `legation controller --envoy-admin` beside a
+real Envoy with a live and a dead upstream, a Host with a certificate that expires tomorrow and a
+service name that does not resolve: the page shows the certificate's names and expiry, each
+upstream's health, and the warnings."""
 
 from __future__ import annotations
 
 import asyncio
 import html
+import json
+import re
 import shutil
 import socket
 import subprocess
@@ -21,6 +26,10 @@ from typing import Any
 
 import pytest
 import uvicorn
+from cryptography import x509
+from fixtures.managed import HOST, free_port, http_get, legation_binary, tcp_open, wait_for
+from fixtures.manifests import self_signed, tls_secret
+from fixtures.processes import Launcher, controller_bootstrap
 from fixtures.xds_resources import FakeEnvoyStream, wait_until
 from google.rpc import status_pb2
 
@@ -164,3 +173,81 @@ class AfterFirstPage:
             self.pages += 1
             if self.pages == 1:
                 self.then()
+
+
+# --- Hosts, upstream health and warnings, from a real controller and a real Envoy --------------
+
+HEALTH_MANIFESTS = """\
+apiVersion: legation.dev/v1alpha1
+kind: Mapping
+metadata: {{name: live, namespace: demo}}
+spec: {{prefix: /live/, service: "127.0.0.1:{live}"}}
+---
+apiVersion: legation.dev/v1alpha1
+kind: Mapping
+metadata: {{name: dead, namespace: demo}}
+spec: {{prefix: /dead/, service: "127.0.0.1:{dead}"}}
+---
+apiVersion: legation.dev/v1alpha1
+kind: Mapping
+metadata: {{name: nowhere, namespace: demo}}
+spec: {{prefix: /nowhere/, service: "nothing-here.invalid:80"}}
+---
+apiVersion: legation.dev/v1alpha1
+kind: Host
+metadata: {{name: api, namespace: demo}}
+spec: {{hostname: api.example.com, tlsSecret: {{name: api-tls}}}}
+"""
+
+
+def upstream_states(api: str) -> dict[str, str]:
+    """cluster host address → state, from /api/upstreams (the same data the page shows)."""
+    envoys = json.loads(http_get(f"{api}/api/upstreams")[1])["envoys"] or []
+    return {h["address"]: h["state"] for e in envoys for hosts in e["clusters"].values() for h in hosts}
+
+
+def test_page_in_chromium_shows_hosts_certificates_upstream_health_and_warnings(
+    launch: Launcher, tmp_path: Path
+) -> None:
+    live, dead = free_port(), free_port()  # nothing ever listens on `dead`
+    launch.spawn("echo", [legation_binary(), "echo", "--listen", f"{HOST}:{live}", "--name", "live"])
+    wait_for(lambda: tcp_open(HOST, live), timeout=20, what="echo upstream")
+    source = tmp_path / "manifests"
+    source.mkdir()
+    crt, key = self_signed("api.example.com", "www.example.com")  # one day: under 14
+    (source / "m.yaml").write_text(
+        HEALTH_MANIFESTS.format(live=live, dead=dead) + tls_secret("api-tls", crt, key)
+    )
+    xds, api_port, http = free_port(), free_port(), free_port()
+    envoy = launch.envoy(controller_bootstrap(xds, "envoy-page"), wait=False)
+    launch.spawn(
+        "controller",
+        [
+            legation_binary(), "controller", "--source", str(source),
+            "--xds-listen", f"{HOST}:{xds}", "--http-listen", f"{HOST}:{api_port}",
+            "--envoy-http-port", str(http), "--envoy-https-port", str(free_port()),
+            "--ratelimit-service", "none", "--envoy-admin", envoy.admin_url,
+        ],
+    )  # fmt: skip
+    api = f"http://{HOST}:{api_port}"
+    wait_for(lambda: http_get(f"http://{HOST}:{http}/live/x", timeout=2)[0] == 200, timeout=40, what="route")
+    for _ in range(3):
+        assert http_get(f"http://{HOST}:{http}/dead/x", timeout=5)[0] == 503
+    wanted = {f"127.0.0.1:{live}": "healthy", f"127.0.0.1:{dead}": "unreachable"}
+    wait_for(lambda: wanted.items() <= upstream_states(api).items(), timeout=30, what="upstream health")
+
+    dom = dump_dom(f"{api}/", tmp_path / "profile")
+    hosts = dom[dom.index('id="hosts"') :]
+    assert "api.example.com" in hosts and "www.example.com" in hosts
+    not_after = x509.load_pem_x509_certificate(crt.encode()).not_valid_after_utc.strftime(
+        "%Y-%m-%dT%H:%M:%SZ"
+    )
+    assert not_after in hosts
+    upstreams = dom[dom.index('id="upstreams"') :]
+    assert re.search(rf'data-state="healthy"><code>127\.0\.0\.1:{live}</code> healthy', upstreams)
+    assert re.search(rf'data-state="unreachable"><code>127\.0\.0\.1:{dead}</code> unreachable', upstreams)
+    assert "demo/dead" in upstreams and "demo/live" in upstreams
+    warnings = dom[dom.index('id="warnings"') : dom.index('id="sync"')]
+    assert "demo/api" in warnings and "under 14 days" in warnings
+    assert "nothing-here.invalid" in warnings and "demo/nowhere" in warnings
+    assert key.split("-----")[2].strip().splitlines()[0] not in dom  # never key material

@@ -8,10 +8,12 @@ One `legation up` on a small manifests directory serves the whole module; every 
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 import subprocess
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -192,3 +194,20 @@ def test_a_service_port_held_by_something_else_is_left_to_it(gateway: Gateway) -
             assert not (gateway.state / "logs" / f"upstream-{port}.log").exists()
         finally:
             path.unlink()
+
+
+def test_up_gives_the_page_its_envoys_upstream_health(gateway: Gateway) -> None:
+    """`legation up` passes its Envoy's admin URL: /api/upstreams (what the page shows) holds the
+    Mapping's upstream as that Envoy sees it."""
+
+    def envoys() -> list[dict[str, object]]:
+        with urllib.request.urlopen(f"{gateway.api}/api/upstreams", timeout=5) as response:
+            found = json.loads(response.read())["envoys"]
+        assert found is not None, "no --envoy-admin given"
+        return [e for e in found if e["clusters"]]
+
+    deadline = time.monotonic() + 20
+    while not envoys() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    (envoy,) = envoys()
+    assert envoy["admin"] == f"http://127.0.0.1:{gateway.admin_port}" and envoy["error"] is None

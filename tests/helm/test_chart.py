@@ -412,7 +412,16 @@ STATUS_WRITES = {
     for r in ("mappings", "jwtpolicies", "authservices", "hosts", "upstreamgrants")
     for v in ("get", "update", "patch")
 }
-LEASE = {("coordination.k8s.io", "leases", v) for v in ("get", "create", "update", "patch")}
+LEASE = [
+    {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+    {
+        "apiGroups": ["coordination.k8s.io"],
+        "resources": ["leases"],
+        "resourceNames": [f"{RELEASE}-controller"],
+        "verbs": ["get", "update", "patch"],
+    },
+]
+"""Its own Lease only (named in --lease-name); create cannot name one."""
 
 
 def grants(role: dict[str, Any]) -> set[tuple[str, str, str]]:
@@ -436,7 +445,8 @@ def test_rbac_all_namespaces(rendered: dict[str, list[dict[str, Any]]]) -> None:
     binding = one(objects, "ClusterRoleBinding", f"{RELEASE}-controller")
     assert binding["subjects"] == [subject] and binding["roleRef"]["name"] == cluster_role["metadata"]["name"]
     lease_role = one(objects, "Role", f"{RELEASE}-controller-leader-election")
-    assert lease_role["metadata"]["namespace"] == NAMESPACE and grants(lease_role) == LEASE
+    assert lease_role["metadata"]["namespace"] == NAMESPACE and lease_role["rules"] == LEASE
+    assert flag(container(objects, "controller")["args"], "--lease-name") == f"{RELEASE}-controller"
     lease_binding = one(objects, "RoleBinding", f"{RELEASE}-controller-leader-election")
     assert lease_binding["subjects"] == [subject]
     spec = deployment(objects, "controller")["spec"]["template"]["spec"]

@@ -200,6 +200,7 @@ def _start_controller(
             "--authz-service", f"{host}:{args.authz_port}",
             "--ratelimit-service", f"{host}:{args.ratelimit_port}",
             "--gateway", args.gateway,
+            "--envoy-admin", f"http://{host}:{args.envoy_admin_port}",  # upstream health on the page
             "--feed-token-file", f"authz={files.feed_token('authz')}",
             "--feed-token-file", f"ratelimit={files.feed_token('ratelimit')}",
             "--allow-loopback-upstreams",

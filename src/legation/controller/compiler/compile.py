@@ -196,7 +196,7 @@ def _compile(
         if (a := check_mapping(e, current, defaults, by_upstream, upstream_of=upstream_of)) is not None
     ]
     owners = settle_hosts(host_entries, accepted, tenancy)
-    hosts = host_irs(owners)
+    hosts = host_irs(owners, secrets)
     routes = compile_routes(admit_mappings(accepted, owners, tenancy))
 
     clusters: dict[str, Cluster] = {}

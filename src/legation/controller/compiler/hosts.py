@@ -10,6 +10,7 @@ from legation.api.v1alpha1 import (
     ResourceId,
     Secret,
 )
+from legation.controller.compiler.certificates import certificate_info
 from legation.controller.compiler.entries import AnyEntry, Entry, why_rejected
 from legation.controller.compiler.ir import (
     HostIR,
@@ -38,22 +39,26 @@ def check_host(entry: Entry[Host], secrets: dict[ResourceId, AnyEntry]) -> None:
         entry.reject(path, f"{secret.id} has type {secret.resource.type}, not kubernetes.io/tls")
 
 
-def host_irs(entries: Iterable[Entry[Host]]) -> list[HostIR]:
+def host_irs(entries: Iterable[Entry[Host]], secrets: dict[ResourceId, AnyEntry]) -> list[HostIR]:
     """The IR of the Hosts that own their hostnames (see `tenancy.settle_hosts`)."""
-    return [
-        HostIR(
-            id=e.key,
-            hostname=host.spec.hostname,
-            secret=f"{e.id.namespace}/{host.spec.tls_secret.name}",
-            insecure=host.spec.insecure.action,
-            namespaces=(
-                e.id.namespace,
-                *sorted({d.namespace for d in host.spec.delegate} - {e.id.namespace}),
-            ),
-        )
-        for e in entries
-        if isinstance(host := e.resource, Host)
-    ]
+    return [_host_ir(e, secrets) for e in entries]
+
+
+def _host_ir(entry: Entry[Host], secrets: dict[ResourceId, AnyEntry]) -> HostIR:
+    """The Host with the public facts of its certificate (names, expiry; never the key)."""
+    spec = entry.resource.spec
+    secret = secrets[ResourceId("Secret", entry.id.namespace, spec.tls_secret.name)].resource
+    pem = secret.value("tls.crt") if isinstance(secret, Secret) else None
+    info = certificate_info(pem) if pem else None
+    return HostIR(
+        id=entry.key,
+        hostname=spec.hostname,
+        secret=f"{entry.id.namespace}/{spec.tls_secret.name}",
+        insecure=spec.insecure.action,
+        namespaces=(entry.id.namespace, *sorted({d.namespace for d in spec.delegate} - {entry.id.namespace})),
+        certificate_names=info.names if info is not None else (),
+        not_after=info.not_after if info is not None else None,
+    )
 
 
 def tls_secrets(hosts: Iterable[HostIR], secrets: dict[ResourceId, AnyEntry]) -> tuple[TlsSecret, ...]:

@@ -89,6 +89,9 @@ class ResourceStatus:
     origin: Origin
     state: Literal["Accepted", "Rejected"]
     problems: tuple[Problem, ...] = ()
+    warnings: tuple[str, ...] = ()
+    """What an Accepted resource should see to (a Host whose certificate expires within 14 days);
+    never a reason to reject. Set by the pipeline run, which knows the time (the compiler does not)."""
 
     @property
     def accepted(self) -> bool:
@@ -229,6 +232,10 @@ class HostIR:
     namespaces: tuple[str, ...] = ()
     """Its namespace, then the namespaces it delegates prefixes to: the routes whose plain-HTTP
     handling (`insecure`) it decides. Other namespaces' `*` routes on its hostname keep their own."""
+    certificate_names: tuple[str, ...] = ()
+    """The names its certificate covers (subjectAltName; the CN without one)."""
+    not_after: str | None = None
+    """When its certificate expires, ISO 8601 UTC; None if the certificate could not be read."""
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,9 @@
 
 Probes: `/healthz`, `/readyz`, `/metrics`. JSON of every pipeline stage: `/api/status`,
 `/api/resources` (statuses, with the validated resources), `/api/ir`, `/api/envoy`,
-`/api/feeds`, and of the connected Envoys: `/api/envoys`. The page at `/` (legation.controller.serving.page).
+`/api/feeds`, of the connected Envoys: `/api/envoys`, and of the background checks (upstream
+health from Envoy admin, service names that do not resolve): `/api/upstreams`. The page at `/`
+(legation.controller.serving.page).
 
 Everything derived from one `Stages` is computed on first request and kept until the pipeline
 publishes new stages, so polling the page or the API with 1k Mappings costs a dict lookup; only
@@ -32,6 +34,8 @@ from legation.api.v1alpha1 import JWTPolicy, Secret
 from legation.controller.compiler.ir import TlsSecret
 from legation.controller.serving import page
 from legation.controller.serving.access import ApiAccessMiddleware, HttpAccess
+from legation.controller.serving.dns_check import DnsCache
+from legation.controller.serving.page_health import Health
 from legation.controller.serving.pipeline import status_errors
 from legation.controller.serving.redact import (
     REDACTED,
@@ -46,6 +50,7 @@ from legation.core.feed_version import feed_version
 if TYPE_CHECKING:
     from legation.controller.serving.feed import Feed
     from legation.controller.serving.pipeline import ControllerState, Stages
+    from legation.controller.serving.upstream_health import EnvoyAdminPoller
     from legation.controller.xds.server import XdsServer
 
 __all__ = ["REDACTED", "create_app", "to_json"]
@@ -65,12 +70,21 @@ def create_app(
     feeds: Mapping[str, Feed] | None = None,
     *,
     access: HttpAccess | None = None,
+    upstreams: EnvoyAdminPoller | None = None,
+    dns: DnsCache | None = None,
 ) -> FastAPI:
     """The API and page over `state` (read on every request, so new stages show at once), for
-    the callers `access` admits (default: loopback clients; feeds for no one)."""
+    the callers `access` admits (default: loopback clients; feeds for no one). `upstreams` and
+    `dns` are the background checks whose findings the page and /api/upstreams show."""
     app = FastAPI(title="Legation controller", docs_url=None, redoc_url=None)
     views = _Views()
     access = access if access is not None else HttpAccess()
+
+    def health() -> Health:
+        return Health(
+            views=upstreams.views() if upstreams is not None else None,
+            unresolved=dns.unresolved() if dns is not None else (),
+        )
 
     def scrubber() -> Scrubber | None:
         stages = state.stages
@@ -140,11 +154,15 @@ def create_app(
     async def envoys() -> Response:
         return _json(xds.status())
 
+    @app.get("/api/upstreams")
+    async def upstream_health() -> Response:
+        return _json(_health_json(health()))
+
     @app.get("/", response_class=HTMLResponse)
     async def index() -> str:
         stages = state.stages
         sections = views.get(stages, "page", page.stage_sections) if stages is not None else None
-        return page.render(state, xds, sections)
+        return page.render(state, xds, sections, health=health())
 
     if feeds is not None:
         from legation.controller.serving.feed import feed_router  # the feed module serves its own routes
@@ -229,6 +247,7 @@ def _resources(stages: Stages) -> dict[str, Any]:
                 "origin": {"file": s.origin.file, "line": s.origin.line, "index": s.origin.index},
                 "where": str(s.origin),
                 "state": s.state,
+                "warnings": list(s.warnings),
                 "problems": [
                     {"path": format_path(e.path), "line": e.line, "where": e.where, "reason": e.reason}
                     for e in status_errors(s)
@@ -322,6 +341,22 @@ def _status(state: ControllerState, xds: XdsServer) -> dict[str, Any]:
             },
         }
     return summary
+
+
+def _health_json(health: Health) -> dict[str, Any]:
+    """Upstream health per Envoy admin (null: no --envoy-admin given) and names that do not resolve."""
+    envoys = None
+    if health.views is not None:
+        envoys = [
+            {
+                "admin": v.admin,
+                "at": v.at,
+                "error": v.error,
+                "clusters": {name: [to_json(h) for h in hosts] for name, hosts in sorted(v.clusters.items())},
+            }
+            for v in health.views
+        ]
+    return {"envoys": envoys, "unresolved": [to_json(r) for r in health.unresolved]}
 
 
 def _not_ready(state: ControllerState) -> Response:

@@ -33,10 +33,12 @@ from legation.controller.compiler.parse_cache import ParseCache
 from legation.controller.compiler.upstreams import UpstreamRules
 from legation.controller.serving.access import HttpAccess
 from legation.controller.serving.api import create_app
+from legation.controller.serving.dns_check import DnsChecker
 from legation.controller.serving.feed import Feed
 from legation.controller.serving.pipeline import ControllerState, Stages, build, status_errors
 from legation.controller.serving.platform import add_platform_argument, platform_namespaces
 from legation.controller.serving.upstream_flags import add_upstream_arguments, upstream_rules
+from legation.controller.serving.upstream_health import EnvoyAdminPoller
 from legation.controller.sources import Source, StatusSink
 from legation.controller.sources.directory import DirectorySource
 from legation.controller.sources.merged import MergedSource
@@ -157,8 +159,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_platform_argument(parser)
     add_upstream_arguments(parser)
+    parser.add_argument(
+        "--envoy-admin",
+        action="append",
+        default=[],
+        type=_admin_url,
+        metavar="URL",
+        help="an Envoy's admin interface (http://HOST:PORT), read for upstream health on the page "
+        "(GET /clusters only); repeat per Envoy",
+    )
     parser.add_argument("--shutdown-grace", type=float, default=2.0, metavar="SECONDS")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+
+def _admin_url(text: str) -> str:
+    if not text.startswith(("http://", "https://")) or "?" in text or "#" in text:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected http://HOST:PORT (Envoy's admin address)")
+    return text.rstrip("/")
 
 
 def _add_http_security(parser: argparse.ArgumentParser) -> None:
@@ -268,6 +285,7 @@ def run(args: argparse.Namespace) -> int:
             gateway=args.gateway,
             xds_security=xds_security,
             platform=platform,
+            envoy_admins=args.envoy_admin,
         )
     )
 
@@ -337,12 +355,15 @@ async def serve(
     gateway: str = DEFAULT_GATEWAY,
     xds_security: XdsSecurity | None = None,
     platform: frozenset[str] = frozenset({"legation-system"}),
+    envoy_admins: Sequence[str] = (),
 ) -> None:
     security = xds_security or XdsSecurity(None)
     state = ControllerState(source_description=description)
     xds = XdsServer(require_peer=security.credentials is not None)
     feeds = {name: Feed() for name in FEEDS}
-    app = create_app(state, xds, feeds, access=access)
+    poller = EnvoyAdminPoller(envoy_admins) if envoy_admins else None
+    dns = DnsChecker(lambda: _upstream_hosts(state))
+    app = create_app(state, xds, feeds, access=access, upstreams=poller, dns=dns.cache)
     http = _HttpServer(app, http_listen, tls=http_tls)  # binds now: a taken port stops us
     health = Health([SERVICE])
     await health.set_component("pipeline", False)
@@ -376,9 +397,16 @@ async def serve(
                 upstreams=upstreams,
             ),
             http.serve(sockets=[http.socket]),
+            dns.run(),
+            *([poller.run()] if poller is not None else []),
         ],
         on_drain=drain,
     )
+
+
+def _upstream_hosts(state: ControllerState) -> list[str]:
+    """The host names of the current snapshot's upstreams (for the background DNS check)."""
+    return [c.host for c in state.stages.result.ir.clusters] if state.stages is not None else []
 
 
 async def _follow(

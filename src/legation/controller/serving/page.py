@@ -1,24 +1,31 @@
 """The diagnostics page: one server-rendered HTML document, no external assets.
 
 What a user needs to see first comes first: the summary, the rejected resources with their
-reasons, whether every Envoy runs the current snapshot (and why not, after a NACK), then the
-routes. Every value that comes from input (names, paths, reasons, Envoy's error text) goes
+reasons, warnings (certificates about to expire, service names that do not resolve), whether
+every Envoy runs the current snapshot (and why not, after a NACK), then the routes, the Hosts
+with their certificates, and each upstream's health as the Envoys see it (`page_health`).
+Every value that comes from input (names, paths, reasons, Envoy's error text) goes
 through `html.escape`. A few lines of inline JavaScript re-fetch the page every few seconds and
 swap its content in place, so the page follows the controller without losing the scroll position.
 
 `stage_sections` renders the parts that depend only on one `Stages` (the API caches them per
-run); `render` adds the parts that change between runs (sync state, history).
+run); `render` adds the parts that change between runs (sync state, history, the clock, the
+background checks).
 """
 
 from __future__ import annotations
 
-import html
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from legation.controller.compiler.ir import IR, Cluster, Route
+from legation.controller.serving.page_health import Health, hosts_section, upstreams_section, warnings_section
+from legation.controller.serving.page_html import e as _e
+from legation.controller.serving.page_html import lines as _lines
+from legation.controller.serving.page_html import table as _table
+from legation.controller.serving.page_html import when as _when
 from legation.controller.serving.pipeline import status_errors
 from legation.core.errors import ConfigError, format_path
 
@@ -27,7 +34,7 @@ if TYPE_CHECKING:
     from legation.controller.xds.protocol import Nack, NodeStatus
     from legation.controller.xds.server import XdsServer
 
-__all__ = ["StageSections", "render", "stage_sections"]
+__all__ = ["Health", "StageSections", "render", "stage_sections"]
 
 REFRESH_MS = 5000
 
@@ -38,6 +45,7 @@ table{border-collapse:collapse;width:100%}th,td{border:1px solid #ccc;padding:.2
 text-align:left;vertical-align:top}th{background:#f3f3f3}code{font-size:.95em}
 dl{display:grid;grid-template-columns:max-content auto;gap:.15em 1em}dt{font-weight:600}dd{margin:0}
 .bad{color:#a00}.ok{color:#070}section.rejected{border:2px solid #a00;padding:0 1em 1em;background:#fff6f6}
+section.warnings{border:2px solid #b70;padding:0 1em 1em;background:#fffaf0}
 """
 
 _SCRIPT = f"""
@@ -66,16 +74,30 @@ def stage_sections(stages: Stages) -> StageSections:
     return StageSections(rejected=_rejected(stages), routes=_routes(stages.result.ir))
 
 
-def render(state: ControllerState, xds: XdsServer, sections: StageSections | None) -> str:
-    """The whole page."""
-    current = state.stages.envoy.version if state.stages is not None else ""
+def render(
+    state: ControllerState,
+    xds: XdsServer,
+    sections: StageSections | None,
+    *,
+    health: Health | None = None,
+    now: float | None = None,
+) -> str:
+    """The whole page; `health` is what the background checks found (upstreams, DNS)."""
+    stages = state.stages
+    current = stages.envoy.version if stages is not None else ""
+    health = health if health is not None else Health(views=None)
+    now = now if now is not None else time.time()
+    ir = stages.result.ir if stages is not None else None
     body = [
         "<h1>Legation controller</h1>",
         _summary(state),
         sections.rejected if sections is not None else "",
+        warnings_section(ir, health, now=now) if ir is not None else "",
         _sync(xds, current),
         _nacks(xds.nacks),
         sections.routes if sections is not None else "",
+        hosts_section(ir, now=now) if ir is not None else "",
+        upstreams_section(ir, health) if ir is not None else "",
     ]
     return (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
@@ -83,26 +105,6 @@ def render(state: ControllerState, xds: XdsServer, sections: StageSections | Non
         f"<title>Legation controller</title><style>{_STYLE}</style></head>"
         f'<body><main id="main">{"".join(body)}</main><script>{_SCRIPT}</script></body></html>'
     )
-
-
-def _e(value: object) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def _when(unix: float | None) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(unix)) if unix else "—"
-
-
-def _table(headers: Sequence[str], rows: Iterable[Sequence[str]], *, cls: str = "") -> str:
-    """A table; cells are HTML already (escape values before passing them)."""
-    head = "".join(f"<th>{_e(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in rows)
-    klass = f' class="{cls}"' if cls else ""
-    return f"<table{klass}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _lines(items: Iterable[str]) -> str:
-    return "<br>".join(items)
 
 
 # --- sections ----------------------------------------------------------------------------------
