@@ -58,6 +58,11 @@ class Jwks(SpecModel):
     file: str | None = Field(default=None, description="Path of a JWKS file (standalone use).")
     secret_ref: SecretRef | None = Field(default=None, description="A Secret holding the JWKS (Kubernetes).")
     cache_duration: Duration = Field(default=600.0, description="How long fetched keys are fresh (uri only).")
+    refetch_cooldown: Duration = Field(
+        default=30.0,
+        description="uri only: at most one refetch triggered by unknown `kid`s per this long (1s to 1h); "
+        "the first unknown kid after any fetch refetches at once.",
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> Jwks:
@@ -66,6 +71,8 @@ class Jwks(SpecModel):
             raise ValueError("set exactly one of uri, inline, file, secretRef")
         if self.uri is not None and not self.uri.startswith(("https://", "http://")):
             raise ValueError("uri must be an https:// URL")
+        if not 1.0 <= self.refetch_cooldown <= 3600.0:
+            raise ValueError("refetchCooldown must be between 1s and 1h")
         return self
 
 
