@@ -251,6 +251,12 @@ class PolicySpec(SpecModel):
         default_factory=list, description="Claims emitted as dynamic metadata."
     )
     forward_token: bool = Field(default=False, description="Keep the token's header for the upstream.")
+    enforcement: Literal["auto", "service"] = Field(
+        default="auto",
+        description="auto: Envoy enforces the policy itself (jwt_authn, RBAC) wherever its decisions are "
+        "the authz service's, else the service does, with the reason in status; service: always the "
+        "authz service.",
+    )
 
     def reference_errors(self) -> list[tuple[FieldPath, str]]:
         """(field path under spec, reason) for names that do not resolve. Kept out of the

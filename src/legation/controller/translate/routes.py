@@ -30,6 +30,7 @@ from envoy.extensions.filters.http.ext_authz.v3 import ext_authz_pb2
 
 from legation.api.v1alpha1 import Cors
 from legation.controller.compiler.ir import IR, DescriptorEntry, HostIR, RateLimitIR, Route, RouteMatch
+from legation.controller.translate.native_routes import split_route
 from legation.controller.translate.options import (
     CORS_FILTER,
     EXT_AUTHZ_FILTER,
@@ -100,10 +101,16 @@ def route_configurations(ir: IR, options: RouteOptions, names: Mapping[str, bool
     """Route configurations by name; `names` maps each name to whether it serves the plain-HTTP
     listener (where Hosts' insecure actions apply) or the TLS one (the hostnames Hosts cover)."""
     by_hostname: dict[str, list[Any]] = {}
+    natives = {n.key: n for n in ir.native_policies}
     for route in ir.routes:  # each route built once, copied into every virtual host it serves
         message = rc.Route()
         _route(message, route, options)
-        by_hostname.setdefault(route.match.hostname, []).append(message)
+        native = natives.get(route.policy or "")
+        split = None
+        if native is not None and not route.allow_method_override and options.authz:
+            # Overriding methods need every method checked: that stays with the service.
+            split = split_route(message, route.match, native, authz=options.authz)
+        by_hostname.setdefault(route.match.hostname, []).extend(split or [message])
     hosts = {h.hostname: h for h in ir.hosts}
     hostnames = sorted({*by_hostname, *hosts}, key=_specificity)
     configs = {}
