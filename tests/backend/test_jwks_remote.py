@@ -115,16 +115,13 @@ async def test_background_refresh(server: JwksServer, remote: Factory) -> None:
     assert server.requests == settled
 
 
-async def test_key_rotation_new_kid_after_exactly_one_refetch(
+async def test_key_rotation_right_after_start_is_picked_up_by_the_first_unknown_kid(
     server: JwksServer, remote: Factory, clock: FakeClock
 ) -> None:
     src = remote(refetch_cooldown=30)
     old = await src.current()
     server.set_keys([K2])
-    clock.now += 10  # within the cooldown of the first fetch: no refetch
-    assert not (await src.refresh_for_kid("k2")).has_kid("k2")
-    assert src.fetch_count == 1
-    clock.now += 21
+    clock.now += 1  # the start-up fetch does not count against the unknown-kid cooldown
     keys = await src.refresh_for_kid("k2")
     assert src.fetch_count == 2
     assert keys.has_kid("k2") and not keys.has_kid("k1") and keys.version != old.version
@@ -132,18 +129,30 @@ async def test_key_rotation_new_kid_after_exactly_one_refetch(
     assert jwt.decode(mint(K2, {"sub": "s"}), key.key, algorithms=[key.alg])["sub"] == "s"
 
 
+async def test_rotation_after_a_background_refresh_is_picked_up_at_once(
+    server: JwksServer, remote: Factory, clock: FakeClock
+) -> None:
+    src = remote(refetch_cooldown=30, cache_duration=60)
+    await src.current()
+    clock.now += 61  # expired: this call refetches (not an unknown-kid fetch)
+    await src.current()
+    server.set_keys([K1, K2])
+    clock.now += 1
+    assert (await src.refresh_for_kid("k2")).has_kid("k2")
+    assert src.fetch_count == 3
+
+
 async def test_refetch_storm_is_one_fetch_per_cooldown(
     server: JwksServer, remote: Factory, clock: FakeClock
 ) -> None:
     src = remote(refetch_cooldown=30)
     await src.current()
-    clock.now += 31
     server.delay = 0.05
 
     def storm() -> Any:
         return asyncio.gather(*(src.refresh_for_kid(f"kid-{random.getrandbits(64):x}") for _ in range(1000)))
 
-    results = await storm()
+    results = await storm()  # right after start: the first unknown kid fetches, once
     assert all(r.has_kid("k1") for r in results)
     assert (src.fetch_count, server.requests) == (2, 2)
     clock.now += 29
@@ -152,6 +161,12 @@ async def test_refetch_storm_is_one_fetch_per_cooldown(
     clock.now += 2
     await storm()
     assert (src.fetch_count, server.requests) == (3, 3)
+    clock.now += 60  # a storm against a failing endpoint is bounded the same way
+    server.status = 500
+    await storm()
+    clock.now += 10
+    await storm()
+    assert (src.fetch_count, server.requests) == (4, 4)
 
 
 async def test_negative_cache_skips_even_a_fetch_in_progress(
@@ -159,10 +174,10 @@ async def test_negative_cache_skips_even_a_fetch_in_progress(
 ) -> None:
     src = remote(refetch_cooldown=30, cache_duration=30)
     await src.current()
-    clock.now += 31
+    clock.now += 1
     await src.refresh_for_kid("ghost")  # refetch 2 proves "ghost" missing
     assert src.fetch_count == 2
-    clock.now += 25  # past 80% of cache_duration: the refresher fetches, slowly
+    clock.now += 24  # past 80% of cache_duration: the refresher fetches, slowly
     server.delay = 0.5
     await src.start()
     await asyncio.sleep(0.05)
@@ -171,7 +186,7 @@ async def test_negative_cache_skips_even_a_fetch_in_progress(
     await asyncio.wait_for(src.refresh_for_kid("ghost"), 0.2)  # known missing: answers at once
     assert not waiting.done()
     await waiting
-    clock.now += 31  # the next window: "ghost" may refetch once more
+    clock.now += 7  # the next window: "ghost" may refetch once more
     server.delay = 0
     await src.refresh_for_kid("ghost")
     assert src.fetch_count == 4

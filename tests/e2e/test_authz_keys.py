@@ -2,9 +2,10 @@
 
 One service, three policies (tests/fixtures/authz_keys.yaml), each with its own local JWKS server
 so that the servers' request counts tell exactly how often the service fetched. The unknown-kid
-refetch cooldown is 30 s (the service default) and counts from the last fetch of any kind, so
-the tests below run in file order: first what must hold inside the cooldown, then (after waiting
-once for it to pass) what must hold after it.
+refetch cooldown counts from the last fetch an unknown kid triggered (fetches at start-up or by
+the refresher do not count), so a key rotated right after start-up is picked up at once; keys/rot
+sets it to 3 s (`jwks.refetchCooldown`), keys/storm keeps the 30 s default. The tests run in file
+order.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 
 ISSUER = "https://idp.keys.example/"
 TEMPLATE = Path(__file__).parents[1] / "fixtures" / "authz_keys.yaml"
-COOLDOWN = 30.0  # the service's default unknown-kid refetch cooldown
+COOLDOWN = 30.0  # the service's default unknown-kid refetch cooldown (keys/storm)
+ROT_COOLDOWN = 3.0  # keys/rot's refetchCooldown
 STORM = 1000
 FETCHES = "legation_authz_jwks_fetches_total"
 
@@ -41,15 +43,9 @@ class Keys:
     down: JwksServer
     k1: Signer
     k2: Signer
-    first_fetch: float  # monotonic time by which every server had answered its first fetch
 
     def check(self, policy: str, token: str) -> Decision:
         return self.client.check("/api/x", token=token, policy=policy)
-
-    def wait_past_cooldown(self) -> None:
-        remaining = self.first_fetch + COOLDOWN + 0.5 - time.monotonic()
-        if remaining > 0:
-            time.sleep(remaining)
 
 
 def token(signer: Signer, **claims: object) -> str:
@@ -70,7 +66,7 @@ def keys(module_launcher: Launcher) -> Iterator[Keys]:
             lambda: min(s.requests for s in (rot, storm, down)) >= 1, timeout=10, what="first JWKS fetches"
         )
         try:
-            yield Keys(service, client, rot, storm, down, k1, k2, time.monotonic())
+            yield Keys(service, client, rot, storm, down, k1, k2)
         finally:
             client.close()
 
@@ -86,13 +82,18 @@ def test_fetched_once_at_start(keys: Keys) -> None:
     assert _fetches(keys, "keys/rot", "ok") == 1
 
 
-def test_new_kid_inside_the_cooldown_does_not_refetch(keys: Keys) -> None:
-    keys.rot.set_keys([keys.k2])  # the IdP rotates: k1 is gone, k2 is new
-    d = keys.check("keys/rot", token(keys.k2))
+def test_rotation_right_after_start_is_picked_up_by_the_first_unknown_kid(keys: Keys) -> None:
+    keys.rot.set_keys([keys.k2])  # the IdP rotates just after our start-up fetch: k1 gone, k2 new
+    d = keys.check("keys/rot", token(keys.k2, sub="rotated"))
+    assert d.allowed, d
+    assert d.metadata.get("sub") == "rotated"
+    assert keys.rot.requests == 2
+    # k1 is gone from the new keys; within the cooldown nothing more is fetched.
+    d = keys.check("keys/rot", token(keys.k1))
     assert (d.status, d.json()["reason"]) == (401, "unknown signing key")
-    assert keys.rot.requests == 1
-    # The keys in hand still verify k1 tokens until the next fetch.
-    assert keys.check("keys/rot", token(keys.k1)).allowed
+    for _ in range(5):
+        assert keys.check("keys/rot", token(keys.k2)).allowed
+    assert keys.rot.requests == 2
 
 
 def test_jwks_down_cached_keys_keep_working(keys: Keys) -> None:
@@ -109,19 +110,20 @@ def test_jwks_down_cached_keys_keep_working(keys: Keys) -> None:
     assert keys.service.health() == "SERVING"
 
 
-def test_rotated_key_is_accepted_after_exactly_one_refetch(keys: Keys) -> None:
-    keys.wait_past_cooldown()
+def test_unknown_kids_refetch_at_most_once_per_cooldown(keys: Keys) -> None:
+    time.sleep(ROT_COOLDOWN + 0.2)  # past the previous test's unknown-kid fetch
+    k3, k4 = make_rsa_key("k3"), make_rsa_key("k4")
     before = keys.rot.requests
-    d = keys.check("keys/rot", token(keys.k2, sub="rotated"))
-    assert d.allowed, d
-    assert d.metadata.get("sub") == "rotated"
+    keys.rot.set_keys([k3])
+    assert keys.check("keys/rot", token(k3)).allowed
     assert keys.rot.requests == before + 1
-    # k1 is gone from the new keys; within the new cooldown nothing more is fetched.
-    d = keys.check("keys/rot", token(keys.k1))
+    keys.rot.set_keys([k3, k4])  # rotated again within the 3 s cooldown of that fetch: not seen yet
+    d = keys.check("keys/rot", token(k4))
     assert (d.status, d.json()["reason"]) == (401, "unknown signing key")
-    for _ in range(5):
-        assert keys.check("keys/rot", token(keys.k2)).allowed
     assert keys.rot.requests == before + 1
+    time.sleep(ROT_COOLDOWN + 0.2)
+    assert keys.check("keys/rot", token(k4)).allowed
+    assert keys.rot.requests == before + 2
 
 
 def _random_kid_token(n: int) -> str:
@@ -132,7 +134,6 @@ def _random_kid_token(n: int) -> str:
 
 
 def test_refetch_storm_of_unknown_kids_fetches_at_most_once(keys: Keys) -> None:
-    keys.wait_past_cooldown()
     before = keys.storm.requests
     tokens = [_random_kid_token(n) for n in range(STORM)]
     keys.storm.delay = 0.3  # a slow IdP: many requests wait on the same fetch
@@ -148,7 +149,7 @@ def test_refetch_storm_of_unknown_kids_fetches_at_most_once(keys: Keys) -> None:
     keys.storm.delay = 0.0
     assert elapsed < COOLDOWN / 3, elapsed
     assert set(results) == {(401, "unknown signing key")}
-    # The cooldown had passed: the first unknown kid fetches once, every other request shares that
+    # No unknown kid had fetched yet: the first one fetches once, every other request shares that
     # fetch or hits the cooldown / negative cache. (Zero would mean no refetch on unknown kids.)
     assert keys.storm.requests - before == 1, keys.storm.requests - before
     assert _fetches(keys, "keys/storm", "ok") + _fetches(keys, "keys/storm", "error") == before + 1

@@ -748,6 +748,7 @@ def test_descriptors_envoy_sends_match_the_compiled_rate_limit_config() -> None:
             "providers": [{"name": "corp", "issuer": "https://idp/", "jwks": {"inline": jwks_json([key])}}],
             "rules": [{"requires": {"anyOf": ["corp"]}}],
             "metadataClaims": ["org.team", "plan"],
+            "enforcement": "service",
         },
     )
     annotation = "100/m per ip; 1000/h per claim:org.team; 20/s; 50/s per ip; 5/s per header:x-api-key,method"

@@ -171,7 +171,10 @@ class KeySources:
         jwks = provider.jwks
         if jwks.uri is not None:
             settings = RemoteSettings(
-                uri=jwks.uri, cache_duration=jwks.cache_duration, allow_insecure=self._allow_insecure
+                uri=jwks.uri,
+                cache_duration=jwks.cache_duration,
+                refetch_cooldown=jwks.refetch_cooldown,
+                allow_insecure=self._allow_insecure,
             )
             return RemoteJwks(settings, algorithms=provider.algorithms, source=provider_id)
         if jwks.file is not None:

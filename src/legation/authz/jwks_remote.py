@@ -31,7 +31,8 @@ class RemoteSettings:
     cache_duration: float = 600.0
     """Seconds the keys are fresh; the background refresher refetches at 80% of it."""
     refetch_cooldown: float = 30.0
-    """At most one unknown-kid refetch per this many seconds; also the retry interval after a failure."""
+    """At most one fetch triggered by unknown kids per this many seconds (other fetches do not count);
+    also the retry interval after a failure."""
     max_stale: float = 86400.0
     """While the endpoint fails, the last good keys serve this long after their fetch (never less than
     cache_duration)."""
@@ -62,9 +63,11 @@ class RemoteJwks:
     - Single-flight: every caller waiting for keys shares the one fetch in progress.
     - Fresh for cache_duration; `start()` refreshes at 80% of it. Without the refresher, the first
       call after expiry refetches (at most once per refetch_cooldown while fetches fail).
-    - Unknown kid: a refetch only when the last fetch of any kind started more than
-      refetch_cooldown ago; kids still missing after a fetch are remembered for a cooldown
-      (negative cache), so they neither fetch nor wait for a fetch in progress.
+    - Unknown kid: a refetch at once, unless an unknown kid already triggered one less than
+      refetch_cooldown ago (fetches at start-up, on expiry or by the refresher do not count: a key
+      rotated just after one of them is picked up by its first request); kids still missing after a
+      fetch are remembered for a cooldown (negative cache), so they neither fetch nor wait for a
+      fetch in progress. After a failed fetch, kids wait for the retry interval too.
     - Failures (non-200, redirect, non-JSON, over max_bytes, timeout, blocked address, no usable
       key) keep the last good keys until fetched_at + max_stale; with no good keys, JwksError.
     - Unless allow_insecure: https only, and every address the host resolves to must be public,
@@ -88,6 +91,7 @@ class RemoteJwks:
         self._keys: KeySet | None = None
         self._error: str | None = None  # why the last fetch failed; None after a success
         self._attempted_at: float | None = None
+        self._kid_fetch_at: float | None = None  # when an unknown kid last started a fetch
         self._inflight: asyncio.Task[None] | None = None
         self._refresher: asyncio.Task[None] | None = None
         self._missing: dict[str, float] = {}
@@ -110,7 +114,10 @@ class RemoteJwks:
         keys = await self.current()
         if keys.has_kid(kid) or self._known_missing(kid):
             return keys
-        if self._inflight is not None or self._cooled_down(self._clock()):
+        now = self._clock()
+        if self._inflight is not None or (self._kid_cooled_down(now) and self._may_retry(now)):
+            if self._inflight is None:
+                self._kid_fetch_at = now
             await self._fetch_shared()
             keys = self._servable()
         if not keys.has_kid(kid):
@@ -156,8 +163,10 @@ class RemoteJwks:
             self._missing.clear()
         self._missing[kid] = self._attempted_at
 
-    def _cooled_down(self, now: float) -> bool:
-        return self._attempted_at is None or now - self._attempted_at >= self._settings.refetch_cooldown
+    def _kid_cooled_down(self, now: float) -> bool:
+        """Whether an unknown kid may start a fetch: the storm bound is on kid-triggered fetches only."""
+        last = self._kid_fetch_at
+        return last is None or now - last >= max(_MIN_RETRY, self._settings.refetch_cooldown)
 
     def _retry_interval(self) -> float:
         cooldown = self._settings.refetch_cooldown

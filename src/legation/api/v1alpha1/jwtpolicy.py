@@ -58,6 +58,11 @@ class Jwks(SpecModel):
     file: str | None = Field(default=None, description="Path of a JWKS file (standalone use).")
     secret_ref: SecretRef | None = Field(default=None, description="A Secret holding the JWKS (Kubernetes).")
     cache_duration: Duration = Field(default=600.0, description="How long fetched keys are fresh (uri only).")
+    refetch_cooldown: Duration = Field(
+        default=30.0,
+        description="uri only: at most one refetch triggered by unknown `kid`s per this long (1s to 1h); "
+        "the first unknown kid after any fetch refetches at once.",
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> Jwks:
@@ -66,6 +71,8 @@ class Jwks(SpecModel):
             raise ValueError("set exactly one of uri, inline, file, secretRef")
         if self.uri is not None and not self.uri.startswith(("https://", "http://")):
             raise ValueError("uri must be an https:// URL")
+        if not 1.0 <= self.refetch_cooldown <= 3600.0:
+            raise ValueError("refetchCooldown must be between 1s and 1h")
         return self
 
 
@@ -251,6 +258,12 @@ class PolicySpec(SpecModel):
         default_factory=list, description="Claims emitted as dynamic metadata."
     )
     forward_token: bool = Field(default=False, description="Keep the token's header for the upstream.")
+    enforcement: Literal["auto", "service"] = Field(
+        default="auto",
+        description="auto: Envoy enforces the policy itself (jwt_authn, RBAC) wherever its decisions are "
+        "the authz service's, else the service does, with the reason in status; service: always the "
+        "authz service.",
+    )
 
     def reference_errors(self) -> list[tuple[FieldPath, str]]:
         """(field path under spec, reason) for names that do not resolve. Kept out of the

@@ -82,6 +82,7 @@ from legation.controller.compiler.ir import (
     Rejected,
     ResourceStatus,
 )
+from legation.controller.compiler.native import NativePolicy, native_policy
 from legation.controller.compiler.policies import (
     compile_auth_service,
     compile_policies,
@@ -211,22 +212,6 @@ def _compile(
         auth_ir = AuthServiceIR(id=auth_service.key, cluster=cluster.name, spec=auth_spec)
 
     route_irs = sorted((build_route(primary, members) for primary, members in routes), key=route_order)
-    ir = IR(
-        routes=tuple(route_irs),
-        clusters=tuple(clusters[name] for name in sorted(clusters)),
-        hosts=tuple(sorted(hosts, key=lambda h: (h.hostname, h.id))),
-        tls_secrets=tls_secrets(hosts, secrets),
-        auth_service=auth_ir,
-    )
-    statuses = tuple(
-        ResourceStatus(
-            id=e.id,
-            origin=e.origin,
-            state="Accepted" if e.ok else "Rejected",
-            problems=tuple(e.problems),
-        )
-        for e in entries
-    )
     # Only the policies some route uses: the authz service needs no others, and their keys then
     # stay out of the feed (and out of a gateway that serves none of their namespace's routes).
     used = {r.policy for r in route_irs}
@@ -235,7 +220,40 @@ def _compile(
         for entry, policy in sorted(policies.items(), key=lambda p: p[0].id)
         if entry.ok and entry.key in used
     )
+    natives, enforcement = _enforcement(feed)
+    ir = IR(
+        routes=tuple(route_irs),
+        clusters=tuple(clusters[name] for name in sorted(clusters)),
+        hosts=tuple(sorted(hosts, key=lambda h: (h.hostname, h.id))),
+        tls_secrets=tls_secrets(hosts, secrets),
+        auth_service=auth_ir,
+        native_policies=natives,
+    )
+    statuses = tuple(
+        ResourceStatus(
+            id=e.id,
+            origin=e.origin,
+            state="Accepted" if e.ok else "Rejected",
+            problems=tuple(e.problems),
+            enforcement=enforcement.get(e.key) if e.ok and e.id.kind == "JWTPolicy" else None,
+        )
+        for e in entries
+    )
     return CompileResult(statuses=statuses, ir=ir, policies=feed, ratelimit=(domain(route_irs),))
+
+
+def _enforcement(feed: tuple[JWTPolicy, ...]) -> tuple[tuple[NativePolicy, ...], dict[str, str]]:
+    """The policies Envoy enforces, and each used policy's enforcement as its status shows it."""
+    natives: list[NativePolicy] = []
+    shown: dict[str, str] = {}
+    for policy in feed:
+        native = native_policy(policy)
+        if isinstance(native, NativePolicy):
+            natives.append(native)
+            shown[policy.key] = "native"
+        else:
+            shown[policy.key] = f"service ({native})"
+    return tuple(natives), shown
 
 
 def _stand_ins(

@@ -15,6 +15,7 @@ from legation.api.ratelimit import DomainConfig
 from legation.api.v1alpha1 import AuthServiceSpec, Cors, ResourceId, Retries
 from legation.api.v1alpha1.jwtpolicy import JWTPolicy
 from legation.api.v1alpha1.ratelimit_annotation import RateLimitRule
+from legation.controller.compiler.native import NativePolicy
 from legation.core.errors import FieldPath, format_path
 from legation.core.yamlfile import Document
 
@@ -92,6 +93,8 @@ class ResourceStatus:
     warnings: tuple[str, ...] = ()
     """What an Accepted resource should see to (a Host whose certificate expires within 14 days);
     never a reason to reject. Set by the pipeline run, which knows the time (the compiler does not)."""
+    enforcement: str | None = None
+    """JWTPolicies some route uses: `native` (Envoy's jwt_authn and RBAC) or `service (reason)`."""
 
     @property
     def accepted(self) -> bool:
@@ -273,6 +276,9 @@ class IR:
     tls_secrets: tuple[TlsSecret, ...] = ()
     """The Secrets of accepted Hosts, sorted by name."""
     auth_service: AuthServiceIR | None = None
+    native_policies: tuple[NativePolicy, ...] = ()
+    """Policies Envoy enforces itself (compiler/native.py), sorted by key; routes naming one of
+    them get jwt_authn and RBAC instead of ext_authz."""
 
 
 @dataclass(frozen=True)

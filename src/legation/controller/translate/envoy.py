@@ -30,6 +30,7 @@ from google.protobuf.message import Message
 from legation.controller.compiler.ir import IR
 from legation.controller.translate.clusters import cluster, secret, service_cluster
 from legation.controller.translate.filters import auth_service, http_filters
+from legation.controller.translate.jwt import jwt_http_filters, local_reply_config
 from legation.controller.translate.listeners import http_listener, https_listener
 from legation.controller.translate.options import (
     ACCESS_LOG_FORMAT,
@@ -66,10 +67,11 @@ def translate(ir: IR, options: EnvoyOptions) -> dict[str, dict[str, Message]]:
     route_options = RouteOptions(
         authz=auth is not None, redirect_port=options.redirect_port or options.https_port
     )
-    filters = http_filters(auth, options)
-    listeners = {HTTP_LISTENER: http_listener(options, filters)}
+    filters = http_filters(auth, options, native=jwt_http_filters(ir.native_policies))
+    reply = local_reply_config(ir.native_policies)
+    listeners = {HTTP_LISTENER: http_listener(options, filters, local_reply=reply)}
     if ir.hosts:
-        listeners[HTTPS_LISTENER] = https_listener(ir.hosts, options, filters)
+        listeners[HTTPS_LISTENER] = https_listener(ir.hosts, options, filters, local_reply=reply)
     names = {HTTP_ROUTES: True, HTTPS_ROUTES: False} if ir.hosts else {HTTP_ROUTES: True}
     routes = route_configurations(ir, route_options, names)
     clusters = {c.name: cluster(c, options) for c in ir.clusters}

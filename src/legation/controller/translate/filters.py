@@ -1,5 +1,6 @@
 """The HTTP filter chain, in order: method-override header removal (before anything decides on
-the method), CORS (answers preflights before anyone asks for a token), ext_authz (when an authz
+the method), CORS (answers preflights before anyone asks for a token), native JWTPolicies'
+identity-header removal, jwt_authn and RBAC (translate/jwt.py), ext_authz (when an authz
 service is known), ratelimit (after ext_authz, whose dynamic metadata carries the claims that
 `per claim:` limits count), router."""
 
@@ -46,8 +47,12 @@ def auth_service(ir: IR, options: EnvoyOptions) -> tuple[str, AuthServiceSpec] |
     return None
 
 
-def http_filters(auth: tuple[str, AuthServiceSpec] | None, options: EnvoyOptions) -> list[Any]:
+def http_filters(
+    auth: tuple[str, AuthServiceSpec] | None, options: EnvoyOptions, *, native: list[Any] | None = None
+) -> list[Any]:
+    """`native`: the filters of native JWTPolicies (translate/jwt.py), before ext_authz."""
     filters = [_filter(METHOD_OVERRIDE_FILTER, _method_override()), _filter(CORS_FILTER, cors_pb2.Cors())]
+    filters += native or []
     if auth is not None:
         filters.append(_filter(EXT_AUTHZ_FILTER, _ext_authz(*auth)))
     if options.ratelimit_service is not None:

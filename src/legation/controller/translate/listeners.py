@@ -25,24 +25,30 @@ from legation.controller.translate.options import (
 __all__ = ["http_listener", "https_listener"]
 
 
-def http_listener(options: EnvoyOptions, filters: list[hcm.HttpFilter]) -> listener_pb2.Listener:
+def http_listener(
+    options: EnvoyOptions, filters: list[hcm.HttpFilter], *, local_reply: hcm.LocalReplyConfig | None = None
+) -> listener_pb2.Listener:
     listener = _listener(HTTP_LISTENER, options.listen_address, options.http_port)
     chain = listener.filter_chains.add()
     chain.filters.add(name="envoy.filters.network.http_connection_manager").typed_config.CopyFrom(
-        pack(_connection_manager("http", HTTP_ROUTES, filters, options))
+        pack(_connection_manager("http", HTTP_ROUTES, filters, options, local_reply))
     )
     return listener
 
 
 def https_listener(
-    hosts: tuple[HostIR, ...], options: EnvoyOptions, filters: list[hcm.HttpFilter]
+    hosts: tuple[HostIR, ...],
+    options: EnvoyOptions,
+    filters: list[hcm.HttpFilter],
+    *,
+    local_reply: hcm.LocalReplyConfig | None = None,
 ) -> listener_pb2.Listener:
     listener = _listener(HTTPS_LISTENER, options.listen_address, options.https_port)
     # SNI is read by the TLS inspector before a filter chain is chosen.
     listener.listener_filters.add(name="envoy.filters.listener.tls_inspector").typed_config.CopyFrom(
         pack(tls_inspector_pb2.TlsInspector())
     )
-    manager = pack(_connection_manager("https", HTTPS_ROUTES, filters, options))
+    manager = pack(_connection_manager("https", HTTPS_ROUTES, filters, options, local_reply))
     for host in hosts:
         chain = listener.filter_chains.add(name=host.id)
         if host.hostname != "*":
@@ -69,12 +75,18 @@ def _ads() -> config_source_pb2.ConfigSource:
 
 
 def _connection_manager(
-    stat_prefix: str, routes: str, filters: list[hcm.HttpFilter], options: EnvoyOptions
+    stat_prefix: str,
+    routes: str,
+    filters: list[hcm.HttpFilter],
+    options: EnvoyOptions,
+    local_reply: hcm.LocalReplyConfig | None,
 ) -> hcm.HttpConnectionManager:
     manager = hcm.HttpConnectionManager(stat_prefix=stat_prefix, codec_type=hcm.HttpConnectionManager.AUTO)
     manager.rds.route_config_name = routes
     manager.rds.config_source.CopyFrom(_ads())
     manager.http_filters.extend(filters)
+    if local_reply is not None:  # native JWTPolicies answer as the authz service does
+        manager.local_reply_config.CopyFrom(local_reply)
     # The client is the peer of this connection (Envoy is the edge), so remote_address rate
     # limits and X-Forwarded-For cannot be forged by a client-sent header.
     manager.use_remote_address.value = True

@@ -33,6 +33,7 @@ from envoy.extensions.filters.http.ext_authz.v3 import ext_authz_pb2
 from legation.api.v1alpha1 import Cors
 from legation.controller.compiler.ir import IR, DescriptorEntry, HostIR, RateLimitIR, Route, RouteMatch
 from legation.controller.compiler.ratelimits import ABSENT
+from legation.controller.translate.native_routes import split_route
 from legation.controller.translate.options import (
     CORS_FILTER,
     EXT_AUTHZ_FILTER,
@@ -102,11 +103,19 @@ def _specificity(pattern: str) -> tuple[int, int, str]:
 def route_configurations(ir: IR, options: RouteOptions, names: Mapping[str, bool]) -> dict[str, Any]:
     """Route configurations by name; `names` maps each name to whether it serves the plain-HTTP
     listener (where Hosts' insecure actions apply) or the TLS one (the hostnames Hosts cover)."""
-    by_hostname: dict[str, list[tuple[Route, rc.Route]]] = {}
-    for route in ir.routes:  # each route built once, copied into every virtual host it serves
+    # Each route built once (and split per policy rule when its policy is native), copied into every
+    # virtual host it serves: (route, its message, the messages that serve it).
+    by_hostname: dict[str, list[tuple[Route, rc.Route, list[rc.Route]]]] = {}
+    natives = {n.key: n for n in ir.native_policies}
+    for route in ir.routes:
         message = rc.Route()
         _route(message, route, options)
-        by_hostname.setdefault(route.match.hostname, []).append((route, message))
+        native = natives.get(route.policy or "")
+        split = None
+        if native is not None and not route.allow_method_override and options.authz:
+            # Overriding methods need every method checked: that stays with the service.
+            split = split_route(message, route.match, native, authz=options.authz)
+        by_hostname.setdefault(route.match.hostname, []).append((route, message, split or [message]))
     hosts = {h.hostname: h for h in ir.hosts}
     hostnames = sorted({*by_hostname, *hosts}, key=_specificity)
     insecure = _InsecureRoutes(options)
@@ -124,15 +133,29 @@ def route_configurations(ir: IR, options: RouteOptions, names: Mapping[str, bool
                 # of the peak RSS at 10k Mappings).
                 continue
             routes = [
-                insecure.variant(route, message, covering) if plain_http else message
+                served
                 for p in candidates
-                for route, message in by_hostname.get(p, ())
+                for route, message, pieces in by_hostname.get(p, ())
+                for served in _served(route, message, pieces, insecure if plain_http else None, covering)
             ]
             if plain_http and covering and covering[0].insecure != "Route":
                 routes.append(insecure.catch_all(covering[0]))  # what no route matches
             if routes:  # a hostname nothing serves gets Envoy's 404 without a virtual host
                 config.virtual_hosts.add(name=hostname, domains=[hostname]).routes.extend(routes)
     return configs
+
+
+def _served(
+    route: Route,
+    message: rc.Route,
+    pieces: list[rc.Route],
+    insecure: _InsecureRoutes | None,
+    covering: list[HostIR],
+) -> list[rc.Route]:
+    """What serves `route` here: its plain-HTTP variant (a redirect or refusal of the whole match)
+    if a Host's `insecure` action applies, else its messages (several when split per policy rule)."""
+    variant = insecure.variant(route, message, covering) if insecure is not None else message
+    return pieces if variant is message else [variant]
 
 
 class _InsecureRoutes:

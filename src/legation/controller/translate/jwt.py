@@ -1,0 +1,286 @@
+"""Native JWTPolicies (compiler/native.py) → Envoy's own filters: jwt_authn, RBAC, header mutation.
+
+- jwt_authn holds one provider per (policy, provider), keyed `namespace/name/provider`, with the
+  policy's keys as `local_jwks` (a key rotation is a config push), and one requirement per rule,
+  `namespace/name#i`; each route names its requirement (PerRouteConfig), public rules disable it.
+  The verified payload and JWT header go to dynamic metadata under the provider's key, so RBAC
+  and rate limits read claims from there.
+- RBAC, per route, with DENY policies named by what they refuse: `crit` (a critical header, which
+  the service refuses as not understood) and `claim:NAME` (the first required claim in rule order
+  that the principal's token lacks; the principal is the first provider whose token verified, as
+  in the service), each policy exclusive of the ones before it so the name that Envoy reports
+  (`rbac_access_denied_matched_policy[claim:scope]`) is the service's reason.
+- a header mutation filter before jwt_authn removes client-sent copies of identity headers (and,
+  on public rules, the token, which the service removes there too).
+- `local_reply_config` turns jwt_authn's and RBAC's answers into the service's: same status,
+  `WWW-Authenticate` (realm from the route's metadata) and JSON body, chosen by a CEL filter on
+  the response code details.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from envoy.config.common.mutation_rules.v3 import mutation_rules_pb2
+from envoy.config.core.v3 import base_pb2, substitution_format_string_pb2
+from envoy.config.rbac.v3 import rbac_pb2 as rbac_config
+from envoy.extensions.access_loggers.filters.cel.v3 import cel_pb2
+from envoy.extensions.filters.http.header_mutation.v3 import header_mutation_pb2
+from envoy.extensions.filters.http.jwt_authn.v3 import config_pb2 as jwt
+from envoy.extensions.filters.http.rbac.v3 import rbac_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm
+from envoy.type.matcher.v3 import metadata_pb2, string_pb2, value_pb2
+
+from legation.api.v1alpha1.jwtpolicy import PolicySpec, Rule
+from legation.controller.compiler.native import NativePolicy
+from legation.controller.translate.options import pack
+
+__all__ = [
+    "IDENTITY_FILTER",
+    "JWT_FILTER",
+    "METADATA_NAMESPACE",
+    "RBAC_FILTER",
+    "jwt_http_filters",
+    "local_reply_config",
+    "per_route",
+    "provider_key",
+]
+
+JWT_FILTER = "envoy.filters.http.jwt_authn"
+RBAC_FILTER = "envoy.filters.http.rbac"
+IDENTITY_FILTER = "legation.identity_headers"
+METADATA_NAMESPACE = "legation"
+"""Route metadata: `policy` is the realm of the local replies."""
+_HEADER_SUFFIX = "#header"
+_OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+_REALM = f"%METADATA(ROUTE:{METADATA_NAMESPACE}:policy)%"
+
+
+def provider_key(policy: str, provider: str) -> str:
+    return f"{policy}/{provider}"
+
+
+# --- filters ------------------------------------------------------------------------------------
+
+
+def jwt_http_filters(natives: tuple[NativePolicy, ...]) -> list[hcm.HttpFilter]:
+    """identity header removal, jwt_authn and RBAC, to run before ext_authz (none when no policy
+    is native). Each does nothing on a route that does not configure it."""
+    if not natives:
+        return []
+    config = jwt.JwtAuthentication()
+    for native in natives:
+        _providers(config, native)
+    identity = header_mutation_pb2.HeaderMutation()
+    return [
+        hcm.HttpFilter(name=IDENTITY_FILTER, typed_config=pack(identity)),
+        hcm.HttpFilter(name=JWT_FILTER, typed_config=pack(config)),
+        hcm.HttpFilter(name=RBAC_FILTER, typed_config=pack(rbac_pb2.RBAC())),
+    ]
+
+
+def _providers(config: jwt.JwtAuthentication, native: NativePolicy) -> None:
+    spec = native.policy.spec
+    by_name = {p.name: p for p in spec.providers}
+    for name, jwks in native.jwks:
+        p, key = by_name[name], provider_key(native.key, name)
+        out = config.providers[key]
+        out.issuer = p.issuer
+        out.audiences.extend(p.audiences)
+        out.local_jwks.inline_string = jwks
+        out.forward = spec.forward_token
+        out.clock_skew_seconds = int(p.clock_skew)
+        out.require_expiration = p.require_expiry
+        out.payload_in_metadata = key
+        out.header_in_metadata = key + _HEADER_SUFFIX
+        out.normalize_payload_in_metadata.space_delimited_claims.extend(_claim_names(spec))
+        _token_source(out, p.token_sources[0])
+        for claim, header in spec.claims_to_headers.items():
+            out.claim_to_headers.add(header_name=header.lower(), claim_name=claim)
+    for i, rule in enumerate(spec.rules):
+        if rule.requires is not None:
+            config.requirement_map[f"{native.key}#{i}"].CopyFrom(_requirement(native.key, rule))
+
+
+def _claim_names(spec: PolicySpec) -> list[str]:
+    return sorted({c for rule in spec.rules for c in rule.claims if "." not in c})
+
+
+def _token_source(out: jwt.JwtProvider, source: Any) -> None:
+    if source.header:
+        prefixes = dict.fromkeys([source.prefix, source.prefix.lower(), source.prefix.upper()])
+        for prefix in prefixes:  # the scheme is case-insensitive (RFC 7235), as in the service
+            out.from_headers.add(name=source.header, value_prefix=prefix)
+    elif source.cookie:
+        out.from_cookies.append(source.cookie)
+    else:
+        out.from_params.append(source.query)
+
+
+def _requirement(policy: str, rule: Rule) -> jwt.JwtRequirement:
+    assert rule.requires is not None
+    names = [provider_key(policy, n) for n in rule.requires.providers]
+    if len(names) == 1:
+        return jwt.JwtRequirement(provider_name=names[0])
+    parts = [jwt.JwtRequirement(provider_name=n) for n in names]
+    if rule.requires.all_of is not None:
+        return jwt.JwtRequirement(requires_all=jwt.JwtRequirementAndList(requirements=parts))
+    return jwt.JwtRequirement(requires_any=jwt.JwtRequirementOrList(requirements=parts))
+
+
+# --- per route ----------------------------------------------------------------------------------
+
+
+def per_route(native: NativePolicy, rule_index: int) -> dict[str, Any]:
+    """typed_per_filter_config entries of a route that rule `rule_index` of `native` governs."""
+    spec = native.policy.spec
+    rule = spec.rules[rule_index]
+    remove = sorted({h.lower() for h in spec.claims_to_headers.values()})
+    configs: dict[str, Any] = {}
+    if rule.requires is None:
+        configs[JWT_FILTER] = pack(jwt.PerRouteConfig(disabled=True))
+        if not spec.forward_token:  # the service removes the token on public rules too
+            remove += [s.header.lower() for p in spec.providers for s in p.token_sources if s.header]
+    else:
+        configs[JWT_FILTER] = pack(jwt.PerRouteConfig(requirement_name=f"{native.key}#{rule_index}"))
+        configs[RBAC_FILTER] = pack(_rbac(native.key, rule))
+    if remove:
+        mutation = header_mutation_pb2.HeaderMutationPerRoute()
+        mutation.mutations.request_mutations.extend(
+            mutation_rules_pb2.HeaderMutation(remove=h) for h in dict.fromkeys(remove)
+        )
+        configs[IDENTITY_FILTER] = pack(mutation)
+    return configs
+
+
+def _rbac(policy: str, rule: Rule) -> rbac_pb2.RBACPerRoute:
+    assert rule.requires is not None
+    keys = [provider_key(policy, n) for n in rule.requires.providers]
+    crit = _or([_present([k + _HEADER_SUFFIX, "crit"]) for k in keys])
+    rules = rbac_config.RBAC(action=rbac_config.RBAC.DENY)
+    rules.policies["crit"].CopyFrom(_policy(crit))
+    principals = keys if rule.requires.any_of is not None else keys[:1]
+    seen: list[tuple[str, list[str]]] = []
+    for claim, values in rule.claims.items():
+        missing = _or(
+            [
+                _and(
+                    [_is_principal(keys, i), *(_has(k, c, v) for c, v in seen), _not(_has(k, claim, values))]
+                )
+                for i, k in enumerate(principals)
+            ]
+        )
+        rules.policies[f"claim:{claim}"].CopyFrom(_policy(_and([_not(crit), missing])))
+        seen.append((claim, values))
+    return rbac_pb2.RBACPerRoute(rbac=rbac_pb2.RBAC(rules=rules))
+
+
+def _is_principal(keys: list[str], i: int) -> rbac_config.Principal:
+    """The token of provider i verified and no earlier provider's did (anyOf: the first wins)."""
+    return _and([_present([keys[i]]), *(_not(_present([k])) for k in keys[:i])])
+
+
+def _has(key: str, claim: str, values: list[str]) -> rbac_config.Principal:
+    path = [key, *claim.split(".")]
+    return _and([_or([_metadata(path, _in_list(v)), _metadata(path, _exact(v))]) for v in values])
+
+
+def _in_list(value: str) -> value_pb2.ValueMatcher:
+    return value_pb2.ValueMatcher(list_match=value_pb2.ListMatcher(one_of=_exact(value)))
+
+
+def _exact(value: str) -> value_pb2.ValueMatcher:
+    return value_pb2.ValueMatcher(string_match=string_pb2.StringMatcher(exact=value))
+
+
+def _present(path: list[str]) -> rbac_config.Principal:
+    return _metadata(path, value_pb2.ValueMatcher(present_match=True))
+
+
+def _metadata(path: list[str], value: value_pb2.ValueMatcher) -> rbac_config.Principal:
+    matcher = metadata_pb2.MetadataMatcher(filter=JWT_FILTER, value=value)
+    for part in path:
+        matcher.path.add(key=part)
+    return rbac_config.Principal(metadata=matcher)
+
+
+def _and(ids: list[rbac_config.Principal]) -> rbac_config.Principal:
+    if len(ids) == 1:
+        return ids[0]
+    return rbac_config.Principal(and_ids=rbac_config.Principal.Set(ids=ids))
+
+
+def _or(ids: list[rbac_config.Principal]) -> rbac_config.Principal:
+    if len(ids) == 1:
+        return ids[0]
+    return rbac_config.Principal(or_ids=rbac_config.Principal.Set(ids=ids))
+
+
+def _not(principal: rbac_config.Principal) -> rbac_config.Principal:
+    return rbac_config.Principal(not_id=principal)
+
+
+def _policy(principal: rbac_config.Principal) -> rbac_config.Policy:
+    policy = rbac_config.Policy(principals=[principal])
+    policy.permissions.add(any=True)
+    return policy
+
+
+# --- answers ------------------------------------------------------------------------------------
+
+# jwt_authn's failure (its message, spaces as underscores, in the response code details) → the
+# service's (status, error, reason). Anything else jwt_authn refuses is a malformed token.
+_JWT_FAILURES: tuple[tuple[str, int, str, str], ...] = (
+    ("Jwt_is_missing", 401, "", "missing token"),
+    ("Jwt_is_expired", 401, "invalid_token", "token expired"),
+    ("Jwt_not_yet_valid", 401, "invalid_token", "token not yet valid"),
+    ("Jwt_issuer_is_not_configured", 401, "invalid_token", "untrusted issuer"),
+    ("Audiences_in_Jwt_are_not_allowed", 403, "insufficient_scope", "audience not allowed"),
+    ("Jwks_doesn't_have_key_to_match_kid_or_alg_from_Jwt", 401, "invalid_token", "unknown signing key"),
+    ("Jwt_header_[alg]_is_not_supported", 401, "invalid_token", "signing algorithm not allowed"),
+    ("Jwt_verification_fails", 401, "invalid_token", "invalid signature"),
+    ("Jwt_ED25519_signature_is_wrong_length", 401, "invalid_token", "invalid signature"),
+)
+_DENIED = "jwt_authn_access_denied{"
+
+
+def local_reply_config(natives: tuple[NativePolicy, ...]) -> hcm.LocalReplyConfig | None:
+    """The service's answers for native routes' denials; None when no policy is native."""
+    if not natives:
+        return None
+    config = hcm.LocalReplyConfig()
+    for detail, status, error, reason in _JWT_FAILURES:
+        _mapper(config, f'response.code_details == "{_DENIED}{detail}}}"', status, error, reason)
+    _mapper(config, f'response.code_details.startsWith("{_DENIED}")', 401, "invalid_token", "malformed token")
+    _mapper(config, _rbac_detail("crit"), 401, "invalid_token", "unsupported critical header")
+    claims = sorted({c for n in natives for rule in n.policy.spec.rules for c in rule.claims})
+    for claim in claims:
+        _mapper(
+            config, _rbac_detail(f"claim:{claim}"), 403, "insufficient_scope", f"missing required {claim}"
+        )
+    return config
+
+
+def _rbac_detail(policy: str) -> str:
+    return f'response.code_details == "rbac_access_denied_matched_policy[{policy}]"'
+
+
+def _mapper(config: hcm.LocalReplyConfig, expression: str, status: int, error: str, reason: str) -> None:
+    mapper = config.mappers.add()
+    mapper.filter.extension_filter.name = "envoy.access_loggers.extension_filters.cel"
+    mapper.filter.extension_filter.typed_config.CopyFrom(
+        pack(cel_pb2.ExpressionFilter(expression=expression))
+    )
+    mapper.status_code.value = status
+    challenge = f'Bearer realm="{_REALM}"'
+    if error:
+        challenge += f', error="{error}", error_description="{reason}"'
+    mapper.headers_to_add.add(
+        header=base_pb2.HeaderValue(key="www-authenticate", value=challenge), append_action=_OVERWRITE
+    )
+    body = f'{{"error": "{error or "unauthorized"}", "reason": "{reason}"}}'
+    mapper.body_format_override.CopyFrom(
+        substitution_format_string_pb2.SubstitutionFormatString(
+            text_format_source=base_pb2.DataSource(inline_string=body), content_type="application/json"
+        )
+    )

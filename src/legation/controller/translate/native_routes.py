@@ -1,0 +1,213 @@
+"""A route whose policy is native, split into one Envoy route per policy rule it can reach.
+
+A JWTPolicy's rules are first-match on path, method and host, while jwt_authn's requirement is
+chosen per route: so the Mapping's route becomes, in rule order, one route per rule whose match
+intersects the Mapping's (the intersection: the narrower path, the common methods, the rule's
+hosts as an `:authority` matcher), each with that rule's requirement and RBAC, then a final route
+with the Mapping's own match that answers what the service answers when no rule matches (403).
+Envoy tries routes in order, so a request takes the first rule that matches it, as in the service.
+
+Paths: the route keeps one path specifier; a second condition becomes a matcher on `:path`
+(literal prefixes and exact paths are exact there, the query string aside). Two regexes (a regex
+Mapping and a regex rule) cannot be intersected: that route stays on ext_authz.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from envoy.config.core.v3 import base_pb2
+from envoy.config.route.v3 import route_components_pb2 as rc
+from envoy.extensions.filters.http.ext_authz.v3 import ext_authz_pb2
+from google.protobuf import struct_pb2
+
+from legation.api.v1alpha1.jwtpolicy import Match
+from legation.controller.compiler.ir import RouteMatch
+from legation.controller.compiler.native import NativePolicy
+from legation.controller.compiler.ownership import normalize_prefix, prefix_covers
+from legation.controller.translate.jwt import JWT_FILTER, METADATA_NAMESPACE, per_route, provider_key
+from legation.controller.translate.options import EXT_AUTHZ_FILTER, EXT_AUTHZ_METADATA_NAMESPACE, pack
+
+__all__ = ["split_route"]
+
+_NO_RULE_BODY = '{"error": "forbidden", "reason": "no rule matches"}'
+
+
+class _Inexpressible(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class _Path:
+    kind: str  # prefix | path | regex
+    value: str
+
+
+def split_route(
+    base: rc.Route, match: RouteMatch, native: NativePolicy, *, authz: bool
+) -> list[rc.Route] | None:
+    """The routes replacing `base` (built for `match`), or None when they cannot be exact."""
+    out: list[rc.Route] = []
+    try:
+        for i, rule in enumerate(native.policy.spec.rules):
+            route = _rule_route(base, match, rule.match)
+            if route is None:
+                continue
+            route.name = f"{base.name}#rule{i}"
+            for name, config in per_route(native, i).items():
+                route.typed_per_filter_config[name].CopyFrom(config)
+            if rule.requires is not None:
+                _claims_from_jwt(route, provider_key(native.key, rule.requires.providers[0]))
+            out.append(route)
+            if not (rule.match.methods or rule.match.hosts) and route.match == base.match:
+                break  # the rule takes every request of the route: no later rule can match
+        else:
+            out.append(_no_rule(base))
+    except _Inexpressible:
+        return None
+    for route in out:
+        _mark(route, native.key, authz=authz)
+    return out
+
+
+def _claims_from_jwt(route: rc.Route, provider: str) -> None:
+    """`per claim:` limits read the claim from jwt_authn's payload metadata, not ext_authz's (the
+    first provider of the rule: with anyOf, a token of another provider is not counted)."""
+    for limit in route.route.rate_limits:
+        for action in limit.actions:
+            key = action.metadata.metadata_key
+            if action.HasField("metadata") and key.key == EXT_AUTHZ_METADATA_NAMESPACE:
+                claim = key.path[0].key
+                key.key = JWT_FILTER
+                del key.path[:]
+                for part in [provider, *claim.split(".")]:
+                    key.path.add(key=part)
+
+
+def _mark(route: rc.Route, policy: str, *, authz: bool) -> None:
+    route.metadata.filter_metadata[METADATA_NAMESPACE].CopyFrom(
+        struct_pb2.Struct(fields={"policy": struct_pb2.Value(string_value=policy)})
+    )
+    if authz:
+        route.typed_per_filter_config[EXT_AUTHZ_FILTER].CopyFrom(
+            pack(ext_authz_pb2.ExtAuthzPerRoute(disabled=True))
+        )
+
+
+def _no_rule(base: rc.Route) -> rc.Route:
+    route = rc.Route()
+    route.CopyFrom(base)
+    route.name = f"{base.name}#norule"
+    route.ClearField("route")
+    route.ClearField("request_headers_to_add")
+    route.direct_response.status = 403
+    route.direct_response.body.inline_string = _NO_RULE_BODY
+    route.response_headers_to_add.add(
+        header=base_pb2.HeaderValue(key="content-type", value="application/json"),
+        append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
+    )
+    return route
+
+
+def _rule_route(base: rc.Route, match: RouteMatch, rule: Match) -> rc.Route | None:
+    """`base` narrowed to the requests `rule` also matches; None if none."""
+    methods = _methods(match.methods, rule.methods)
+    if methods is None:
+        return None
+    paths = _paths(_Path(match.kind, match.value), rule)
+    if paths is None:
+        return None
+    route = rc.Route()
+    route.CopyFrom(base)
+    primary, extra = paths
+    _set_path(route.match, primary)
+    if extra is not None:
+        _path_header(route.match.headers.add(name=":path"), extra)
+    if methods and tuple(methods) != match.methods:
+        _set_methods(route.match, methods)
+    if rule.hosts:
+        route.match.headers.add(name=":authority").string_match.safe_regex.regex = _hosts_regex(rule.hosts)
+    return route
+
+
+def _methods(route: tuple[str, ...], rule: list[str]) -> list[str] | None:
+    """The methods both allow ([] = any), or None when they share none."""
+    if not rule:
+        return list(route)
+    if not route:
+        return sorted(rule)
+    common = sorted(set(route) & set(rule))
+    return common or None
+
+
+def _paths(route: _Path, rule: Match) -> tuple[_Path, _Path | None] | None:
+    """(route path specifier, an extra :path condition) for both; None if they share no path."""
+    if rule.path_prefix is not None:
+        other = _Path("prefix", normalize_prefix(rule.path_prefix))
+    elif rule.path is not None:
+        other = _Path("path", rule.path)
+    elif rule.regex is not None:
+        other = _Path("regex", rule.regex)
+    else:
+        return route, None
+    if route.kind == "regex" and other.kind == "regex":
+        raise _Inexpressible
+    if route.kind == "regex":
+        return route, other
+    if other.kind == "regex":
+        return other, route
+    return _literal(route, other)
+
+
+def _literal(a: _Path, b: _Path) -> tuple[_Path, None] | None:
+    """The intersection of two (whole-segment) prefixes or exact paths, itself one."""
+    if a.kind == "path" and b.kind == "path":
+        return (a, None) if a.value == b.value else None
+    if a.kind == "path" or b.kind == "path":
+        exact, prefix = (a, b) if a.kind == "path" else (b, a)
+        return (exact, None) if prefix_covers(prefix.value, exact.value) else None
+    if prefix_covers(b.value, a.value):
+        return a, None
+    if prefix_covers(a.value, b.value):
+        return b, None
+    return None
+
+
+def _set_path(out: rc.RouteMatch, path: _Path) -> None:
+    out.ClearField("path_specifier")
+    if path.kind == "prefix" and path.value == "/":
+        out.prefix = "/"
+    elif path.kind == "prefix":  # whole segments, as the Mapping's own route and the service
+        out.path_separated_prefix = path.value
+    elif path.kind == "path":
+        out.path = path.value
+    else:
+        out.safe_regex.regex = path.value
+
+
+def _path_header(out: rc.HeaderMatcher, path: _Path) -> None:
+    if path.kind == "prefix":  # whole segments; `:path` carries the query string too
+        tail = r"(?:[/?].*)?" if path.value != "/" else r".*"
+        out.string_match.safe_regex.regex = re.escape(path.value.rstrip("/")) + tail
+    elif path.kind == "path":
+        out.string_match.safe_regex.regex = re.escape(path.value) + r"(?:\?.*)?"
+    else:  # pragma: no cover - two regexes are refused above
+        raise _Inexpressible
+
+
+def _set_methods(out: rc.RouteMatch, methods: list[str]) -> None:
+    kept = [h for h in out.headers if h.name != ":method"]
+    del out.headers[:]
+    out.headers.extend(kept)
+    method = out.headers.add(name=":method")
+    if len(methods) == 1:
+        method.string_match.exact = methods[0]
+    else:
+        method.string_match.safe_regex.regex = "|".join(methods)
+
+
+def _hosts_regex(hosts: list[str]) -> str:
+    """Hosts as the service matches them: exact names, or `*.suffix` for any longer name."""
+    parts = [r"[^/]+" + re.escape(h[1:]) if h.startswith("*.") else re.escape(h.lower()) for h in hosts]
+    return "(?i)(?:" + "|".join(parts) + ")"

@@ -1,0 +1,144 @@
+"""Native enforcement: which JWTPolicies Envoy enforces itself, why others stay on the service,
+and the shape of the routes a native policy's Mapping becomes (compiler/native.py,
+translate/jwt.py, translate/native_routes.py). What Envoy answers is tested in
+tests/e2e/test_native_differential.py."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from envoy.config.route.v3 import route_components_pb2 as rc
+from envoy.extensions.filters.http.ext_authz.v3 import ext_authz_pb2
+from envoy.extensions.filters.http.jwt_authn.v3 import config_pb2 as jwt
+from envoy.extensions.filters.http.rbac.v3 import rbac_pb2
+from fixtures.jwks_server import jwks_json, make_rsa_key
+from fixtures.manifests import compile_manifests, resource
+
+from legation.controller.compiler.native import bind_jwks
+from legation.controller.translate.envoy import HTTP_ROUTES, EnvoyOptions, translate
+from legation.controller.xds.snapshot import ROUTE
+
+KEY = make_rsa_key("k1")
+AUTH = resource(
+    "AuthService", "default", {"service": "authz.legation-system:9001"}, namespace="legation-system"
+)
+
+
+def policy(**spec: Any) -> str:
+    spec.setdefault(
+        "providers", [{"name": "corp", "issuer": "https://idp/", "jwks": {"inline": jwks_json([KEY])}}]
+    )
+    spec.setdefault("rules", [{"requires": {"anyOf": ["corp"]}}])
+    return resource("JWTPolicy", "jwt", spec)
+
+
+def mapping(**spec: Any) -> str:
+    spec = {"prefix": "/api/", "service": "api.demo:8080", "auth": {"policy": "jwt"}, **spec}
+    return resource("Mapping", "api", spec)
+
+
+def routes(text: str) -> list[rc.Route]:
+    result = compile_manifests(AUTH + text)
+    assert not result.rejected, [(s.id, s.reason) for s in result.rejected]
+    config = translate(result.ir, EnvoyOptions())[ROUTE][HTTP_ROUTES]
+    return [r for v in config.virtual_hosts for r in v.routes]
+
+
+def unpack(route: rc.Route, name: str, cls: Any) -> Any:
+    message = cls()
+    assert route.typed_per_filter_config[name].Unpack(message)
+    return message
+
+
+def enforcement(text: str) -> str | None:
+    status = compile_manifests(AUTH + text).status("JWTPolicy", "demo", "jwt")
+    assert status is not None
+    return status.enforcement
+
+
+def test_inline_keys_are_native_and_the_status_says_so() -> None:
+    assert enforcement(policy() + mapping()) == "native"
+
+
+def test_remote_jwks_stay_on_the_service_with_the_reason() -> None:
+    remote = [{"name": "corp", "issuer": "https://idp/", "jwks": {"uri": "https://idp/jwks.json"}}]
+    assert enforcement(policy(providers=remote) + mapping()) == (
+        "service (provider corp: remote JWKS (Envoy cannot refetch keys on an unknown kid))"
+    )
+    [route] = routes(policy(providers=remote) + mapping())
+    per_route = unpack(route, "envoy.filters.http.ext_authz", ext_authz_pb2.ExtAuthzPerRoute)
+    assert per_route.check_settings.context_extensions["legation.policy"] == "demo/jwt"
+
+
+def test_enforcement_service_forces_the_service() -> None:
+    assert enforcement(policy(enforcement="service") + mapping()) == "service (enforcement: service)"
+
+
+def test_two_token_sources_stay_on_the_service() -> None:
+    sources = [{"header": "Authorization", "prefix": "Bearer "}, {"cookie": "session"}]
+    providers = [
+        {
+            "name": "corp",
+            "issuer": "https://i/",
+            "jwks": {"inline": jwks_json([KEY])},
+            "tokenSources": sources,
+        }
+    ]
+    assert "several token sources" in (enforcement(policy(providers=providers) + mapping()) or "")
+
+
+def test_rules_become_routes_in_order_then_a_deny_route() -> None:
+    rules = [
+        {"match": {"pathPrefix": "/api/public"}, "public": True},
+        {"match": {"pathPrefix": "/other"}, "public": True},  # never intersects /api/: no route
+        {
+            "match": {"pathPrefix": "/api/", "methods": ["GET"]},
+            "requires": {"anyOf": ["corp"]},
+            "claims": {"scope": ["read"]},
+        },
+    ]
+    out = routes(policy(rules=rules, claimsToHeaders={"sub": "x-user-id"}) + mapping())
+    assert [r.name for r in out] == ["demo/api#rule0", "demo/api#rule2", "demo/api#norule"]
+    public, guarded, deny = out
+    assert public.match.path_separated_prefix == "/api/public"  # whole segments, as the service
+    assert unpack(public, "envoy.filters.http.jwt_authn", jwt.PerRouteConfig).disabled
+    assert (
+        unpack(guarded, "envoy.filters.http.jwt_authn", jwt.PerRouteConfig).requirement_name == "demo/jwt#2"
+    )
+    assert [h.string_match.exact for h in guarded.match.headers if h.name == ":method"] == ["GET"]
+    rbac = unpack(guarded, "envoy.filters.http.rbac", rbac_pb2.RBACPerRoute)
+    assert sorted(rbac.rbac.rules.policies) == ["claim:scope", "crit"]
+    for route in out:  # never a call to the authz service
+        assert unpack(route, "envoy.filters.http.ext_authz", ext_authz_pb2.ExtAuthzPerRoute).disabled
+    assert deny.direct_response.status == 403 and deny.match.path_separated_prefix == "/api"
+    assert json.loads(deny.direct_response.body.inline_string) == {
+        "error": "forbidden",
+        "reason": "no rule matches",
+    }
+
+
+def test_per_claim_limits_read_the_jwt_payload() -> None:
+    text = policy() + mapping().replace(
+        "metadata:", "metadata:\n  annotations: {legation.dev/rate-limit: '5/m per claim:org.team'}", 1
+    )
+    [route] = [r for r in routes(text) if r.name == "demo/api#rule0"]
+    keys = [
+        a.metadata.metadata_key
+        for limit in route.route.rate_limits
+        for a in limit.actions
+        if a.HasField("metadata")
+    ]
+    assert [(k.key, [p.key for p in k.path]) for k in keys] == [
+        ("envoy.filters.http.jwt_authn", ["demo/jwt/corp", "org", "team"])
+    ]
+
+
+def test_keys_are_bound_to_one_algorithm_as_the_service_binds_them() -> None:
+    jwk = {**KEY.public_jwk, "kid": "k1"}
+    jwk.pop("alg", None)
+    bound = json.loads(
+        bind_jwks(json.dumps({"keys": [jwk, {**jwk, "kid": "enc", "use": "enc"}]}), ["RS384", "RS256"]) or ""
+    )
+    assert [(k["kid"], k["alg"]) for k in bound["keys"]] == [("k1", "RS384")]  # first allowed that fits
+    assert bind_jwks(json.dumps({"keys": [{**jwk, "alg": "RS512"}]}), ["RS256"]) is None  # alg not allowed
