@@ -9,8 +9,6 @@ from __future__ import annotations
 import asyncio
 import datetime
 import ipaddress
-import random
-import socket
 import time
 from pathlib import Path
 
@@ -21,6 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from fixtures.processes import HOST, Launcher, free_port, redis_binary, wait_for
+from fixtures.redis_cluster import cluster_port
 
 from legation.ratelimit.backends.redis import connect
 from legation.ratelimit.config import load_config_texts
@@ -141,20 +140,6 @@ def _master_known(sentinel: redis_sync.Redis) -> bool:
         return sentinel.execute_command("SENTINEL", "get-master-addr-by-name", "main") is not None
     except redis_sync.RedisError:
         return False
-
-
-def cluster_port() -> int:
-    """A port below 55536 whose cluster bus port (+10000) is free too, outside the ephemeral range."""
-    for _ in range(200):
-        port = random.randint(20000, 22000)
-        try:
-            with socket.socket() as a, socket.socket() as b:
-                a.bind((HOST, port))
-                b.bind((HOST, port + 10000))
-            return port
-        except OSError:
-            continue
-    raise RuntimeError("no free port pair for a cluster node")
 
 
 async def test_cluster_without_crossslot(launch: Launcher, tmp_path: Path) -> None:
