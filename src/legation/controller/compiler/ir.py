@@ -28,6 +28,7 @@ __all__ = [
     "HostIR",
     "Origin",
     "Problem",
+    "Programmed",
     "RateLimitIR",
     "Rejected",
     "ResourceStatus",
@@ -98,6 +99,21 @@ class ResourceStatus:
     def reason(self) -> str | None:
         """All problems in one line, or None when accepted."""
         return "; ".join(p.reason for p in self.problems) or None
+
+
+@dataclass(frozen=True)
+class Programmed:
+    """Whether a gateway's Envoys run a resource's current content (the `Programmed` condition,
+    next to `Accepted`). Only for what reaches Envoy: Mappings, Hosts and AuthServices."""
+
+    programmed: bool
+    reason: Literal["Programmed", "Pending", "NoEnvoy", "Nacked", "Rejected"]
+    message: str
+    envoys: int = 0
+    """Connected Envoys of the gateway."""
+    seconds: float | None = None
+    """From the pipeline run that first held this content to the last Envoy's ACK, once
+    programmed."""
 
 
 # --- routes ------------------------------------------------------------------------------------
@@ -226,6 +242,9 @@ class HostIR:
     secret: str
     """"namespace/name" of its kubernetes.io/tls Secret (served over SDS)."""
     insecure: Literal["Redirect", "Reject", "Route"]
+    tls: bool = True
+    """False for a Host withheld from Envoy (Envoy rejected it): no TLS for its hostname, whose
+    plain-HTTP requests are refused (`insecure` Reject) rather than served without it."""
 
 
 @dataclass(frozen=True)
