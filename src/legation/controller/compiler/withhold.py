@@ -36,7 +36,9 @@ def withhold(ir: IR, ids: Collection[ResourceId]) -> tuple[IR, frozenset[Resourc
         return ir, frozenset()
     routes = tuple(r for r in ir.routes if keys["Mapping"].isdisjoint(r.mappings))
     gone = {m for r in ir.routes if not keys["Mapping"].isdisjoint(r.mappings) for m in r.mappings}
-    auth = ir.auth_service if ir.auth_service is None or ir.auth_service.id not in keys["AuthService"] else None
+    auth = (
+        ir.auth_service if ir.auth_service is None or ir.auth_service.id not in keys["AuthService"] else None
+    )
     hosts = tuple(
         dataclasses.replace(h, tls=False, insecure="Reject") if h.id in keys["Host"] else h for h in ir.hosts
     )

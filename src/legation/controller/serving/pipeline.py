@@ -19,8 +19,16 @@ from dataclasses import dataclass, field
 from legation.api.v1alpha1 import Resource, ResourceError, ResourceId, parse_resource, raw_id
 from legation.controller.compiler.compile import compile_resources, gc_paused
 from legation.controller.compiler.gateways import claims, for_gateway
-from legation.controller.compiler.ir import CompileResult, Origin, Problem, Rejected, ResourceStatus
+from legation.controller.compiler.ir import (
+    CompileResult,
+    Origin,
+    Problem,
+    Programmed,
+    Rejected,
+    ResourceStatus,
+)
 from legation.controller.compiler.withhold import WITHHELD_KINDS, withhold
+from legation.controller.serving.ledger import Quarantine
 from legation.controller.sources import SourceSnapshot
 from legation.controller.translate.envoy import EnvoyOptions, translate
 from legation.controller.translate.feeds import authz_feed_text, ratelimit_feed_text
@@ -266,6 +274,12 @@ class ControllerState:
     """What the source is (e.g. `directory examples/`), for the page."""
     last_error: str | None = None
     """A pipeline run that failed unexpectedly (a bug): the previous stages stay in force."""
+    programmed: dict[ResourceId, Programmed] = field(default_factory=dict)
+    """`Programmed` of every Mapping, Host and AuthService, as of the latest ACKs."""
+    programmed_generation: int = 0
+    """Changes whenever `programmed` does (for caches of views)."""
+    quarantine: dict[ResourceId, Quarantine] = field(default_factory=dict)
+    """Resource contents Envoy rejected, withheld from it until they change."""
 
     @property
     def ready(self) -> bool:
