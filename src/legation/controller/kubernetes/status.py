@@ -280,8 +280,8 @@ class StatusWriter:
         wanted = desired.conditions()
         by_type = {c.get("type"): c for c in conditions}
         ours = []
-        for kind, condition in wanted.items():
-            current = by_type.get(kind)
+        for kind_of_condition, condition in wanted.items():
+            current = by_type.get(kind_of_condition)
             keep_time = current is not None and current.get("status") == condition["status"]
             stamp = current.get("lastTransitionTime") if keep_time and current else _now()
             ours.append({**condition, "lastTransitionTime": stamp})
