@@ -74,6 +74,7 @@ def render(state: ControllerState, xds: XdsServer, sections: StageSections | Non
         _summary(state),
         sections.rejected if sections is not None else "",
         _sync(xds, current),
+        _programmed(state),
         _nacks(xds.nacks),
         sections.routes if sections is not None else "",
     ]
@@ -208,6 +209,35 @@ def _sync(xds: XdsServer, current: str) -> str:
         [_node_row(node, xds, current) for node in nodes],
     )
     return f'<section id="sync">{title}{table}</section>'
+
+
+_SHOWN_NOT_PROGRAMMED = 200
+"""Rows of the Programmed section at most (the counts cover all)."""
+
+
+def _programmed(state: ControllerState) -> str:
+    """How many resources every Envoy runs; the others with why not, the quarantined (Envoy
+    rejected them) first, with Envoy's message."""
+    found = state.programmed
+    done = sum(1 for p in found.values() if p.programmed)
+    title = f"<h2>Programmed ({done} of {len(found)} in every Envoy)</h2>"
+    order = {"Nacked": 0, "Rejected": 3, "Pending": 1, "NoEnvoy": 2}
+    missing = sorted(
+        (p for p in found.items() if not p[1].programmed), key=lambda p: (order[p[1].reason], p[0])
+    )
+    if not missing:
+        return f'<section id="programmed">{title}<p class="ok">Every resource is programmed.</p></section>'
+    rows = [
+        [
+            _e(f"{rid.kind} {rid.namespace}/{rid.name}"),
+            f'<span class="{"bad" if p.reason == "Nacked" else ""}">{_e(p.reason)}</span>',
+            _e(p.message),
+        ]
+        for rid, p in missing[:_SHOWN_NOT_PROGRAMMED]
+    ]
+    more = len(missing) - len(rows)
+    note = f"<p>…and {more} more (see /api/resources).</p>" if more > 0 else ""
+    return f'<section id="programmed">{title}{_table(["Resource", "Programmed", "Why not"], rows)}{note}</section>'
 
 
 def _node_row(node: NodeStatus, xds: XdsServer, current: str) -> list[str]:
