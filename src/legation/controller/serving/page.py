@@ -237,7 +237,8 @@ def _programmed(state: ControllerState) -> str:
     ]
     more = len(missing) - len(rows)
     note = f"<p>…and {more} more (see /api/resources).</p>" if more > 0 else ""
-    return f'<section id="programmed">{title}{_table(["Resource", "Programmed", "Why not"], rows)}{note}</section>'
+    table = _table(["Resource", "Programmed", "Why not"], rows)
+    return f'<section id="programmed">{title}{table}{note}</section>'
 
 
 def _node_row(node: NodeStatus, xds: XdsServer, current: str) -> list[str]:

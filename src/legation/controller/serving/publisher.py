@@ -149,14 +149,23 @@ class Publisher:
     def _on_change(self, status: NodeStatus | None) -> None:
         search = self.search
         if search is not None and not search.answered:
-            if status is None and search.bisection.node not in {n.node_id for n in self.xds.nodes()}:
-                self._answer(None)
-            elif status is not None and status.node_id == search.bisection.node:
-                if status.snapshot_version == search.probe_version and status.state != "pending":
-                    self._answer(status.state == "acked")
+            self._probe_answered(search, status)
         if self._evaluation is None:
             loop = asyncio.get_running_loop()
             self._evaluation = loop.call_later(self.settle_delay, self._evaluate)
+
+    def _probe_answered(self, search: _Search, status: NodeStatus | None) -> None:
+        """Whether the searched node settled on the probe (or went away)."""
+        node = search.bisection.node
+        if status is None and node not in {n.node_id for n in self.xds.nodes()}:
+            self._answer(None)
+        # Settled means acked, or nacked (also when the probe left the rejected part unchanged).
+        elif (
+            status is not None
+            and status.state != "pending"
+            and (status.node_id, status.snapshot_version) == (node, search.probe_version)
+        ):
+            self._answer(status.state == "acked")
 
     def _evaluate(self) -> None:
         """`Programmed` of every resource now; the status sink gets the ones that changed."""
