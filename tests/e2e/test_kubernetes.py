@@ -109,7 +109,8 @@ def served_by(port: int, path: str) -> str | None:
 
 def accepted(api: KubeApi, name: str) -> dict[str, Any] | None:
     obj = api.get(MAPPINGS, NS, name)
-    conditions = ((obj or {}).get("status") or {}).get("conditions") or []
+    entry = (((obj or {}).get("status") or {}).get("gateways") or {}).get("default") or {}
+    conditions = entry.get("conditions") or []
     return next((c for c in conditions if c.get("type") == "Accepted"), None)
 
 
