@@ -183,6 +183,7 @@ async def test_a_nacked_mapping_is_found_quarantined_alone_and_later_changes_are
         found = [r for r in caplog.records if r.getMessage() == "NACK attributed"]
         # 4 suspects (c, d, e, guilty): log2(4) = 2 halvings, then the set-aside ones back in.
         assert [getattr(r, "rounds", None) for r in found] == [3]
+        print(f"\nNACK attributed in {getattr(found[0], 'seconds', '?')} s (3 probe rounds, 4 suspects)")
         for name in ("c", "d", "e"):
             await served(gw, f"/{name}/1")
         assert await asyncio.to_thread(status_of, gw, "/g/1") == 404  # left out of Envoy's config
