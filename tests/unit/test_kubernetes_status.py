@@ -15,7 +15,7 @@ import pytest
 from fixtures.kube import LEASES, MAPPINGS, KubeEmulator, connected_emulator, eventually, mapping, merge_patch
 
 from legation.api.v1alpha1 import ResourceId
-from legation.controller.compiler.ir import Origin, Problem, ResourceStatus
+from legation.controller.compiler.ir import Origin, Problem, Programmed, ResourceStatus
 from legation.controller.kubernetes import client as kc
 from legation.controller.kubernetes.client import KubeClient
 from legation.controller.kubernetes.leader import LeaderElector
@@ -346,3 +346,58 @@ async def test_two_gateways_write_their_own_entries_without_clobbering(
     assert (default["status"], blue["status"], rejected["status"]) == ("True", "True", "False")
     gateways = (emulator.object(MAPPINGS, NS, "blue-only") or {}).get("status", {}).get("gateways", {})
     assert set(gateways) == {"blue"}  # the default gateway writes nothing on blue's resources
+
+
+def programmed_of(emulator: KubeEmulator, name: str, gateway: str = "default") -> dict[str, Any] | None:
+    obj = emulator.object(MAPPINGS, NS, name) or {}
+    return next((c for c in conditions_of(obj, gateway) if c["type"] == "Programmed"), None)
+
+
+async def test_programmed_is_written_in_the_gateways_entry_as_envoys_ack(
+    cluster: tuple[KubeEmulator, KubeClient, Path],
+) -> None:
+    """Programmed arrives between pipeline runs (Envoys ACK later): only the changed ones are
+    written, next to Accepted, in the writing gateway's own entry; a new run keeps it."""
+    emulator, client, kubeconfig = cluster
+    shared = mapping("shared", "/shared/")
+    shared["spec"]["gateways"] = ["*"]
+    await client.request("POST", kc.KINDS["Mapping"].path(NS), body=shared)
+    await client.request("POST", kc.KINDS["Mapping"].path(NS), body=mapping("other", "/other/"))
+    rid, other = ResourceId("Mapping", NS, "shared"), ResourceId("Mapping", NS, "other")
+    async with controller(kubeconfig, gateway="blue") as blue, controller(kubeconfig) as default:
+        await eventually(lambda: condition(emulator, "shared", "blue") and condition(emulator, "shared"))
+        assert programmed_of(emulator, "shared", "blue") is None  # nothing known yet: not written
+        assert blue.source.status is not None
+        pending = Programmed(False, "Pending", "ACKed by 0 of 1 Envoys; waiting for blue-1", 1)
+        blue.source.report_programmed({rid: pending})
+        got = await eventually(lambda: programmed_of(emulator, "shared", "blue"))
+        assert (got["status"], got["reason"], got["observedGeneration"]) == ("False", "Pending", 1)
+        before = status_patches(emulator)
+        done = Programmed(True, "Programmed", "ACKed by 1 Envoy, 0.012 s after the change", 1, 0.012)
+        blue.source.report_programmed({rid: done})
+        got = await eventually(
+            lambda: (c := programmed_of(emulator, "shared", "blue")) and c["status"] == "True" and c
+        )
+        assert (got["reason"], got["message"]) == ("Programmed", done.message)
+        accepted = condition(emulator, "shared", "blue")
+        assert accepted is not None and accepted["status"] == "True"  # Accepted kept beside it
+        assert status_patches(emulator) == before + 1  # one object changed: one write
+        # The same verdict again writes nothing; the default gateway's entry has no Programmed.
+        blue.source.report_programmed({rid: done})
+        default.source.report_programmed({other: pending})
+        await eventually(lambda: programmed_of(emulator, "other") is not None)
+        await asyncio.sleep(0.4)
+        assert status_patches(emulator) == before + 2
+        assert programmed_of(emulator, "shared") is None
+        # A new run (a label change) keeps the Programmed condition as it was.
+        await merge_patch(
+            client, kc.KINDS["Mapping"].path(NS, "shared"), {"metadata": {"labels": {"x": "y"}}}
+        )
+        await eventually(lambda: blue.runs >= 2)
+        await asyncio.sleep(0.4)
+        kept = programmed_of(emulator, "shared", "blue")
+        assert (
+            kept is not None
+            and kept["status"] == "True"
+            and kept["lastTransitionTime"] == got["lastTransitionTime"]
+        )

@@ -29,6 +29,7 @@ __all__ = [
     "HostIR",
     "Origin",
     "Problem",
+    "Programmed",
     "RateLimitIR",
     "Rejected",
     "ResourceStatus",
@@ -104,6 +105,21 @@ class ResourceStatus:
     def reason(self) -> str | None:
         """All problems in one line, or None when accepted."""
         return "; ".join(p.reason for p in self.problems) or None
+
+
+@dataclass(frozen=True)
+class Programmed:
+    """Whether a gateway's Envoys run a resource's current content (the `Programmed` condition,
+    next to `Accepted`). Only for what reaches Envoy: Mappings, Hosts and AuthServices."""
+
+    programmed: bool
+    reason: Literal["Programmed", "Pending", "NoEnvoy", "Nacked", "Rejected"]
+    message: str
+    envoys: int = 0
+    """Connected Envoys of the gateway."""
+    seconds: float | None = None
+    """From the pipeline run that first held this content to the last Envoy's ACK, once
+    programmed."""
 
 
 # --- routes ------------------------------------------------------------------------------------
@@ -239,6 +255,9 @@ class HostIR:
     """The names its certificate covers (subjectAltName; the CN without one)."""
     not_after: str | None = None
     """When its certificate expires, ISO 8601 UTC; None if the certificate could not be read."""
+    tls: bool = True
+    """False for a Host withheld from Envoy (Envoy rejected it): no TLS for its hostname, whose
+    plain-HTTP requests are refused (`insecure` Reject) rather than served without it."""
 
 
 @dataclass(frozen=True)

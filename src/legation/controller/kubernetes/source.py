@@ -41,14 +41,15 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import yaml
 
 from legation import __version__
-from legation.controller.compiler.ir import ResourceStatus
+from legation.api.v1alpha1 import ResourceId
+from legation.controller.compiler.ir import Programmed, ResourceStatus
 from legation.controller.kubernetes.client import KINDS, SECRETS, KubeClient, KubeError, ResourceType
 from legation.controller.kubernetes.informer import Backoff, Informer
 from legation.controller.kubernetes.leader import LeaderElector
@@ -186,6 +187,11 @@ class KubernetesSource:
         """The pipeline's verdicts for the latest snapshot: queued for the status writer."""
         if self.status is not None:
             self.status.submit(statuses, source)
+
+    def report_programmed(self, programmed: Mapping[ResourceId, Programmed]) -> None:
+        """`Programmed` as of the latest ACKs: queued for the status writer (changed ones only)."""
+        if self.status is not None:
+            self.status.submit_programmed(programmed)
 
     async def snapshots(self) -> AsyncIterator[SourceSnapshot]:
         if self.client is None:

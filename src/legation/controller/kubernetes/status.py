@@ -16,6 +16,13 @@ a few requests at a time, as JSON merge patches of the status subresource:
             message: ...            # every problem, with its field path, when rejected
             observedGeneration: 3   # the metadata.generation the verdict is about
             lastTransitionTime: ... # kept while status stays the same
+          - type: Programmed        # Mappings, Hosts, AuthServices: this gateway's Envoys run it
+            status: "True" | "False"
+            reason: Programmed | Pending | NoEnvoy | Nacked | Rejected
+            message: ...            # how many Envoys ACKed, how long it took; or Envoy's error
+
+`Programmed` changes between pipeline runs, as Envoys ACK (`submit_programmed`); it is queued
+like a new verdict, for the objects whose condition changed only.
 
 Conditions of other types (written by someone else) are kept. The patch carries the object's
 uid as a precondition, so a verdict about a deleted object never lands on a new one of the same
@@ -29,22 +36,24 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
-from legation.controller.compiler.ir import ResourceStatus
+from legation.api.v1alpha1 import ResourceId
+from legation.controller.compiler.ir import Programmed, ResourceStatus
 from legation.controller.kubernetes.client import KINDS, ApiError, KubeClient, KubeError
 from legation.controller.kubernetes.informer import Backoff
 from legation.controller.sources import SourceSnapshot
 from legation.core.errors import format_path
 from legation.core.names import DEFAULT_GATEWAY
 
-__all__ = ["CONDITION", "Desired", "StatusWriter", "desired_statuses"]
+__all__ = ["CONDITION", "PROGRAMMED", "Desired", "StatusWriter", "desired_statuses"]
 
 log = logging.getLogger("legation.controller.status")
 
 CONDITION = "Accepted"
+PROGRAMMED = "Programmed"
 MAX_MESSAGE = 4096
 ORIGIN_PREFIX = "kubernetes:"
 
@@ -56,30 +65,59 @@ Observe = Callable[[str, str, str], dict[str, Any] | None]
 
 @dataclass(frozen=True)
 class Desired:
-    """The Accepted condition one object should carry."""
+    """The conditions one object should carry: Accepted, and Programmed where known."""
 
     uid: str | None
     generation: int | None
     accepted: bool
     message: str
+    programmed: Programmed | None = None
 
-    def matches(self, condition: dict[str, Any] | None) -> bool:
-        if condition is None:
-            return False
-        return (
-            condition.get("status") == ("True" if self.accepted else "False")
-            and condition.get("reason") == ("Accepted" if self.accepted else "Rejected")
-            and condition.get("message") == self.message
-            and condition.get("observedGeneration") == self.generation
+    def conditions(self) -> dict[str, dict[str, Any]]:
+        """Condition type → its fields (without lastTransitionTime)."""
+        found = {
+            CONDITION: _condition(
+                CONDITION,
+                self.accepted,
+                "Accepted" if self.accepted else "Rejected",
+                self.message,
+                self.generation,
+            )
+        }
+        if self.programmed is not None:
+            p = self.programmed
+            found[PROGRAMMED] = _condition(
+                PROGRAMMED, p.programmed, p.reason, _cut(p.message), self.generation
+            )
+        return found
+
+    def matches(self, current: Iterable[dict[str, Any]]) -> bool:
+        by_type = {c.get("type"): c for c in current}
+        return all(
+            (have := by_type.get(kind)) is not None and all(have.get(k) == v for k, v in want.items())
+            for kind, want in self.conditions().items()
         )
+
+
+def _condition(kind: str, status: bool, reason: str, message: str, generation: int | None) -> dict[str, Any]:
+    return {
+        "type": kind,
+        "status": "True" if status else "False",
+        "reason": reason,
+        "message": message,
+        "observedGeneration": generation,
+    }
+
+
+def _cut(message: str) -> str:
+    return message if len(message) <= MAX_MESSAGE else message[: MAX_MESSAGE - 1] + "…"
 
 
 def _message(status: ResourceStatus) -> str:
     if status.accepted:
         return "Accepted by the controller"
     parts = [f"{format_path(p.path)}: {p.reason}" if p.path else p.reason for p in status.problems]
-    message = "; ".join(parts) or "Rejected"
-    return message if len(message) <= MAX_MESSAGE else message[: MAX_MESSAGE - 1] + "…"
+    return _cut("; ".join(parts) or "Rejected")
 
 
 def desired_statuses(
@@ -148,6 +186,7 @@ class StatusWriter:
         self.desired: dict[ObjectRef, Desired] = {}
         """The latest verdict for every object: re-checked on becoming leader."""
         self.skipped = 0
+        self._programmed: dict[ObjectRef, Programmed] = {}
         self._written: dict[ObjectRef, tuple[Desired, str | None]] = {}
         """What we wrote last, and the object's resourceVersion when we wrote it: until the watch
         shows a newer version, the cached object predates our write and must not trigger it again."""
@@ -156,11 +195,27 @@ class StatusWriter:
 
     def submit(self, statuses: Iterable[ResourceStatus], snapshot: SourceSnapshot) -> None:
         """Queue the verdicts of one run (replacing older ones). Never blocks."""
-        self.desired = desired_statuses(statuses, snapshot)
+        self.desired = {
+            ref: replace(d, programmed=self._programmed.get(ref))
+            for ref, d in desired_statuses(statuses, snapshot).items()
+        }
         self.pending = dict(self.desired)
         for ref in [r for r in self._written if r not in self.desired]:
             del self._written[ref]
         self._wake.set()
+
+    def submit_programmed(self, programmed: Mapping[ResourceId, Programmed]) -> None:
+        """Queue the `Programmed` conditions that changed. Never blocks; cost: one comparison per
+        resource."""
+        self._programmed = {(rid.kind, rid.namespace, rid.name): p for rid, p in programmed.items()}
+        changed = False
+        for ref, desired in self.desired.items():
+            now = self._programmed.get(ref)
+            if desired.programmed != now:
+                self.desired[ref] = self.pending[ref] = replace(desired, programmed=now)
+                changed = True
+        if changed:
+            self._wake.set()
 
     def leadership_changed(self, leader: bool) -> None:
         if leader:
@@ -218,23 +273,21 @@ class StatusWriter:
             return  # the verdict is about an object that no longer exists
         version = metadata.get("resourceVersion")
         conditions = _conditions(observed, self.gateway)
-        current = next((c for c in conditions if c.get("type") == CONDITION), None)
         written = self._written.get(ref)
-        if desired.matches(current) or (written is not None and written == (desired, version)):
+        if desired.matches(conditions) or (written is not None and written == (desired, version)):
             self.skipped += 1
             return
-        keep_time = current is not None and current.get("status") == ("True" if desired.accepted else "False")
-        condition = {
-            "type": CONDITION,
-            "status": "True" if desired.accepted else "False",
-            "reason": "Accepted" if desired.accepted else "Rejected",
-            "message": desired.message,
-            "observedGeneration": desired.generation,
-            "lastTransitionTime": current.get("lastTransitionTime") if keep_time and current else _now(),
-        }
-        others = [c for c in conditions if c.get("type") != CONDITION]
+        wanted = desired.conditions()
+        by_type = {c.get("type"): c for c in conditions}
+        ours = []
+        for kind_of_condition, condition in wanted.items():
+            current = by_type.get(kind_of_condition)
+            keep_time = current is not None and current.get("status") == condition["status"]
+            stamp = current.get("lastTransitionTime") if keep_time and current else _now()
+            ours.append({**condition, "lastTransitionTime": stamp})
+        others = [c for c in conditions if c.get("type") not in wanted]
         # A merge patch of our entry only: other gateways' entries under status.gateways stay.
-        patch: dict[str, Any] = {"status": {"gateways": {self.gateway: {"conditions": [*others, condition]}}}}
+        patch: dict[str, Any] = {"status": {"gateways": {self.gateway: {"conditions": [*others, *ours]}}}}
         if desired.uid is not None:
             patch["metadata"] = {"uid": desired.uid}
         await self.client.request(

@@ -30,8 +30,8 @@ from google.protobuf import json_format
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from pydantic import BaseModel
 
-from legation.api.v1alpha1 import JWTPolicy, Secret
-from legation.controller.compiler.ir import TlsSecret
+from legation.api.v1alpha1 import JWTPolicy, ResourceId, Secret
+from legation.controller.compiler.ir import Programmed, TlsSecret
 from legation.controller.serving import page
 from legation.controller.serving.access import ApiAccessMiddleware, HttpAccess
 from legation.controller.serving.dns_check import DnsCache
@@ -93,6 +93,23 @@ def create_app(
     app.add_middleware(ScrubMiddleware, scrubber=scrubber)
     app.add_middleware(ApiAccessMiddleware, access=access)  # added last: runs first
 
+    programmed_cache = _LatestBody()
+
+    def with_programmed(stages: Stages) -> dict[str, Any]:
+        """The run's resources, each with its `programmed` as of the latest ACKs."""
+        found = views.get(stages, "resources", _resources)
+        programmed = state.programmed
+        items = [
+            {
+                **r,
+                "programmed": _programmed_json(
+                    programmed.get(ResourceId(r["kind"], r["namespace"], r["name"]))
+                ),
+            }
+            for r in found["resources"]
+        ]
+        return {**found, "resources": items}
+
     def ready_stages() -> Stages | Response:
         return state.stages if state.stages is not None else _not_ready(state)
 
@@ -125,9 +142,10 @@ def create_app(
         stages = ready_stages()
         if isinstance(stages, Response):
             return stages
-        found = views.get(stages, "resources", _resources)
         if kind is None and state_filter is None:
-            return _json_bytes(views.get(stages, "resources.json", lambda s: _dumps(found)))
+            key = (stages, state.programmed_generation)
+            return _json_bytes(programmed_cache.get(key, lambda: with_programmed(stages)))
+        found = with_programmed(stages)
         items = [
             r
             for r in found["resources"]
@@ -169,6 +187,23 @@ def create_app(
 
         app.include_router(feed_router(feeds, access))
     return app
+
+
+class _LatestBody:
+    """The JSON of one value, kept while its key (stages, Programmed generation) stays."""
+
+    def __init__(self) -> None:
+        self._key: tuple[object, int] | None = None
+        self._body = b""
+
+    def get(self, key: tuple[object, int], make: Callable[[], Any]) -> bytes:
+        if key != self._key:
+            self._key, self._body = key, _dumps(make())
+        return self._body
+
+
+def _programmed_json(programmed: Programmed | None) -> dict[str, Any] | None:
+    return dataclasses.asdict(programmed) if programmed is not None else None
 
 
 class _Views:
@@ -323,6 +358,9 @@ def _status(state: ControllerState, xds: XdsServer) -> dict[str, Any]:
             "nodes": len(xds.nodes()),
             "nacks": len(xds.nacks),
         },
+        "quarantined": [
+            {"resource": to_json(rid), **dataclasses.asdict(q)} for rid, q in sorted(state.quarantine.items())
+        ],
     }
     if stages is not None:
         rejected = len(stages.rejected)

@@ -14,7 +14,6 @@ certificate; plaintext is allowed on a loopback address only.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import ipaddress
 import logging
@@ -29,14 +28,14 @@ import uvicorn
 from fastapi import FastAPI
 from prometheus_client import Gauge, Histogram
 
-from legation.controller.compiler.parse_cache import ParseCache
 from legation.controller.compiler.upstreams import UpstreamRules
 from legation.controller.serving.access import HttpAccess
 from legation.controller.serving.api import create_app
 from legation.controller.serving.dns_check import DnsChecker
 from legation.controller.serving.feed import Feed
-from legation.controller.serving.pipeline import ControllerState, Stages, build, status_errors
+from legation.controller.serving.pipeline import ControllerState, Stages, status_errors
 from legation.controller.serving.platform import add_platform_argument, platform_namespaces
+from legation.controller.serving.publisher import Publisher
 from legation.controller.serving.upstream_flags import add_upstream_arguments, upstream_rules
 from legation.controller.serving.upstream_health import EnvoyAdminPoller
 from legation.controller.sources import Source, StatusSink
@@ -421,31 +420,22 @@ async def _follow(
     platform: frozenset[str],
     upstreams: UpstreamRules | None,
 ) -> None:
-    cache = ParseCache()
     # Sources that write verdicts back (Kubernetes status) take each run's statuses.
     sink = source if isinstance(source, StatusSink) else None
+    publisher = Publisher(
+        options=options,
+        state=state,
+        xds=xds,
+        feeds=feeds,
+        sink=sink,
+        gateway=gateway,
+        platform=platform,
+        upstreams=upstreams,
+    )
     async for snapshot in source.snapshots():
-        try:
-            stages = await asyncio.to_thread(
-                build,
-                snapshot,
-                options,
-                parse=cache.parse,
-                gateway=gateway,
-                platform_namespaces=platform,
-                upstreams=upstreams,
-            )
-        except Exception as exc:
-            log.exception("pipeline run failed; the previous configuration stays in force")
-            state.last_error = f"{type(exc).__name__}: {exc}"
+        stages = await publisher.run(snapshot)
+        if stages is None:
             continue
-        cache.retain(snapshot.documents)  # forget deleted files' resources
-        xds.set_snapshot(stages.envoy)
-        feeds["authz"].publish(stages.authz_feed)
-        feeds["ratelimit"].publish(stages.ratelimit_feed)
-        state.record(stages)
-        if sink is not None:
-            sink.report(stages.statuses, stages.source)
         COMPILE_SECONDS.observe(stages.seconds)
         rejected = stages.rejected
         RESOURCES.labels("Accepted").set(len(stages.statuses) - len(rejected))
@@ -457,6 +447,7 @@ async def _follow(
                 "envoy_version": stages.envoy.version,
                 "resources": len(stages.statuses),
                 "rejected": len(rejected),
+                "quarantined": len(stages.quarantined),
                 "routes": len(stages.result.ir.routes),
                 "seconds": round(stages.seconds, 4),
             },

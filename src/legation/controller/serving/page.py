@@ -94,6 +94,7 @@ def render(
         sections.rejected if sections is not None else "",
         warnings_section(ir, health, now=now) if ir is not None else "",
         _sync(xds, current),
+        _programmed(state),
         _nacks(xds.nacks),
         sections.routes if sections is not None else "",
         hosts_section(ir, now=now) if ir is not None else "",
@@ -210,6 +211,36 @@ def _sync(xds: XdsServer, current: str) -> str:
         [_node_row(node, xds, current) for node in nodes],
     )
     return f'<section id="sync">{title}{table}</section>'
+
+
+_SHOWN_NOT_PROGRAMMED = 200
+"""Rows of the Programmed section at most (the counts cover all)."""
+
+
+def _programmed(state: ControllerState) -> str:
+    """How many resources every Envoy runs; the others with why not, the quarantined (Envoy
+    rejected them) first, with Envoy's message."""
+    found = state.programmed
+    done = sum(1 for p in found.values() if p.programmed)
+    title = f"<h2>Programmed ({done} of {len(found)} in every Envoy)</h2>"
+    order = {"Nacked": 0, "Rejected": 3, "Pending": 1, "NoEnvoy": 2}
+    missing = sorted(
+        (p for p in found.items() if not p[1].programmed), key=lambda p: (order[p[1].reason], p[0])
+    )
+    if not missing:
+        return f'<section id="programmed">{title}<p class="ok">Every resource is programmed.</p></section>'
+    rows = [
+        [
+            _e(f"{rid.kind} {rid.namespace}/{rid.name}"),
+            f'<span class="{"bad" if p.reason == "Nacked" else ""}">{_e(p.reason)}</span>',
+            _e(p.message),
+        ]
+        for rid, p in missing[:_SHOWN_NOT_PROGRAMMED]
+    ]
+    more = len(missing) - len(rows)
+    note = f"<p>…and {more} more (see /api/resources).</p>" if more > 0 else ""
+    table = _table(["Resource", "Programmed", "Why not"], rows)
+    return f'<section id="programmed">{title}{table}{note}</section>'
 
 
 def _node_row(node: NodeStatus, xds: XdsServer, current: str) -> list[str]:

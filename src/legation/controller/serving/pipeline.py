@@ -10,27 +10,46 @@ HTTP API and the diagnostics page.
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from legation.api.v1alpha1 import Resource, ResourceError, ResourceId, parse_resource, raw_id
 from legation.controller.compiler.certificates import host_warnings
 from legation.controller.compiler.compile import compile_resources, gc_paused
 from legation.controller.compiler.gateways import claims, for_gateway
-from legation.controller.compiler.ir import CompileResult, Origin, Problem, Rejected, ResourceStatus
+from legation.controller.compiler.ir import (
+    CompileResult,
+    Origin,
+    Problem,
+    Programmed,
+    Rejected,
+    ResourceStatus,
+)
 from legation.controller.compiler.tenancy import DEFAULT_PLATFORM_NAMESPACES, Tenancy
 from legation.controller.compiler.upstreams import UpstreamRules
+from legation.controller.compiler.withhold import WITHHELD_KINDS, withhold
+from legation.controller.serving.ledger import Quarantine
 from legation.controller.sources import SourceSnapshot
 from legation.controller.translate.envoy import EnvoyOptions, translate
 from legation.controller.translate.feeds import authz_feed_text, ratelimit_feed_text
 from legation.controller.xds.snapshot import Snapshot
+from legation.core.digest import content_version
 from legation.core.errors import ConfigError
 from legation.core.names import DEFAULT_GATEWAY
 from legation.core.yamlfile import Document
 
-__all__ = ["ControllerState", "Run", "Stages", "build", "problem_errors", "status_errors"]
+__all__ = [
+    "ContentDigests",
+    "ControllerState",
+    "Run",
+    "Stages",
+    "build",
+    "problem_errors",
+    "status_errors",
+]
 
 Parser = Callable[[Document], Resource | list[ResourceError]]
 
@@ -48,15 +67,44 @@ class Stages:
     file_errors: tuple[ConfigError, ...]
     """Inputs that gave no resources at all (unreadable files, YAML syntax errors)."""
     result: CompileResult
+    """The compiler's output; its IR is what Envoy is sent (without `withheld`)."""
     envoy: Snapshot
     authz_feed: str
     ratelimit_feed: str
     seconds: float
     """How long the run took."""
+    contents: Mapping[ResourceId, str] = dataclasses.field(default_factory=dict)
+    """A digest of each accepted Mapping, Host and AuthService (its document): what `Programmed`
+    and quarantines are about. A resource whose digest changes is a new content."""
+    quarantined: frozenset[ResourceId] = frozenset()
+    """Resources left out of `envoy` because Envoy rejected this very content."""
+    withheld: frozenset[ResourceId] = frozenset()
+    """Everything left out of `envoy`: the quarantined and what went with them (canaries), and
+    a probe's suspects."""
 
     @property
     def rejected(self) -> tuple[ResourceStatus, ...]:
         return tuple(s for s in self.statuses if not s.accepted)
+
+
+class ContentDigests:
+    """Digests of documents, kept for the documents of the latest run (sources hand unchanged
+    documents over as the same objects), so a run digests only what changed."""
+
+    def __init__(self) -> None:
+        self._known: dict[int, tuple[Document, str]] = {}
+
+    def __call__(self, doc: Document) -> str:
+        found = self._known.get(id(doc))
+        if found is not None and found[0] is doc:
+            return found[1]
+        digest = content_version([("", json.dumps(doc.data, default=str))])
+        self._known[id(doc)] = (doc, digest)
+        return digest
+
+    def retain(self, documents: Sequence[Document]) -> None:
+        keep = {id(d) for d in documents}
+        self._known = {k: v for k, v in self._known.items() if k in keep}
 
 
 def build(
@@ -68,13 +116,20 @@ def build(
     platform_namespaces: frozenset[str] = DEFAULT_PLATFORM_NAMESPACES,
     upstreams: UpstreamRules | None = None,
     now: float | None = None,
+    quarantine: Mapping[ResourceId, str] | None = None,
+    probe: frozenset[ResourceId] = frozenset(),
+    digests: Callable[[Document], str] | None = None,
 ) -> Stages:
     """Run every stage on `snapshot` for `gateway`. Pure, apart from timing itself and reading
     the clock once for certificate-expiry warnings (`now`, Unix time, to fix it). `parse` may be
     a caching wrapper of `parse_resource` (a change to one file then re-validates only that file).
     `platform_namespaces` may create the gateway-wide kinds; whether creation times settle
     conflicts is the source's to say (`SourceSnapshot.trusted_timestamps`); `upstreams` says
-    which upstreams Mappings may name (see `compiler.upstreams`)."""
+    which upstreams Mappings may name (see `compiler.upstreams`).
+
+    `quarantine`: resources Envoy rejected, with the digest of the content it rejected: left out
+    of Envoy's snapshot while their content is that one. `probe`: also left out (a bisection
+    probe for one Envoy)."""
     start = time.perf_counter()
     tenancy = Tenancy(
         platform_namespaces=platform_namespaces,
@@ -83,6 +138,7 @@ def build(
     )
     with gc_paused():  # nothing built here has cycles; profile: 1.82 -> 1.34 s at 10k Mappings
         stages = _build(snapshot, options, parse, tenancy, gateway, upstreams)
+        stages = _withhold(stages, options, quarantine or {}, probe, digests or ContentDigests())
     statuses = _warned(stages.statuses, host_warnings(stages.result.ir.hosts, now=now or time.time()))
     return dataclasses.replace(stages, statuses=statuses, seconds=time.perf_counter() - start)
 
@@ -97,6 +153,36 @@ def _warned(statuses: tuple[ResourceStatus, ...], warnings: dict[str, str]) -> t
         else s
         for s in statuses
     )
+
+
+def _withhold(
+    stages: Stages,
+    options: EnvoyOptions,
+    quarantine: Mapping[ResourceId, str],
+    probe: frozenset[ResourceId],
+    digests: Callable[[Document], str],
+) -> Stages:
+    documents = {(d.file, d.index): d for d in stages.source.documents}
+    contents = {
+        s.id: digests(doc)
+        for s in stages.statuses
+        if s.accepted
+        and s.id.kind in WITHHELD_KINDS
+        and (doc := documents.get((s.origin.file, s.origin.index))) is not None
+    }
+    quarantined = frozenset(rid for rid, digest in quarantine.items() if contents.get(rid) == digest)
+    ir, withheld = withhold(stages.result.ir, quarantined | probe)
+    return dataclasses.replace(
+        stages,
+        result=dataclasses.replace(stages.result, ir=ir),
+        envoy=Snapshot.build(translate(ir, options)),
+        contents=contents,
+        quarantined=quarantined,
+        withheld=withheld,
+    )
+
+
+_UNTRANSLATED = Snapshot.build({})
 
 
 def _build(
@@ -131,7 +217,7 @@ def _build(
         statuses=tuple(statuses),
         file_errors=snapshot.errors,
         result=result,
-        envoy=Snapshot.build(translate(result.ir, options)),
+        envoy=_UNTRANSLATED,  # translated once, after withholding
         authz_feed=authz_feed_text(result),
         ratelimit_feed=ratelimit_feed_text(result),
         seconds=0.0,
@@ -223,6 +309,12 @@ class ControllerState:
     """What the source is (e.g. `directory examples/`), for the page."""
     last_error: str | None = None
     """A pipeline run that failed unexpectedly (a bug): the previous stages stay in force."""
+    programmed: dict[ResourceId, Programmed] = field(default_factory=dict)
+    """`Programmed` of every Mapping, Host and AuthService, as of the latest ACKs."""
+    programmed_generation: int = 0
+    """Changes whenever `programmed` does (for caches of views)."""
+    quarantine: dict[ResourceId, Quarantine] = field(default_factory=dict)
+    """Resource contents Envoy rejected, withheld from it until they change."""
 
     @property
     def ready(self) -> bool:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from legation.api.v1alpha1 import ResourceId
-from legation.controller.compiler.ir import ResourceStatus
+from legation.controller.compiler.ir import Programmed, ResourceStatus
 from legation.core.errors import ConfigError
 from legation.core.yamlfile import Document
 
@@ -68,3 +68,8 @@ class StatusSink(Protocol):
     `status`; a directory has nowhere to write them, so it is no sink)."""
 
     def report(self, statuses: tuple[ResourceStatus, ...], source: SourceSnapshot) -> None: ...
+
+    def report_programmed(self, programmed: Mapping[ResourceId, Programmed]) -> None:
+        """`Programmed` of the resources that reach Envoy, as of the latest ACKs: also between
+        pipeline runs (Envoys ACK later). Cheap: called on every change of any of them."""
+        ...

@@ -70,9 +70,10 @@ def translate(ir: IR, options: EnvoyOptions) -> dict[str, dict[str, Message]]:
     filters = http_filters(auth, options, native=jwt_http_filters(ir.native_policies))
     reply = local_reply_config(ir.native_policies)
     listeners = {HTTP_LISTENER: http_listener(options, filters, local_reply=reply)}
-    if ir.hosts:
-        listeners[HTTPS_LISTENER] = https_listener(ir.hosts, options, filters, local_reply=reply)
-    names = {HTTP_ROUTES: True, HTTPS_ROUTES: False} if ir.hosts else {HTTP_ROUTES: True}
+    tls_hosts = tuple(h for h in ir.hosts if h.tls)  # a Host withheld from Envoy has no TLS
+    if tls_hosts:
+        listeners[HTTPS_LISTENER] = https_listener(tls_hosts, options, filters, local_reply=reply)
+    names = {HTTP_ROUTES: True, HTTPS_ROUTES: False} if tls_hosts else {HTTP_ROUTES: True}
     routes = route_configurations(ir, route_options, names)
     clusters = {c.name: cluster(c, options) for c in ir.clusters}
     if auth is not None and auth[0] == AUTHZ_CLUSTER:

@@ -163,6 +163,9 @@ class DeltaStream(StreamProtocol["_DeltaType"]):
                 change = self._diff(state, snapshot, missing=())
                 if change.upserts or change.removed or not state.answered:
                     plan.append(change)
+                else:
+                    settled = not state.in_flight and not state.rejected
+                    self._unchanged(state.status, snapshot.version, settled=settled)
         return [
             self._respond(self._types[change.type_url], snapshot.version + change.suffix, change)
             for change in _make_before_break(plan)
@@ -258,6 +261,8 @@ class DeltaStream(StreamProtocol["_DeltaType"]):
             self._nacked(status, sent.version, request, now)
         else:
             status.acked_version = sent.version
+            if not state.rejected:  # else Envoy holds older copies of some resources of the type
+                status.applied(status.covers if not state.in_flight else sent.version, now)
 
     def _settle(self) -> None:
         for state in self._types.values():

@@ -62,6 +62,17 @@ class TypeStatus:
     acked_nonce: str = ""
     acked_at: float | None = None
     last_nack: Nack | None = None
+    covers: str = ""
+    """The newest snapshot version whose content of this type equals what was last sent (a later
+    snapshot that leaves this type unchanged is not sent, but is covered by that response)."""
+    applied_version: str = ""
+    """The newest snapshot version whose content of this type Envoy runs: set by an ACK, and moved
+    on by snapshots that leave an ACKed type unchanged. What `Programmed` is computed from."""
+    applied_at: float | None = None
+    """Unix time `applied_version` was set."""
+
+    def applied(self, version: str, at: float) -> None:
+        self.applied_version, self.applied_at = version, at
 
 
 @dataclass
@@ -106,6 +117,7 @@ class StreamProtocol(Generic[_State]):
         nonces: Iterator[int],
         on_nack: Callable[[Nack], None] = lambda nack: None,
         on_accepted: Callable[[str, Snapshot], None] = lambda node_id, snapshot: None,
+        on_settled: Callable[[NodeStatus], None] = lambda status: None,
         control_plane: str = "legation",
         clock: Callable[[], float] = time.time,
         peer: PeerIdentity | None = None,
@@ -117,6 +129,7 @@ class StreamProtocol(Generic[_State]):
         self._nonces = nonces
         self._on_nack = on_nack
         self._on_accepted = on_accepted
+        self._on_settled = on_settled
         self._snapshot: Snapshot | None = None
         self._control_plane = base_pb2.ControlPlane(identifier=control_plane)
         self._clock = clock
@@ -172,7 +185,7 @@ class StreamProtocol(Generic[_State]):
         """A nonce for a new response of `status`'s type, which stays pending until answered."""
         nonce = str(next(self._nonces))
         status.state, status.sent_version, status.sent_nonce = "pending", version, nonce
-        status.sent_at = self._clock()
+        status.sent_at, status.covers = self._clock(), version
         return nonce
 
     def _nacked(self, status: TypeStatus, version: str, request: Any, at: float) -> None:
@@ -188,8 +201,16 @@ class StreamProtocol(Generic[_State]):
         status.last_nack = self.status.last_nack = nack
         self._on_nack(nack)
 
+    def _unchanged(self, status: TypeStatus, version: str, *, settled: bool) -> None:
+        """Snapshot `version` leaves this type as last sent: that response covers it too, and if
+        Envoy runs that response (`settled`), it runs this version's content of the type."""
+        status.covers = version
+        if settled:
+            status.applied(version, self._clock())
+
     def _settle(self) -> None:
-        """The node's state from its types'; a snapshot it accepted whole is reported."""
+        """The node's state from its types'; a snapshot it accepted whole is reported, and every
+        settling is told (`on_settled`: ACK bookkeeping, Programmed)."""
         states = {t.status.state for t in self._types.values()}
         if "pending" in states:
             self.status.state = "pending"
@@ -199,3 +220,5 @@ class StreamProtocol(Generic[_State]):
             self.status.state = "acked"
             self.status.acked_version = self._snapshot.version
             self._on_accepted(self.status.node_id, self._snapshot)
+        if self.identified:
+            self._on_settled(self.status)

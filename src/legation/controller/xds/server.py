@@ -100,6 +100,11 @@ class XdsServer:
         """Every NACK since start (the newest `nack_history`), also from Envoys gone since."""
         self.refused: deque[NodeRefused] = deque(maxlen=nack_history)
         """Streams refused because their node id is not one their certificate allows."""
+        self.on_nack: Callable[[Nack], None] = lambda nack: None
+        """Told of every NACK, after it is recorded (NACK attribution listens here)."""
+        self.on_change: Callable[[NodeStatus | None], None] = lambda status: None
+        """Told whenever a node's sync state may have changed: it settled after a request or a
+        push (its status), or a stream ended (None). Must be cheap: it runs on every ACK."""
         self.delta_responses: deque[DeltaRecord] = deque(maxlen=1000)
         """What the newest delta responses carried, for diagnostics: which resources, which
         removals (a state-of-the-world response always carries every resource of its type)."""
@@ -108,6 +113,13 @@ class XdsServer:
         self.snapshots.set(snapshot, node_id=node_id)
         for session in self._sessions.values():
             if node_id is None or session.protocol.status.node_id == node_id:
+                session.wake()
+
+    def clear_snapshot(self, node_id: str) -> None:
+        """`node_id` goes back to the default snapshot (after one of its own)."""
+        self.snapshots.clear(node_id)
+        for session in self._sessions.values():
+            if session.protocol.status.node_id == node_id:
                 session.wake()
 
     def snapshot_for(self, node_id: str) -> Snapshot | None:
@@ -181,6 +193,7 @@ class XdsServer:
                 nonces=self._nonces,
                 on_nack=self._record_nack,
                 on_accepted=self.snapshots.accepted,
+                on_settled=self._settled,
                 control_plane=self._control_plane,
                 peer=peer_identity(context),
                 require_peer=self._require_peer,
@@ -201,6 +214,7 @@ class XdsServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
             del self._sessions[stream_id]
+            self.on_change(None)
             status = session.protocol.status
             log.info("xds stream closed", extra={"stream": stream_id, "node": status.node_id})
 
@@ -211,9 +225,13 @@ class XdsServer:
             extra={"node": refused.node_id, "identity": str(refused.identity or ""), "error": str(refused)},
         )
 
+    def _settled(self, status: NodeStatus) -> None:
+        self.on_change(status)
+
     def _record_nack(self, nack: Nack) -> None:
         self.nacks.append(nack)
         self.snapshots.rejected(nack.node_id, nack.version.removesuffix(KEPT_SUFFIX))
+        self.on_nack(nack)
         log.warning(
             "envoy rejected configuration",
             extra={

@@ -125,6 +125,10 @@ class SnapshotStore:
         else:
             self._per_node[node_id] = snapshot
 
+    def clear(self, node_id: str) -> None:
+        """`node_id` goes back to the default snapshot."""
+        self._per_node.pop(node_id, None)
+
     def current(self, node_id: str | None) -> Snapshot | None:
         """The latest snapshot published for `node_id` (None: the default one)."""
         if node_id is not None and node_id in self._per_node:

@@ -82,6 +82,8 @@ class AdsStream(StreamProtocol[_TypeState]):
                 resources = snapshot.select(type_url, state.names)
                 if _worth_sending(state, resources, initial=False):
                     plan.append((type_url, resources))
+                elif state.sent is not None:
+                    self._unchanged(state.status, snapshot.version, settled=state.status.state == "acked")
         return [
             self._respond(self._types[type_url], snapshot.version + suffix, resources)
             for type_url, resources, suffix in _make_before_break(self._types, plan)
@@ -95,6 +97,7 @@ class AdsStream(StreamProtocol[_TypeState]):
             self._nacked(status, status.sent_version, request, now)
         else:
             status.state = "acked"
+            status.applied(status.covers, now)
 
     def _subscribe(self, state: _TypeState, request: Any) -> bool:
         """Take the request's resource names; True if the subscription changed."""
