@@ -47,7 +47,7 @@ def _start(launch: Launcher, source: Path, name: str) -> Gateway:
     launch.spawn(
         f"controller-{name}",
         [
-            legation_binary(), "controller", "--gateway", name,
+            legation_binary(), "controller", "--gateway", name, "--allow-loopback-upstreams",
             "--source", str(source),
             "--xds-listen", f"{HOST}:{xds}",
             "--http-listen", f"{HOST}:{api}",

@@ -28,6 +28,7 @@ from fixtures.processes import EnvoyProcess, Launcher, controller_bootstrap
 from fixtures.xds_resources import serving
 
 from legation.api.v1alpha1 import ResourceId
+from legation.controller.compiler.upstreams import UpstreamRules
 from legation.controller.serving.api import create_app
 from legation.controller.serving.feed import Feed
 from legation.controller.serving.pipeline import ControllerState
@@ -60,7 +61,8 @@ def break_guilty(snapshot: Snapshot) -> Snapshot:
         hit = False
         for vhost in copied.virtual_hosts:
             for route in vhost.routes:
-                if route.match.prefix == BROKEN_PREFIX:
+                # Mapping prefixes are whole segments: `/g/` is served as path_separated_prefix `/g`.
+                if route.match.path_separated_prefix == BROKEN_PREFIX.rstrip("/"):
                     route.match.safe_regex.regex = "/(unclosed"  # clears the prefix (oneof)
                     hit = True
         if hit:
@@ -107,7 +109,14 @@ async def gateway(tmp_path: Path, *, hook: Callable[[Snapshot], Snapshot] | None
     )
     state, xds = ControllerState(), XdsServer()
     feeds = {"authz": Feed(), "ratelimit": Feed()}
-    publisher = Publisher(options=options, state=state, xds=xds, feeds=feeds, envoy_hook=hook)
+    publisher = Publisher(
+        options=options,
+        state=state,
+        xds=xds,
+        feeds=feeds,
+        envoy_hook=hook,
+        upstreams=UpstreamRules(allow_loopback=True),  # the test's upstreams run on loopback
+    )
     source = DirectorySource(manifests)
 
     async def follow() -> None:

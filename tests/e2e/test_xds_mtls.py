@@ -98,7 +98,7 @@ def start_controller(
     process = launch.spawn(
         "controller",
         [
-            legation_binary(), "controller",
+            legation_binary(), "controller", "--allow-loopback-upstreams",
             "--source", str(source),
             "--xds-listen", f"{HOST}:{xds}",
             "--xds-tls-cert", str(pki.server / "tls.crt"),
