@@ -615,7 +615,12 @@ def test_components_find_each_other(rendered: dict[str, list[dict[str, Any]]], p
     assert flag(controller_args, "--ratelimit-service") == service_address(objects, "ratelimit", "grpc")
     # The gateway's own gRPC endpoints are never a Mapping's upstream, whatever a grant says.
     reserved = {a.split("=", 1)[1] for a in controller_args if a.startswith("--reserved-upstream=")}
-    for component, port in (("authz", "grpc"), ("ratelimit", "grpc"), ("controller", "grpc-xds")):
+    for component, port in (
+        ("authz", "grpc"),
+        ("ratelimit", "grpc"),
+        ("controller", "grpc-xds"),
+        ("controller", "http"),
+    ):
         assert service_address(objects, component, port) in reserved, (component, reserved)
     (cluster,) = [
         c for c in envoy_bootstrap(objects)["static_resources"]["clusters"] if c["name"] == "legation-xds"
@@ -666,11 +671,12 @@ def test_arguments_parse_with_the_real_cli(rendered: dict[str, list[dict[str, An
     components = [c for c in LEGATION_IMAGE_COMPONENTS if f"{RELEASE}-{c}" in deployed]
     assert "controller" in components, deployed
     for component in components:
-        args = container(objects, component)["args"]
-        parser = legation_parser(component)
-        if component == "controller" and "--platform-namespace" not in parser.format_help():
-            # Added to the controller by a parallel change; the chart passes it already.
-            args = [a for a in args if not a.startswith("--platform-namespace=")]
+        # Kubernetes expands $(VAR) from the container's env before the CLI sees it.
+        env = {e["name"]: e["value"] for e in container(objects, component).get("env", []) if "value" in e}
+        args = [
+            re.sub(r"\$\((\w+)\)", lambda m, env=env: env.get(m[1], "redis://redis.example:6379/0"), a)
+            for a in container(objects, component)["args"]
+        ]
         try:
             parsed = legation_parser(component).parse_args(args)
         except SystemExit:

@@ -73,6 +73,7 @@ def test_the_crds_come_once_from_the_release_that_installs_them(
             "hosts.legation.dev",
             "jwtpolicies.legation.dev",
             "mappings.legation.dev",
+            "upstreamgrants.legation.dev",
         ],
         "legation-next": [],
     }
