@@ -143,8 +143,9 @@ def test_unknown_or_hostile_kid(stack: AuthzStack, kid: str) -> None:
     requests_before = stack.a.server.requests
     token = stack.a.token(headers={"kid": kid})  # signed with the real key, kid changed
     assert_denied(stack.check(PATH, token=token), 401, "unknown signing key", stack.a)
-    # Within the refetch cooldown an unknown kid fetches nothing (the service started < 30 s ago).
-    assert stack.a.server.requests == requests_before
+    # The first unknown kid after a fetch may refetch at once (a key rotated just now is taken at
+    # its first use); then the cooldown holds: no hostile kid here causes more than that one fetch.
+    assert stack.a.server.requests - requests_before <= 1
 
 
 def test_kid_of_wrong_type(stack: AuthzStack) -> None:

@@ -259,7 +259,14 @@ def test_validate_reports_the_same_conflicts_and_exits_1(gateway: Gateway, tmp_p
 
     state_manifests = gateway.state / "manifests"
     run = subprocess.run(
-        [legation_binary(), "validate", str(gateway.source), str(state_manifests)],
+        # As `legation up` runs its controller: loopback demo upstreams allowed.
+        [
+            legation_binary(),
+            "validate",
+            "--allow-loopback-upstreams",
+            str(gateway.source),
+            str(state_manifests),
+        ],
         capture_output=True,
         text=True,
         timeout=60,
