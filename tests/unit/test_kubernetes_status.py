@@ -401,3 +401,18 @@ async def test_programmed_is_written_in_the_gateways_entry_as_envoys_ack(
             and kept["status"] == "True"
             and kept["lastTransitionTime"] == got["lastTransitionTime"]
         )
+
+
+def test_a_warning_keeps_the_host_accepted_and_shows_in_its_condition() -> None:
+    from legation.core.yamlfile import load_documents
+
+    text = "kind: Host\nmetadata: {name: api, namespace: demo, generation: 1, uid: u-2}\n"
+    doc = load_documents(text, file="kubernetes:Host/demo/api")[0]
+    snapshot = SourceSnapshot(documents=(doc,), errors=(), origins=(), version="v")
+    warning = "the certificate of api.example.com expires in 3 days (2026-12-08T00:00:00Z)"
+    status = ResourceStatus(
+        ResourceId("Host", "demo", "api"), Origin.of(doc), "Accepted", warnings=(warning,)
+    )
+    verdict = desired_statuses([status], snapshot)[("Host", "demo", "api")]
+    assert verdict.accepted
+    assert verdict.message == f"Accepted by the controller; warning: {warning}"

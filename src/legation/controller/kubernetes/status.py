@@ -115,7 +115,9 @@ def _cut(message: str) -> str:
 
 def _message(status: ResourceStatus) -> str:
     if status.accepted:
-        return "Accepted by the controller"
+        # Warnings (a certificate about to expire) keep the resource Accepted, and say so here,
+        # where `kubectl describe` shows them.
+        return _cut("; ".join(["Accepted by the controller", *(f"warning: {w}" for w in status.warnings)]))
     parts = [f"{format_path(p.path)}: {p.reason}" if p.path else p.reason for p in status.problems]
     return _cut("; ".join(parts) or "Rejected")
 
