@@ -27,6 +27,9 @@ kind: JWTPolicy
 metadata: {name: edges, namespace: team-orders}
 spec:
   namespaceDefault: true
+  # The service's answers are what these edges pin down (a claim with a control character is a
+  # 401 there; natively Envoy refuses to set such a header with a 503: see the README).
+  enforcement: service
   providers:
     - name: demo
       issuer: https://demo-issuer.legation.localhost/
@@ -57,7 +60,7 @@ spec: {prefix: /legacy/, service: "127.0.0.1:%(port)d", allowMethodOverride: tru
 apiVersion: legation.dev/v1alpha1
 kind: Mapping
 metadata: {name: shop, namespace: team-catalog}
-spec: {hostname: shop.localhost, prefix: /, service: "127.0.0.1:%(port)d"}
+spec: {hostname: shop.localhost, prefix: /cart, service: "127.0.0.1:%(port)d"}  # not / : that would overlap team-orders' * routes
 ---
 apiVersion: legation.dev/v1alpha1
 kind: Host
