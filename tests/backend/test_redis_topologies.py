@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from fixtures.processes import HOST, Launcher, free_port, redis_binary, wait_for
-from fixtures.redis_cluster import cluster_port
+from fixtures.redis_cluster import cluster_ports
 
 from legation.ratelimit.backends.redis import connect
 from legation.ratelimit.config import load_config_texts
@@ -143,7 +143,7 @@ def _master_known(sentinel: redis_sync.Redis) -> bool:
 
 
 async def test_cluster_without_crossslot(launch: Launcher, tmp_path: Path) -> None:
-    ports = [cluster_port() for _ in range(3)]
+    ports = cluster_ports(3)
     for i, port in enumerate(ports):
         node_dir = tmp_path / f"node{i}"
         node_dir.mkdir()
