@@ -225,7 +225,15 @@ def test_authz_follows_an_https_feed_with_its_token_and_ca(launch: Launcher, tmp
         assert not client.check("/orders/1", policy="team-a/hmac", token=forged).allowed
     finally:
         client.close()
-    status, why = refused.readyz()
+
+    def refusal() -> tuple[int, str] | None:  # started without waiting: it may not listen yet
+        try:
+            answer = refused.readyz()
+        except OSError:
+            return None
+        return answer if "HTTP 401" in answer[1] else None
+
+    status, why = wait_for(refusal, timeout=20, what="the wrong-token service says why it is not ready")
     assert status == 503 and "HTTP 401" in why, why
     assert manifests.values["hmac k"] not in why
 

@@ -10,6 +10,8 @@ and 410 handling, which an object-mapping layer would hide.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Mapping
@@ -190,7 +192,8 @@ class KubeClient:
     async def close(self) -> None:
         session = getattr(self._api, "_session", None)  # kr8s has no public close
         if isinstance(session, httpx.AsyncClient):
-            await session.aclose()
+            with contextlib.suppress(TimeoutError):  # bounded: closing must never hang the caller
+                await asyncio.wait_for(session.aclose(), 2)
 
 
 def _split(path: str) -> tuple[str, str]:

@@ -340,9 +340,8 @@ class KubernetesSource:
     async def _stop(self, tasks: list[asyncio.Task[None]]) -> None:
         for task in tasks:
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if tasks:  # bounded: a task stuck in a library's I/O must not hold the controller's stop
+            await asyncio.wait(tasks, timeout=5)
         if self.leader is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.leader.release(), 2)
