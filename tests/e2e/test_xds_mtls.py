@@ -202,7 +202,12 @@ def test_envoy_gets_its_configuration_over_mtls_and_attackers_get_nothing(
     # ... while under its own name it gets what any Envoy gets (positive control).
     answer = asyncio.run(ask(xds, intruder, "intruder", LISTENER))
     assert isinstance(answer, discovery_pb2.DiscoveryResponse) and answer.resources
-    assert [n["node_id"] for n in api(api_port, "/api/envoys")["nodes"]] == ["edge/pod-1"]
+    # The intruder's own stream has ended (its record goes when the server sees the close).
+    wait_for(
+        lambda: [n["node_id"] for n in api(api_port, "/api/envoys")["nodes"]] == ["edge/pod-1"],
+        timeout=10,
+        what="only the real Envoy listed as connected",
+    )
 
     # Rotating the client CA file applies to new connections without a restart.
     (pki.server / "ca.crt").write_text(other_ca.certificate)

@@ -125,7 +125,12 @@ class KubeClient:
         answers. Raises KubeError when it cannot be reached or no credentials are found.
         `user_agent` names this client in the server's audit log (e.g. which replica wrote)."""
         try:
-            api = await kr8s.asyncio.api(kubeconfig=kubeconfig, serviceaccount=serviceaccount)
+            # A client of our own, not kr8s's per-thread-and-loop cache: a cached one may belong
+            # to a closed session or a finished event loop whose id a new loop reuses, and its
+            # requests then never complete.
+            api = await kr8s.asyncio.Api(
+                kubeconfig=kubeconfig, serviceaccount=serviceaccount, bypass_factory=True
+            )
         except (ValueError, KeyError, OSError) as exc:  # no kubeconfig and not in a pod, or a bad file
             raise KubeError(f"no usable Kubernetes credentials: {exc}") from exc
         except (httpx.HTTPError, kr8s.ServerError, kr8s.APITimeoutError) as exc:
