@@ -55,6 +55,7 @@ class Following:
         self.source = source
         self.snapshots: list[SourceSnapshot] = []
         self._new = asyncio.Event()
+        self._returned = 0
         self.task = asyncio.create_task(self._follow())
 
     async def _follow(self) -> None:
@@ -63,11 +64,13 @@ class Following:
             self._new.set()
 
     async def next(self, timeout: float = 5.0) -> SourceSnapshot:
-        count = len(self.snapshots)
+        """The newest snapshot not yet returned, waiting for one if there is none. (A snapshot that
+        arrived before the call counts: with two followers, the second is often ahead.)"""
         async with asyncio.timeout(timeout):
-            while len(self.snapshots) == count:
+            while len(self.snapshots) == self._returned:
                 self._new.clear()
                 await self._new.wait()
+        self._returned = len(self.snapshots)
         return self.snapshots[-1]
 
     async def stop(self) -> None:
