@@ -26,8 +26,7 @@ from legation.controller.commands.up_preflight import (
     gateway_ports,
     lock_state,
 )
-from legation.controller.serving.platform import add_platform_argument
-from legation.core.names import DEFAULT_GATEWAY, dns_label
+from legation.controller.serving.platform import add_gateway_argument, add_platform_argument
 
 __all__ = ["add_arguments", "run"]
 
@@ -39,13 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--redis-url", metavar="URL", help="rate limit counters in Redis (default: in memory)"
     )
-    parser.add_argument(
-        "--gateway",
-        default=DEFAULT_GATEWAY,
-        type=dns_label,
-        metavar="NAME",
-        help="serve the resources whose spec.gateways name this gateway (default %(default)s)",
-    )
+    add_gateway_argument(parser, what="serve the resources whose spec.gateways name this gateway")
     parser.add_argument(
         "--state-dir",
         default=".legation",

@@ -22,14 +22,19 @@ from dataclasses import dataclass
 from legation.api.v1alpha1 import Resource
 from legation.controller.compiler.upstreams import UpstreamRules
 from legation.controller.serving.pipeline import build, problem_errors
-from legation.controller.serving.platform import DEFAULT, add_platform_argument, platform_namespaces
+from legation.controller.serving.platform import (
+    DEFAULT,
+    add_gateway_argument,
+    add_platform_argument,
+    platform_namespaces,
+)
 from legation.controller.serving.upstream_flags import add_upstream_arguments, upstream_rules
 from legation.controller.sources import SourceSnapshot
 from legation.controller.sources.directory import DirectorySource
 from legation.controller.sources.merged import merge
 from legation.controller.translate.envoy import EnvoyOptions
 from legation.core.errors import ConfigError
-from legation.core.names import DEFAULT_GATEWAY, dns_label
+from legation.core.names import DEFAULT_GATEWAY
 
 __all__ = ["Report", "add_arguments", "run", "validate_snapshot"]
 
@@ -50,13 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "dir", metavar="DIR", nargs="+", help="directories (or files) of YAML manifests, read recursively"
     )
-    parser.add_argument(
-        "--gateway",
-        default=DEFAULT_GATEWAY,
-        type=dns_label,
-        metavar="NAME",
-        help="validate as the controller of this gateway would (default %(default)s)",
-    )
+    add_gateway_argument(parser, what="validate as the controller of this gateway would")
     add_platform_argument(parser)
     add_upstream_arguments(parser)
 

@@ -34,7 +34,11 @@ from legation.controller.serving.api import create_app
 from legation.controller.serving.dns_check import DnsChecker
 from legation.controller.serving.feed import Feed
 from legation.controller.serving.pipeline import ControllerState, Stages, status_errors
-from legation.controller.serving.platform import add_platform_argument, platform_namespaces
+from legation.controller.serving.platform import (
+    add_gateway_argument,
+    add_platform_argument,
+    platform_namespaces,
+)
 from legation.controller.serving.publisher import Publisher
 from legation.controller.serving.upstream_flags import add_upstream_arguments, upstream_rules
 from legation.controller.serving.upstream_health import EnvoyAdminPoller
@@ -48,7 +52,7 @@ from legation.core.errors import format_path
 from legation.core.grpc_runtime import Health, ServerSettings, run_server, split_host_port
 from legation.core.grpc_tls import ServerTls, TlsFilesError
 from legation.core.logs import setup_logging
-from legation.core.names import DEFAULT_GATEWAY, dns_label
+from legation.core.names import DEFAULT_GATEWAY
 from legation.core.service_main import run_until_stopped
 
 __all__ = ["add_arguments", "run"]
@@ -100,13 +104,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     kube.add_argument("--lease-duration", type=float, default=15.0, metavar="SECONDS", help="lease duration")
     kube.add_argument("--lease-renew", type=float, default=5.0, metavar="SECONDS", help="renew period")
-    parser.add_argument(
-        "--gateway",
-        default=DEFAULT_GATEWAY,
-        type=dns_label,
-        metavar="NAME",
-        help="serve the Mappings, Hosts and AuthServices whose spec.gateways name this gateway "
-        "(absent there = default, * = every gateway); default %(default)s",
+    add_gateway_argument(
+        parser,
+        what="serve the Mappings, Hosts and AuthServices whose spec.gateways name this gateway "
+        "(absent there = default, * = every gateway)",
     )
     kube.add_argument(
         "--secret-poll-interval",

@@ -1,13 +1,28 @@
-"""`--platform-namespace`: the namespaces that may create the gateway-wide kinds (AuthService, the
-`*` Host), shared by `legation controller`, `legation validate` and `legation up`."""
+"""The flags that say which gateway this is and whose namespaces are the platform's, shared by
+`legation controller`, `legation validate` and `legation up`: `--gateway` (the resources whose
+`spec.gateways` name it) and `--platform-namespace` (who may create the gateway-wide kinds:
+AuthService, the `*` Host, UpstreamGrant)."""
 
 from __future__ import annotations
 
 import argparse
 
-__all__ = ["DEFAULT", "add_platform_argument", "platform_namespaces"]
+from legation.core.names import DEFAULT_GATEWAY, dns_label
+
+__all__ = ["DEFAULT", "add_gateway_argument", "add_platform_argument", "platform_namespaces"]
 
 DEFAULT = "legation-system"
+
+
+def add_gateway_argument(parser: argparse.ArgumentParser, *, what: str) -> None:
+    """`--gateway NAME`; `what` says what the command does for that gateway."""
+    parser.add_argument(
+        "--gateway",
+        default=DEFAULT_GATEWAY,
+        type=dns_label,
+        metavar="NAME",
+        help=f"{what} (default %(default)s)",
+    )
 
 
 def add_platform_argument(parser: argparse.ArgumentParser) -> None:
