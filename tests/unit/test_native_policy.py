@@ -109,6 +109,11 @@ def test_rules_become_routes_in_order_then_a_deny_route() -> None:
     assert [h.string_match.exact for h in guarded.match.headers if h.name == ":method"] == ["GET"]
     rbac = unpack(guarded, "envoy.filters.http.rbac", rbac_pb2.RBACPerRoute)
     assert sorted(rbac.rbac.rules.policies) == ["claim:scope", "crit"]
+    time_check = unpack(guarded, "legation.token_time", rbac_pb2.RBACPerRoute)
+    assert sorted(time_check.rbac.rules.policies) == ["iat"]
+    checks = unpack(guarded, "legation.token_checks", rbac_pb2.RBACPerRoute)
+    assert sorted(checks.rbac.rules.policies) == ["token:jwe", "token:too-large"]
+    assert not public.typed_per_filter_config.get("legation.token_checks")
     for route in out:  # never a call to the authz service
         assert unpack(route, "envoy.filters.http.ext_authz", ext_authz_pb2.ExtAuthzPerRoute).disabled
     assert deny.direct_response.status == 403 and deny.match.path_separated_prefix == "/api"

@@ -158,7 +158,18 @@ def peek(token: str, provider_max: int) -> tuple[dict[str, Any], dict[str, Any]]
         raise TokenError("invalid_token", "malformed token")
     if "crit" in header:
         raise TokenError("invalid_token", "unsupported critical header")
+    if any(not _numeric_date(claims[c]) for c in _NUMERIC_DATES if c in claims):
+        raise TokenError("invalid_token", "malformed token")
     return header, claims
+
+
+_NUMERIC_DATES = ("exp", "nbf", "iat")
+
+
+def _numeric_date(value: Any) -> bool:
+    """A JSON number (RFC 7519 §2 NumericDate). PyJWT would take "1700000000" as well; Envoy's
+    jwt_authn, which enforces native policies, does not, and neither do we."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 async def verify(token: str, provider: CompiledProvider, cache: TokenCache) -> dict[str, Any]:

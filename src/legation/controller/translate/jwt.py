@@ -10,6 +10,9 @@
   that the principal's token lacks; the principal is the first provider whose token verified, as
   in the service), each policy exclusive of the ones before it so the name that Envoy reports
   (`rbac_access_denied_matched_policy[claim:scope]`) is the service's reason.
+- the checks jwt_authn lacks (jwt_checks.py): before it, a token over `maxTokenBytes` or in five
+  parts (JWE) is refused unread (`legation.token_checks`); after it, a token issued in the future
+  (`legation.token_time`, RBAC on `iat` in CEL).
 - a header mutation filter before jwt_authn removes client-sent copies of identity headers (and,
   on public rules, the token, which the service removes there too).
 - `local_reply_config` turns jwt_authn's and RBAC's answers into the service's: same status,
@@ -33,6 +36,16 @@ from envoy.type.matcher.v3 import metadata_pb2, string_pb2, value_pb2
 
 from legation.api.v1alpha1.jwtpolicy import PolicySpec, Rule
 from legation.controller.compiler.native import NativePolicy
+from legation.controller.translate.cel import Expr, all_of, any_of, call, const, ident, index, negate, select
+from legation.controller.translate.jwt_checks import (
+    CHECKS_FILTER,
+    EMPTY,
+    JWE,
+    TOO_LARGE,
+    condition_policy,
+    iat_condition,
+    token_checks,
+)
 from legation.controller.translate.options import pack
 
 __all__ = [
@@ -40,6 +53,7 @@ __all__ = [
     "JWT_FILTER",
     "METADATA_NAMESPACE",
     "RBAC_FILTER",
+    "TIME_FILTER",
     "jwt_http_filters",
     "local_reply_config",
     "per_route",
@@ -49,6 +63,7 @@ __all__ = [
 JWT_FILTER = "envoy.filters.http.jwt_authn"
 RBAC_FILTER = "envoy.filters.http.rbac"
 IDENTITY_FILTER = "legation.identity_headers"
+TIME_FILTER = "legation.token_time"
 METADATA_NAMESPACE = "legation"
 """Route metadata: `policy` is the realm of the local replies."""
 _HEADER_SUFFIX = "#header"
@@ -74,7 +89,9 @@ def jwt_http_filters(natives: tuple[NativePolicy, ...]) -> list[hcm.HttpFilter]:
     identity = header_mutation_pb2.HeaderMutation()
     return [
         hcm.HttpFilter(name=IDENTITY_FILTER, typed_config=pack(identity)),
+        hcm.HttpFilter(name=CHECKS_FILTER, typed_config=pack(rbac_pb2.RBAC())),
         hcm.HttpFilter(name=JWT_FILTER, typed_config=pack(config)),
+        hcm.HttpFilter(name=TIME_FILTER, typed_config=pack(rbac_pb2.RBAC())),
         hcm.HttpFilter(name=RBAC_FILTER, typed_config=pack(rbac_pb2.RBAC())),
     ]
 
@@ -142,7 +159,9 @@ def per_route(native: NativePolicy, rule_index: int) -> dict[str, Any]:
         if not spec.forward_token:  # the service removes the token on public rules too
             remove += [s.header.lower() for p in spec.providers for s in p.token_sources if s.header]
     else:
+        configs[CHECKS_FILTER] = pack(token_checks(spec, rule))
         configs[JWT_FILTER] = pack(jwt.PerRouteConfig(requirement_name=f"{native.key}#{rule_index}"))
+        configs[TIME_FILTER] = pack(_issued_later_rbac(native, rule))
         configs[RBAC_FILTER] = pack(_rbac(native.key, rule))
     if remove:
         mutation = header_mutation_pb2.HeaderMutationPerRoute()
@@ -156,7 +175,7 @@ def per_route(native: NativePolicy, rule_index: int) -> dict[str, Any]:
 def _rbac(policy: str, rule: Rule) -> rbac_pb2.RBACPerRoute:
     assert rule.requires is not None
     keys = [provider_key(policy, n) for n in rule.requires.providers]
-    crit = _or([_present([k + _HEADER_SUFFIX, "crit"]) for k in keys])
+    crit = _crit(keys)
     rules = rbac_config.RBAC(action=rbac_config.RBAC.DENY)
     rules.policies["crit"].CopyFrom(_policy(crit))
     principals = keys if rule.requires.any_of is not None else keys[:1]
@@ -173,6 +192,45 @@ def _rbac(policy: str, rule: Rule) -> rbac_pb2.RBACPerRoute:
         rules.policies[f"claim:{claim}"].CopyFrom(_policy(_and([_not(crit), missing])))
         seen.append((claim, values))
     return rbac_pb2.RBACPerRoute(rbac=rbac_pb2.RBAC(rules=rules))
+
+
+def _crit(keys: list[str]) -> rbac_config.Principal:
+    return _or([_present([k + _HEADER_SUFFIX, "crit"]) for k in keys])
+
+
+def _issued_later_rbac(native: NativePolicy, rule: Rule) -> rbac_pb2.RBACPerRoute:
+    """The `iat` check, in a filter of its own between jwt_authn and the RBAC of claims: the
+    service refuses a critical header first, then a future `iat`, then missing claims."""
+    assert rule.requires is not None
+    iat = condition_policy(_issued_later(native, rule))
+    iat.principals[0].CopyFrom(_not(_crit([provider_key(native.key, n) for n in rule.requires.providers])))
+    rules = rbac_config.RBAC(action=rbac_config.RBAC.DENY)
+    rules.policies["iat"].CopyFrom(iat)
+    return rbac_pb2.RBACPerRoute(rbac=rbac_pb2.RBAC(rules=rules))
+
+
+def _issued_later(native: NativePolicy, rule: Rule) -> Expr:
+    """A token the service refuses for its `iat`: allOf verifies every provider's token, anyOf
+    takes the first that verified (jwt_authn does not look at `iat`)."""
+    assert rule.requires is not None
+    by_name = {p.name: p for p in native.policy.spec.providers}
+    verified = index(select(ident("metadata"), "filter_metadata"), JWT_FILTER)
+    payloads = [(by_name[n], provider_key(native.key, n)) for n in rule.requires.providers]
+
+    def later(i: int) -> Expr:
+        provider, key = payloads[i]
+        return all_of(_in(key, verified), iat_condition(index(verified, key), provider))
+
+    if rule.requires.all_of is not None:
+        return any_of(*(later(i) for i in range(len(payloads))))
+    before = [[negate(_in(k, verified)) for _, k in payloads[:i]] for i in range(len(payloads))]
+    return any_of(*(all_of(*before[i], later(i)) for i in range(len(payloads))))
+
+
+def _in(key: str, verified: Expr) -> Expr:
+    """jwt_authn verified the token of `key` (CEL's `in`; the metadata may be absent altogether)."""
+    has_any = call("@in", const(JWT_FILTER), select(ident("metadata"), "filter_metadata"))
+    return all_of(has_any, call("@in", const(key), verified))
 
 
 def _is_principal(keys: list[str], i: int) -> rbac_config.Principal:
@@ -252,7 +310,11 @@ def local_reply_config(natives: tuple[NativePolicy, ...]) -> hcm.LocalReplyConfi
     for detail, status, error, reason in _JWT_FAILURES:
         _mapper(config, f'response.code_details == "{_DENIED}{detail}}}"', status, error, reason)
     _mapper(config, f'response.code_details.startsWith("{_DENIED}")', 401, "invalid_token", "malformed token")
+    _mapper(config, _rbac_detail(EMPTY), 401, "", "missing token")
+    _mapper(config, _rbac_detail(TOO_LARGE), 401, "invalid_token", "token too large")
+    _mapper(config, _rbac_detail(JWE), 401, "invalid_token", "encrypted tokens (JWE) are not accepted")
     _mapper(config, _rbac_detail("crit"), 401, "invalid_token", "unsupported critical header")
+    _mapper(config, _rbac_detail("iat"), 401, "invalid_token", "token not yet valid")
     claims = sorted({c for n in natives for rule in n.policy.spec.rules for c in rule.claims})
     for claim in claims:
         _mapper(

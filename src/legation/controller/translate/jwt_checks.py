@@ -1,0 +1,158 @@
+"""The checks of the authz service that jwt_authn does not make, as RBAC conditions in CEL.
+
+The service refuses, before it looks for a key, a token longer than the provider's
+`maxTokenBytes` and a token in five parts (a JWE); jwt_authn has neither check. A second RBAC
+filter, before jwt_authn, holds them (`token:too-large`, `token:jwe`), so that a 9 KiB token is
+refused unread and described as the service describes it. An empty cookie or query token is no
+token to the service (401 without an error code) and a malformed one to jwt_authn: `token:empty`.
+
+After jwt_authn, the service also refuses a token issued in the future (`iat` later than now plus
+the clock skew, as PyJWT does), which jwt_authn accepts: the `iat` policy of the main RBAC filter,
+on the verified payload.
+
+The token is found as the service finds it (tokens.py): after the header's prefix, compared
+without case, trimmed; the first `name=` cookie, spaces removed; the first `name=` query
+parameter, undecoded (a JWT has nothing to decode).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from envoy.config.rbac.v3 import rbac_pb2 as rbac_config
+from envoy.extensions.filters.http.rbac.v3 import rbac_pb2
+
+from legation.api.v1alpha1.jwtpolicy import PolicySpec, Provider, Rule, TokenSource
+from legation.controller.translate.cel import (
+    Expr,
+    all_of,
+    any_of,
+    call,
+    const,
+    expression,
+    ident,
+    index,
+    member,
+    negate,
+    select,
+)
+
+__all__ = ["CHECKS_FILTER", "EMPTY", "JWE", "TOO_LARGE", "condition_policy", "iat_condition", "token_checks"]
+
+CHECKS_FILTER = "legation.token_checks"
+TOO_LARGE = "token:too-large"
+EMPTY = "token:empty"
+JWE = "token:jwe"
+_FIVE_PARTS = r"^[^.]*\.[^.]*\.[^.]*\.[^.]*\.[^.]*$"
+_HEADERS = select(ident("request"), "headers")
+_Test = Callable[[Provider, TokenSource], Expr]
+
+
+def token_checks(spec: PolicySpec, rule: Rule) -> rbac_pb2.RBACPerRoute:
+    """The pre-jwt_authn RBAC of a route that `rule` (which requires a token) governs."""
+    assert rule.requires is not None
+    by_name = {p.name: p for p in spec.providers}
+    providers = [by_name[n] for n in rule.requires.providers]
+    every = rule.requires.all_of is not None
+    rules = rbac_config.RBAC(action=rbac_config.RBAC.DENY)
+    rules.policies[TOO_LARGE].CopyFrom(condition_policy(_refused(providers, every=every, test=_too_large)))
+    rules.policies[JWE].CopyFrom(condition_policy(_refused(providers, every=every, test=_jwe)))
+    sources = [p.token_sources[0] for p in providers]
+    if any(not s.header for s in sources):
+        rules.policies[EMPTY].CopyFrom(condition_policy(_only_empty(sources)))
+    return rbac_pb2.RBACPerRoute(rbac=rbac_pb2.RBAC(rules=rules))
+
+
+def iat_condition(payload: Expr, provider: Provider) -> Expr:
+    """`payload` (a verified payload in metadata) has an `iat` later than now plus the skew."""
+    now = call("int", select(ident("request"), "time"))
+    limit = call("double", call("_+_", now, const(int(provider.clock_skew))))
+    return all_of(
+        call("@in", const("iat"), payload), call("_>_", call("double", index(payload, "iat")), limit)
+    )
+
+
+def condition_policy(condition: Expr) -> rbac_config.Policy:
+    policy = rbac_config.Policy(condition=expression(condition))
+    policy.permissions.add(any=True)
+    policy.principals.add(any=True)
+    policy.cel_config.enable_string_functions = True
+    policy.cel_config.enable_string_concat = True
+    return policy
+
+
+def _refused(providers: list[Provider], *, every: bool, test: _Test) -> Expr:
+    """The service's verdict over the rule's providers: allOf stops at the first provider without
+    a token, or whose token fails; anyOf fails only when every provider that has a token fails.
+    Providers that read the same source with the same limit decide alike, so they count once."""
+    unique = list({(p.token_sources[0].model_dump_json(), p.max_token_bytes): p for p in providers}.values())
+    sources = [(p, p.token_sources[0]) for p in unique]
+    if len(sources) == 1:
+        return test(*sources[0])
+    if every:
+        return any_of(
+            *(all_of(*(_present(s) for _, s in sources[:i]), test(p, s)) for i, (p, s) in enumerate(sources))
+        )
+    failing = any_of(*(test(p, s) for p, s in sources))
+    return all_of(failing, *(any_of(negate(_present(s)), test(p, s)) for p, s in sources))
+
+
+def _only_empty(sources: list[TokenSource]) -> Expr:
+    """No source holds a token, and a cookie or parameter holds an empty one: jwt_authn would read
+    `session=` as a malformed token, the service as no token at all."""
+    found = [s for s in sources if not s.header]
+    empty = [all_of(_found(s), call("_==_", call("size", _token(s)), const(0))) for s in found]
+    return all_of(*(negate(_present(s)) for s in sources), any_of(*empty))
+
+
+def _too_large(provider: Provider, source: TokenSource) -> Expr:
+    longer = call("_>_", call("size", _token(source)), const(provider.max_token_bytes))
+    return all_of(_present(source), longer)
+
+
+def _jwe(provider: Provider, source: TokenSource) -> Expr:
+    """Five parts, within the size limit (the service measures first)."""
+    token = _token(source)
+    within = call("_<=_", call("size", token), const(provider.max_token_bytes))
+    return all_of(_present(source), within, member(token, "matches", const(_FIVE_PARTS)))
+
+
+def _present(source: TokenSource) -> Expr:
+    """The source holds a non-empty token (CEL evaluates `&&` left to right, short-circuiting
+    on false, so the lookups after a presence check are safe)."""
+    if source.header:
+        name = source.header.lower()
+        checks = [call("@in", const(name), _HEADERS)]
+        if source.prefix:
+            lowered = member(index(_HEADERS, name), "lowerAscii")
+            checks.append(member(lowered, "startsWith", const(source.prefix.lower())))
+        return all_of(*checks, call("_>_", call("size", _token(source)), const(0)))
+    return all_of(_found(source), call("_>_", call("size", _token(source)), const(0)))
+
+
+def _found(source: TokenSource) -> Expr:
+    """The cookie or query parameter of a (cookie or query) source is there, maybe empty."""
+    found = call("_>_", call("size", _split_after(source)), const(1))
+    return all_of(call("@in", const("cookie"), _HEADERS), found) if source.cookie else found
+
+
+def _token(source: TokenSource) -> Expr:
+    if source.header:
+        value = index(_HEADERS, source.header.lower())
+        if source.prefix:
+            value = member(value, "substring", const(len(source.prefix)))
+        return member(value, "trim")
+    separator = ";" if source.cookie else "&"
+    return index(member(index(_split_after(source), const(1)), "split", const(separator)), const(0))
+
+
+def _split_after(source: TokenSource) -> Expr:
+    """The cookie header (spaces removed) or the query string, split at `;name=` / `&name=`:
+    a second part exists when the token's cookie or parameter does, and starts with its value."""
+    if source.cookie:
+        cookies = member(index(_HEADERS, "cookie"), "replace", const(" "), const(""))
+        text = call("_+_", const(";"), cookies)
+        return member(text, "split", const(f";{source.cookie}="))
+    assert source.query is not None
+    text = call("_+_", const("&"), select(ident("request"), "query"))
+    return member(text, "split", const(f"&{source.query}="))
