@@ -86,6 +86,14 @@ def requests() -> dict[str, tuple[str, dict[str, str]]]:
         out[f"query {name}"] = (f"/query/x?a=1&access_token={token}&b=2", {})
         out[f"query-first {name}"] = (f"/query/x?access_token={token}", {})
         out[f"query-lookalike {name}"] = (f"/query/x?my_access_token={token}", {})
+    valid, garbage = tokens()["valid"], tokens()["garbage"]
+    for first, second, what in ((valid, valid, "same"), (valid, garbage, "different")):
+        out[f"cookie-twice {what}"] = ("/cookie/x", {"Cookie": f"session={first}; a=1; session={second}"})
+        out[f"query-twice {what}"] = (f"/query/x?access_token={first}&access_token={second}", {})
+        out[f"query-thrice {what}"] = (
+            f"/query/x?access_token={first}&access_token={first}&access_token={second}",
+            {},
+        )
     return out
 
 
@@ -131,6 +139,9 @@ def test_cookie_and_query_tokens_are_checked_where_the_service_finds_them(
             401, f'Bearer realm="{realm}", error="invalid_token", error_description="token too large"'
         )  # fmt: skip
         assert "JWE" in native[f"{place} jwe-shaped"][2]
+    for twice in ("cookie-twice", "query-twice", "query-thrice"):
+        assert native[f"{twice} same"][0] == 200
+        assert native[f"{twice} different"][0] == 400
 
     (source / "web.yaml").write_text(manifests("service", upstream))
     gw.wait_until(lambda: ext_authz_probe(gw, "/query/x"), timeout=30, what="the service enforcing")

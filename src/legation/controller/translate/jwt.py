@@ -42,6 +42,7 @@ from legation.controller.translate.jwt_checks import (
     EMPTY,
     JWE,
     TOO_LARGE,
+    TWICE,
     condition_policy,
     iat_condition,
     token_checks,
@@ -310,6 +311,7 @@ def local_reply_config(natives: tuple[NativePolicy, ...]) -> hcm.LocalReplyConfi
     for detail, status, error, reason in _JWT_FAILURES:
         _mapper(config, f'response.code_details == "{_DENIED}{detail}}}"', status, error, reason)
     _mapper(config, f'response.code_details.startsWith("{_DENIED}")', 401, "invalid_token", "malformed token")
+    _mapper(config, _rbac_detail(TWICE), 400, "invalid_request", "more than one token in the request")
     _mapper(config, _rbac_detail(EMPTY), 401, "", "missing token")
     _mapper(config, _rbac_detail(TOO_LARGE), 401, "invalid_token", "token too large")
     _mapper(config, _rbac_detail(JWE), 401, "invalid_token", "encrypted tokens (JWE) are not accepted")

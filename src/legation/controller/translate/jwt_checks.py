@@ -4,7 +4,8 @@ The service refuses, before it looks for a key, a token longer than the provider
 `maxTokenBytes` and a token in five parts (a JWE); jwt_authn has neither check. A second RBAC
 filter, before jwt_authn, holds them (`token:too-large`, `token:jwe`), so that a 9 KiB token is
 refused unread and described as the service describes it. An empty cookie or query token is no
-token to the service (401 without an error code) and a malformed one to jwt_authn: `token:empty`.
+token to the service (401 without an error code) and a malformed one to jwt_authn: `token:empty`;
+a cookie or parameter sent twice with different values is a 400 (`token:twice`), as in the service.
 
 After jwt_authn, the service also refuses a token issued in the future (`iat` later than now plus
 the clock skew, as PyJWT does), which jwt_authn accepts: the `iat` policy of the main RBAC filter,
@@ -37,11 +38,21 @@ from legation.controller.translate.cel import (
     select,
 )
 
-__all__ = ["CHECKS_FILTER", "EMPTY", "JWE", "TOO_LARGE", "condition_policy", "iat_condition", "token_checks"]
+__all__ = [
+    "CHECKS_FILTER",
+    "EMPTY",
+    "JWE",
+    "TOO_LARGE",
+    "TWICE",
+    "condition_policy",
+    "iat_condition",
+    "token_checks",
+]
 
 CHECKS_FILTER = "legation.token_checks"
 TOO_LARGE = "token:too-large"
 EMPTY = "token:empty"
+TWICE = "token:twice"
 JWE = "token:jwe"
 _FIVE_PARTS = r"^[^.]*\.[^.]*\.[^.]*\.[^.]*\.[^.]*$"
 _HEADERS = select(ident("request"), "headers")
@@ -54,12 +65,20 @@ def token_checks(spec: PolicySpec, rule: Rule) -> rbac_pb2.RBACPerRoute:
     by_name = {p.name: p for p in spec.providers}
     providers = [by_name[n] for n in rule.requires.providers]
     every = rule.requires.all_of is not None
+    sources = list({s.model_dump_json(): s for s in (p.token_sources[0] for p in providers)}.values())
+    repeatable = [s for s in sources if not s.header]
+    checks = {
+        TOO_LARGE: _refused(providers, every=every, test=_too_large),
+        JWE: _refused(providers, every=every, test=_jwe),
+    }
+    if repeatable:
+        twice = any_of(*(_twice(s) for s in repeatable))
+        checks = {name: all_of(negate(twice), check) for name, check in checks.items()}
+        checks[EMPTY] = all_of(negate(twice), _only_empty(sources))
+        checks[TWICE] = twice
     rules = rbac_config.RBAC(action=rbac_config.RBAC.DENY)
-    rules.policies[TOO_LARGE].CopyFrom(condition_policy(_refused(providers, every=every, test=_too_large)))
-    rules.policies[JWE].CopyFrom(condition_policy(_refused(providers, every=every, test=_jwe)))
-    sources = [p.token_sources[0] for p in providers]
-    if any(not s.header for s in sources):
-        rules.policies[EMPTY].CopyFrom(condition_policy(_only_empty(sources)))
+    for name, check in checks.items():
+        rules.policies[name].CopyFrom(condition_policy(check))
     return rbac_pb2.RBACPerRoute(rbac=rbac_pb2.RBAC(rules=rules))
 
 
@@ -95,6 +114,20 @@ def _refused(providers: list[Provider], *, every: bool, test: _Test) -> Expr:
         )
     failing = any_of(*(test(p, s) for p, s in sources))
     return all_of(failing, *(any_of(negate(_present(s)), test(p, s)) for p, s in sources))
+
+
+def _twice(source: TokenSource) -> Expr:
+    """The cookie or parameter comes again with another value (the service answers 400: which
+    token is meant?). The first against the second and third, which is what a client sends."""
+    parts = _split_after(source)
+    separator = ";" if source.cookie else "&"
+
+    def value(i: int) -> Expr:
+        return index(member(index(parts, const(i)), "split", const(separator)), const(0))
+
+    second = all_of(call("_>_", call("size", parts), const(2)), call("_!=_", value(1), value(2)))
+    third = all_of(call("_>_", call("size", parts), const(3)), call("_!=_", value(1), value(3)))
+    return all_of(_found(source), any_of(second, third))
 
 
 def _only_empty(sources: list[TokenSource]) -> Expr:
