@@ -44,7 +44,7 @@ class Governed:
 
 
 def governed(ir: IR, statuses: Sequence[ResourceStatus]) -> dict[str, tuple[Governed, ...]]:
-    """Policy key ("namespace/name") → the routes it authorizes, in route order."""
+    """Policy key ("namespace/name") → the routes it authorizes, by route id."""
     shown = {
         f"{s.id.namespace}/{s.id.name}": s.enforcement
         for s in statuses
@@ -62,7 +62,7 @@ def governed(ir: IR, statuses: Sequence[ResourceStatus]) -> dict[str, tuple[Gove
         else:
             enforcement = NATIVE if reason is None else f"service ({reason})"
         found.setdefault(route.policy, []).append(Governed(route.id, route.mappings, enforcement, reason))
-    return {key: tuple(routes) for key, routes in found.items()}
+    return {key: tuple(sorted(routes, key=lambda g: g.route)) for key, routes in found.items()}
 
 
 def with_route_exceptions(
