@@ -124,6 +124,12 @@ _ALL = (
         columns=(
             Column("Providers", ".spec.providers[*].name", description="Trusted identity providers."),
             Column("Default", ".spec.namespaceDefault", type="boolean", description="Namespace default."),
+            Column(
+                "Enforcement",
+                ".status.gateways.default.enforcement",
+                description="native (Envoy), service (the authz service, and why) or unused.",
+                priority=1,
+            ),
             *_STATUS_COLUMNS,
         ),
         summary="A team's authentication and authorization policy: the JWT providers it trusts and path "

@@ -99,6 +99,12 @@ class GatewayStatus(_StatusModel):
         description="The resource's conditions in this gateway, one per type.",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )
+    enforcement: str | None = Field(
+        default=None,
+        description="JWTPolicies: who enforces the policy in this gateway: `native` (Envoy's jwt_authn "
+        "and RBAC), `service (why, and what would make it native)` (the authz service), or `unused (…)` "
+        "when no Mapping uses it.",
+    )
 
 
 class ResourceStatus(_StatusModel):

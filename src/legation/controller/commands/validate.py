@@ -10,6 +10,11 @@ prints a one-line summary and exits 0. The upstream flags are the controller's
 (`--allow-loopback-upstreams`, `--reserved-upstream`, `--namespaced-upstreams`,
 `--platform-namespace`): `legation validate --allow-loopback-upstreams examples` checks what
 `legation up examples` serves.
+
+`--explain` adds, after the problems, one line per valid JWTPolicy saying who enforces it and the
+Mappings it governs: `file:line: JWTPolicy ns/name: enforcement: native; Mappings: ns/a, ns/b`,
+or `enforcement: service (why, and what would make it native)`, or `enforcement: unused (…)`
+(see `legation.controller.serving.enforcement`). The exit status stays that of the problems.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from dataclasses import dataclass
 
 from legation.api.v1alpha1 import Resource
 from legation.controller.compiler.upstreams import UpstreamRules
-from legation.controller.serving.pipeline import build, problem_errors
+from legation.controller.serving.pipeline import Stages, build, problem_errors
 from legation.controller.serving.platform import (
     DEFAULT,
     add_gateway_argument,
@@ -49,6 +54,8 @@ class Report:
     """Every problem, ordered by file and line."""
     files: int
     """How many files were read."""
+    enforcement: tuple[str, ...] = ()
+    """One line per valid JWTPolicy: its enforcement and the Mappings it governs (`--explain`)."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -58,6 +65,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_gateway_argument(parser, what="validate as the controller of this gateway would")
     add_platform_argument(parser)
     add_upstream_arguments(parser)
+    parser.add_argument(
+        "--explain",
+        action="store_true",
+        help="also print, per JWTPolicy, whether Envoy enforces it natively or the authz service "
+        "does (and why), and the Mappings it governs",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -67,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
     report = validate_snapshot(snapshot, gateway=args.gateway, platform=platform, upstreams=rules)
     for problem in report.problems:
         print(problem)
+    for line in report.enforcement if args.explain else ():
+        print(line)
     if report.problems:
         print(f"{len(report.problems)} problem(s)", file=sys.stderr)
         return 1
@@ -89,7 +104,20 @@ def validate_snapshot(
         resources=tuple(resource for _, resource in stages.resources),
         problems=tuple(problem_errors(stages)),
         files=len(snapshot.origins),
+        enforcement=tuple(_enforcement_lines(stages)),
     )
+
+
+def _enforcement_lines(stages: Stages) -> list[str]:
+    lines = []
+    for status in sorted(stages.statuses, key=lambda s: s.origin):
+        if status.id.kind != "JWTPolicy" or status.enforcement is None:
+            continue  # rejected: a problem line says why
+        key = f"{status.id.namespace}/{status.id.name}"
+        mappings = [m for g in stages.governed.get(key, ()) for m in g.mappings]
+        governs = f"; Mappings: {', '.join(mappings)}" if mappings else ""
+        lines.append(f"{status.origin}: JWTPolicy {key}: enforcement: {status.enforcement}{governs}")
+    return lines
 
 
 def _summary(report: Report) -> str:

@@ -220,7 +220,12 @@ def _compile(
         for entry, policy in sorted(policies.items(), key=lambda p: p[0].id)
         if entry.ok and entry.key in used
     )
-    natives, enforcement = _enforcement(feed)
+    unused = tuple(
+        policy
+        for entry, policy in sorted(policies.items(), key=lambda p: p[0].id)
+        if entry.ok and entry.key not in used
+    )
+    natives, enforcement = _enforcement(feed, unused)
     ir = IR(
         routes=tuple(route_irs),
         clusters=tuple(clusters[name] for name in sorted(clusters)),
@@ -242,8 +247,12 @@ def _compile(
     return CompileResult(statuses=statuses, ir=ir, policies=feed, ratelimit=(domain(route_irs),))
 
 
-def _enforcement(feed: tuple[JWTPolicy, ...]) -> tuple[tuple[NativePolicy, ...], dict[str, str]]:
-    """The policies Envoy enforces, and each used policy's enforcement as its status shows it."""
+def _enforcement(
+    feed: tuple[JWTPolicy, ...], unused: tuple[JWTPolicy, ...]
+) -> tuple[tuple[NativePolicy, ...], dict[str, str]]:
+    """The policies Envoy enforces, and each valid policy's enforcement as its status shows it:
+    `native` or `service (reason)`; for a policy no route uses, `unused (…)` with what it would be
+    (nothing enforces it, but its author wants to know before the first Mapping names it)."""
     natives: list[NativePolicy] = []
     shown: dict[str, str] = {}
     for policy in feed:
@@ -253,6 +262,10 @@ def _enforcement(feed: tuple[JWTPolicy, ...]) -> tuple[tuple[NativePolicy, ...],
             shown[policy.key] = "native"
         else:
             shown[policy.key] = f"service ({native})"
+    for policy in unused:
+        native = native_policy(policy)
+        would = "native" if isinstance(native, NativePolicy) else f"service: {native}"
+        shown[policy.key] = f"unused (no Mapping uses it; would be {would})"
     return tuple(natives), shown
 
 

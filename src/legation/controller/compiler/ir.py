@@ -95,7 +95,9 @@ class ResourceStatus:
     """What an Accepted resource should see to (a Host whose certificate expires within 14 days);
     never a reason to reject. Set by the pipeline run, which knows the time (the compiler does not)."""
     enforcement: str | None = None
-    """JWTPolicies some route uses: `native` (Envoy's jwt_authn and RBAC) or `service (reason)`."""
+    """Valid JWTPolicies: `native` (Envoy's jwt_authn and RBAC), `service (reason)` (ext_authz), or
+    `unused (…)` when no route uses it. The pipeline adds the routes that stay on the service
+    although their policy is native: `native, except Mapping ns/name (service: reason)`."""
 
     @property
     def accepted(self) -> bool:

@@ -74,14 +74,17 @@ def _provider_reason(provider: Provider, *, forward: bool) -> str:
     if provider.jwks.uri is not None:
         return "remote JWKS (Envoy cannot refetch keys on an unknown kid)"
     if provider.jwks.inline is None:
-        return "jwks.file is read by the standalone service only"
+        return "jwks.file is read by the standalone service only; jwks.inline or secretRef is native"
     if len(provider.token_sources) > 1:
-        return "several token sources (two different tokens must be a 400)"
+        return (
+            "several token sources (two different tokens must be a 400, which Envoy cannot tell); "
+            "use one source for native enforcement"
+        )
     source = provider.token_sources[0]
     if not forward and (source.cookie or source.query):
         return "a cookie or query token cannot be removed by Envoy (set forwardToken or use a header)"
     bound = bind_jwks(provider.jwks.inline, provider.algorithms)
-    return bound if bound is not None else "keys the controller cannot read"
+    return bound if bound is not None else "no key usable with its algorithms (kty and alg must fit one)"
 
 
 def bind_jwks(text: str, algorithms: Sequence[str]) -> str | None:

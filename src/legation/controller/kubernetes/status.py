@@ -20,6 +20,10 @@ a few requests at a time, as JSON merge patches of the status subresource:
             status: "True" | "False"
             reason: Programmed | Pending | NoEnvoy | Nacked | Rejected
             message: ...            # how many Envoys ACKed, how long it took; or Envoy's error
+          enforcement: native       # JWTPolicies: who enforces it here, `service (why)` or `unused (…)`
+
+A JWTPolicy's `enforcement` (ResourceStatus.enforcement) is also at the end of its Accepted
+message, where `kubectl describe` shows it; a rejected policy has none (null removes it).
 
 `Programmed` changes between pipeline runs, as Envoys ACK (`submit_programmed`); it is queued
 like a new verdict, for the objects whose condition changed only.
@@ -72,6 +76,8 @@ class Desired:
     accepted: bool
     message: str
     programmed: Programmed | None = None
+    fields: tuple[tuple[str, str | None], ...] = ()
+    """Fields of the gateway's entry besides conditions (a JWTPolicy's `enforcement`; None: removed)."""
 
     def conditions(self) -> dict[str, dict[str, Any]]:
         """Condition type → its fields (without lastTransitionTime)."""
@@ -91,9 +97,9 @@ class Desired:
             )
         return found
 
-    def matches(self, current: Iterable[dict[str, Any]]) -> bool:
+    def matches(self, current: Iterable[dict[str, Any]], entry: Mapping[str, Any]) -> bool:
         by_type = {c.get("type"): c for c in current}
-        return all(
+        return all(entry.get(k) == v for k, v in self.fields) and all(
             (have := by_type.get(kind)) is not None and all(have.get(k) == v for k, v in want.items())
             for kind, want in self.conditions().items()
         )
@@ -116,8 +122,11 @@ def _cut(message: str) -> str:
 def _message(status: ResourceStatus) -> str:
     if status.accepted:
         # Warnings (a certificate about to expire) keep the resource Accepted, and say so here,
-        # where `kubectl describe` shows them.
-        return _cut("; ".join(["Accepted by the controller", *(f"warning: {w}" for w in status.warnings)]))
+        # where `kubectl describe` shows them; so does a policy's enforcement.
+        parts = ["Accepted by the controller", *(f"warning: {w}" for w in status.warnings)]
+        if status.enforcement is not None:
+            parts.append(f"enforcement: {status.enforcement}")
+        return _cut("; ".join(parts))
     parts = [f"{format_path(p.path)}: {p.reason}" if p.path else p.reason for p in status.problems]
     return _cut("; ".join(parts) or "Rejected")
 
@@ -146,16 +155,22 @@ def desired_statuses(
             generation=generation if isinstance(generation, int) else None,
             accepted=status.accepted,
             message=_message(status),
+            fields=(("enforcement", status.enforcement),) if kind == "JWTPolicy" else (),
         )
     return result
 
 
-def _conditions(observed: dict[str, Any], gateway: str) -> list[dict[str, Any]]:
-    """The conditions `gateway` wrote on the object, as the watch last saw them."""
+def _entry(observed: dict[str, Any], gateway: str) -> dict[str, Any]:
+    """`gateway`'s entry under status.gateways, as the watch last saw it."""
     status = observed.get("status")
     gateways = status.get("gateways") if isinstance(status, dict) else None
     entry = gateways.get(gateway) if isinstance(gateways, dict) else None
-    conditions = entry.get("conditions") if isinstance(entry, dict) else None
+    return entry if isinstance(entry, dict) else {}
+
+
+def _conditions(entry: dict[str, Any]) -> list[dict[str, Any]]:
+    """The conditions of a gateway's entry."""
+    conditions = entry.get("conditions")
     return [c for c in conditions or () if isinstance(c, dict)]
 
 
@@ -274,9 +289,10 @@ class StatusWriter:
         if desired.uid is not None and metadata.get("uid") != desired.uid:
             return  # the verdict is about an object that no longer exists
         version = metadata.get("resourceVersion")
-        conditions = _conditions(observed, self.gateway)
+        entry = _entry(observed, self.gateway)
+        conditions = _conditions(entry)
         written = self._written.get(ref)
-        if desired.matches(conditions) or (written is not None and written == (desired, version)):
+        if desired.matches(conditions, entry) or (written is not None and written == (desired, version)):
             self.skipped += 1
             return
         wanted = desired.conditions()
@@ -289,7 +305,8 @@ class StatusWriter:
             ours.append({**condition, "lastTransitionTime": stamp})
         others = [c for c in conditions if c.get("type") not in wanted]
         # A merge patch of our entry only: other gateways' entries under status.gateways stay.
-        patch: dict[str, Any] = {"status": {"gateways": {self.gateway: {"conditions": [*others, *ours]}}}}
+        ours_entry = {"conditions": [*others, *ours], **dict(desired.fields)}
+        patch: dict[str, Any] = {"status": {"gateways": {self.gateway: ours_entry}}}
         if desired.uid is not None:
             patch["metadata"] = {"uid": desired.uid}
         await self.client.request(

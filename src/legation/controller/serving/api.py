@@ -31,7 +31,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from pydantic import BaseModel
 
 from legation.api.v1alpha1 import JWTPolicy, ResourceId, Secret
-from legation.controller.compiler.ir import Programmed, TlsSecret
+from legation.controller.compiler.ir import Programmed, ResourceStatus, TlsSecret
 from legation.controller.serving import page
 from legation.controller.serving.access import ApiAccessMiddleware, HttpAccess
 from legation.controller.serving.dns_check import DnsCache
@@ -288,6 +288,7 @@ def _resources(stages: Stages) -> dict[str, Any]:
                     for e in status_errors(s)
                 ],
                 "resource": _resource_json(by_origin.get(s.origin)),
+                **_enforcement_json(s, stages),
             }
             for s in stages.statuses
         ],
@@ -301,6 +302,20 @@ def _resources(stages: Stages) -> dict[str, Any]:
                 "last_good_kept": e.file in kept,
             }
             for e in stages.file_errors
+        ],
+    }
+
+
+def _enforcement_json(status: ResourceStatus, stages: Stages) -> dict[str, Any]:
+    """A JWTPolicy's `enforcement` (null when rejected) and the routes it governs, each with its
+    own enforcement; nothing for other kinds."""
+    if status.id.kind != "JWTPolicy":
+        return {}
+    governs = stages.governed.get(f"{status.id.namespace}/{status.id.name}", ())
+    return {
+        "enforcement": status.enforcement,
+        "governs": [
+            {"route": g.route, "mappings": list(g.mappings), "enforcement": g.enforcement} for g in governs
         ],
     }
 

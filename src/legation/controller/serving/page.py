@@ -2,7 +2,8 @@
 
 What a user needs to see first comes first: the summary, the rejected resources with their
 reasons, warnings (certificates about to expire, service names that do not resolve), whether
-every Envoy runs the current snapshot (and why not, after a NACK), then the routes, the Hosts
+every Envoy runs the current snapshot (and why not, after a NACK), then the routes, the JWT
+policies (who enforces each: Envoy natively or the authz service, and why), the Hosts
 with their certificates, and each upstream's health as the Envoys see it (`page_health`).
 Every value that comes from input (names, paths, reasons, Envoy's error text) goes
 through `html.escape`. A few lines of inline JavaScript re-fetch the page every few seconds and
@@ -26,6 +27,7 @@ from legation.controller.serving.page_html import e as _e
 from legation.controller.serving.page_html import lines as _lines
 from legation.controller.serving.page_html import table as _table
 from legation.controller.serving.page_html import when as _when
+from legation.controller.serving.page_policies import policies_section, route_enforcement
 from legation.controller.serving.pipeline import status_errors
 from legation.core.errors import ConfigError, format_path
 
@@ -68,10 +70,15 @@ class StageSections:
 
     rejected: str
     routes: str
+    policies: str = ""
 
 
 def stage_sections(stages: Stages) -> StageSections:
-    return StageSections(rejected=_rejected(stages), routes=_routes(stages.result.ir))
+    return StageSections(
+        rejected=_rejected(stages),
+        routes=_routes(stages.result.ir, route_enforcement(stages)),
+        policies=policies_section(stages),
+    )
 
 
 def render(
@@ -97,6 +104,7 @@ def render(
         _programmed(state),
         _nacks(xds.nacks),
         sections.routes if sections is not None else "",
+        sections.policies if sections is not None else "",
         hosts_section(ir, now=now) if ir is not None else "",
         upstreams_section(ir, health) if ir is not None else "",
     ]
@@ -161,14 +169,15 @@ def _problem_row(name: str, error: ConfigError, note: str = "") -> list[str]:
     return [name, _e(error.where), f"<code>{_e(format_path(error.path))}</code>", _e(error.reason + note)]
 
 
-def _routes(ir: IR) -> str:
+def _routes(ir: IR, enforcement: dict[str, str]) -> str:
+    """`enforcement`: route id → who enforces its policy (`native` or `service`)."""
     services = {c.name: _service(c) for c in ir.clusters}
     rows = [
         [
             _e(route.match.hostname),
             _match(route),
             _destinations(route, services),
-            _e(route.policy) if route.policy else "none",
+            f"{_e(route.policy)} ({_e(enforcement.get(route.id, 'service'))})" if route.policy else "none",
             _e("; ".join(str(rule) for limit in route.rate_limits for rule in limit.rules)) or "—",
         ]
         for route in ir.routes

@@ -31,6 +31,7 @@ from legation.controller.compiler.ir import (
 from legation.controller.compiler.tenancy import DEFAULT_PLATFORM_NAMESPACES, Tenancy
 from legation.controller.compiler.upstreams import UpstreamRules
 from legation.controller.compiler.withhold import WITHHELD_KINDS, withhold
+from legation.controller.serving.enforcement import Governed, governed, with_route_exceptions
 from legation.controller.serving.ledger import Quarantine
 from legation.controller.sources import SourceSnapshot
 from legation.controller.translate.envoy import EnvoyOptions, translate
@@ -81,6 +82,8 @@ class Stages:
     withheld: frozenset[ResourceId] = frozenset()
     """Everything left out of `envoy`: the quarantined and what went with them (canaries), and
     a probe's suspects."""
+    governed: Mapping[str, tuple[Governed, ...]] = dataclasses.field(default_factory=dict)
+    """JWTPolicy key → the routes it authorizes, each natively or by the service (and why)."""
 
     @property
     def rejected(self) -> tuple[ResourceStatus, ...]:
@@ -140,7 +143,13 @@ def build(
         stages = _build(snapshot, options, parse, tenancy, gateway, upstreams)
         stages = _withhold(stages, options, quarantine or {}, probe, digests or ContentDigests())
     statuses = _warned(stages.statuses, host_warnings(stages.result.ir.hosts, now=now or time.time()))
-    return dataclasses.replace(stages, statuses=statuses, seconds=time.perf_counter() - start)
+    routes = governed(stages.result.ir, statuses)
+    return dataclasses.replace(
+        stages,
+        statuses=with_route_exceptions(statuses, routes),
+        governed=routes,
+        seconds=time.perf_counter() - start,
+    )
 
 
 def _warned(statuses: tuple[ResourceStatus, ...], warnings: dict[str, str]) -> tuple[ResourceStatus, ...]:

@@ -10,6 +10,9 @@ Envoy tries routes in order, so a request takes the first rule that matches it, 
 Paths: the route keeps one path specifier; a second condition becomes a matcher on `:path`
 (literal prefixes and exact paths are exact there, the query string aside). Two regexes (a regex
 Mapping and a regex rule) cannot be intersected: that route stays on ext_authz.
+
+`service_reason` says why a route of a native policy stays on ext_authz (for status, the page and
+`legation validate --explain`), from the same decisions as the translation.
 """
 
 from __future__ import annotations
@@ -23,19 +26,29 @@ from envoy.extensions.filters.http.ext_authz.v3 import ext_authz_pb2
 from google.protobuf import struct_pb2
 
 from legation.api.v1alpha1.jwtpolicy import Match
-from legation.controller.compiler.ir import RouteMatch
+from legation.controller.compiler.ir import Route, RouteMatch
 from legation.controller.compiler.native import NativePolicy
 from legation.controller.compiler.ownership import normalize_prefix, prefix_covers
 from legation.controller.translate.jwt import JWT_FILTER, METADATA_NAMESPACE, per_route, provider_key
 from legation.controller.translate.options import EXT_AUTHZ_FILTER, EXT_AUTHZ_METADATA_NAMESPACE, pack
 
-__all__ = ["split_route"]
+__all__ = ["METHOD_OVERRIDE_REASON", "service_reason", "split_route"]
 
 _NO_RULE_BODY = '{"error": "forbidden", "reason": "no rule matches"}'
 
 
+METHOD_OVERRIDE_REASON = (
+    "allowMethodOverride: the rules must allow every overriding method, which Envoy cannot check; "
+    "without it the route is native"
+)
+
+
 class _Inexpressible(Exception):
-    pass
+    """A rule whose match cannot be intersected with the route's (`rule`: its index, once known)."""
+
+    def __init__(self, rule: int = -1) -> None:
+        super().__init__(rule)
+        self.rule = rule
 
 
 @dataclass(frozen=True)
@@ -48,26 +61,51 @@ def split_route(
     base: rc.Route, match: RouteMatch, native: NativePolicy, *, authz: bool
 ) -> list[rc.Route] | None:
     """The routes replacing `base` (built for `match`), or None when they cannot be exact."""
-    out: list[rc.Route] = []
     try:
-        for i, rule in enumerate(native.policy.spec.rules):
-            route = _rule_route(base, match, rule.match)
-            if route is None:
-                continue
-            route.name = f"{base.name}#rule{i}"
-            for name, config in per_route(native, i).items():
-                route.typed_per_filter_config[name].CopyFrom(config)
-            if rule.requires is not None:
-                _claims_from_jwt(route, provider_key(native.key, rule.requires.providers[0]))
-            out.append(route)
-            if not (rule.match.methods or rule.match.hosts) and route.match == base.match:
-                break  # the rule takes every request of the route: no later rule can match
-        else:
-            out.append(_no_rule(base))
+        out = _split(base, match, native)
     except _Inexpressible:
         return None
     for route in out:
         _mark(route, native.key, authz=authz)
+    return out
+
+
+def service_reason(route: Route, native: NativePolicy) -> str | None:
+    """Why `route`, whose policy is `native`, stays on the authz service; None when Envoy
+    enforces it (as `translate.routes` decides: method overrides, then `split_route`)."""
+    if route.allow_method_override:
+        return METHOD_OVERRIDE_REASON
+    if route.match.kind != "regex":
+        return None  # only two regexes cannot be intersected: no routes to build for nothing
+    try:
+        _split(rc.Route(), route.match, native)
+    except _Inexpressible as exc:
+        return (
+            f"the JWTPolicy's spec.rules[{exc.rule}] and the Mapping are both regexes, which Envoy "
+            "cannot intersect; a prefix or exact path on either side makes it native"
+        )
+    return None
+
+
+def _split(base: rc.Route, match: RouteMatch, native: NativePolicy) -> list[rc.Route]:
+    out: list[rc.Route] = []
+    for i, rule in enumerate(native.policy.spec.rules):
+        try:
+            route = _rule_route(base, match, rule.match)
+        except _Inexpressible:
+            raise _Inexpressible(i) from None
+        if route is None:
+            continue
+        route.name = f"{base.name}#rule{i}"
+        for name, config in per_route(native, i).items():
+            route.typed_per_filter_config[name].CopyFrom(config)
+        if rule.requires is not None:
+            _claims_from_jwt(route, provider_key(native.key, rule.requires.providers[0]))
+        out.append(route)
+        if not (rule.match.methods or rule.match.hosts) and route.match == base.match:
+            break  # the rule takes every request of the route: no later rule can match
+    else:
+        out.append(_no_rule(base))
     return out
 
 
