@@ -27,9 +27,9 @@ kind: JWTPolicy
 metadata: {name: edges, namespace: team-orders}
 spec:
   namespaceDefault: true
-  # The service's answers are what these edges pin down (a claim with a control character is a
-  # 401 there; natively Envoy refuses to set such a header with a 503: see the README).
-  enforcement: service
+  # Native (the default): the answers of the service are what these edges pin down, and Envoy
+  # gives them too (a claim with a control character: 401, never a header Envoy cannot set).
+  enforcement: auto
   providers:
     - name: demo
       issuer: https://demo-issuer.legation.localhost/
@@ -114,6 +114,13 @@ def test_the_redirect_to_https_happens_for_the_absolute_name(gateway: Gateway) -
 
 
 # --- claims with control characters ----------------------------------------------------------------
+
+
+def test_the_edges_are_enforced_natively(gateway: Gateway) -> None:
+    [policy] = [r for r in gateway.api_json("/api/resources")["resources"] if r["name"] == "edges"]
+    # All but the route that allows method override (which only the service can check).
+    assert policy["enforcement"].startswith("native, except Mapping team-orders/legacy (service: "), policy
+    assert policy["enforcement"].count("Mapping ") == 1, policy
 
 
 def test_a_forwarded_claim_with_a_control_character_is_refused(gateway: Gateway) -> None:

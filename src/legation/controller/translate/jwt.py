@@ -44,6 +44,7 @@ from legation.controller.translate.jwt_checks import (
     TOO_LARGE,
     TWICE,
     condition_policy,
+    control_characters,
     iat_condition,
     token_checks,
 )
@@ -163,7 +164,7 @@ def per_route(native: NativePolicy, rule_index: int) -> dict[str, Any]:
         configs[CHECKS_FILTER] = pack(token_checks(spec, rule))
         configs[JWT_FILTER] = pack(jwt.PerRouteConfig(requirement_name=f"{native.key}#{rule_index}"))
         configs[TIME_FILTER] = pack(_issued_later_rbac(native, rule))
-        configs[RBAC_FILTER] = pack(_rbac(native.key, rule))
+        configs[RBAC_FILTER] = pack(_rbac(native.key, spec, rule))
     if remove:
         mutation = header_mutation_pb2.HeaderMutationPerRoute()
         mutation.mutations.request_mutations.extend(
@@ -173,7 +174,7 @@ def per_route(native: NativePolicy, rule_index: int) -> dict[str, Any]:
     return configs
 
 
-def _rbac(policy: str, rule: Rule) -> rbac_pb2.RBACPerRoute:
+def _rbac(policy: str, spec: PolicySpec, rule: Rule) -> rbac_pb2.RBACPerRoute:
     assert rule.requires is not None
     keys = [provider_key(policy, n) for n in rule.requires.providers]
     crit = _crit(keys)
@@ -192,7 +193,33 @@ def _rbac(policy: str, rule: Rule) -> rbac_pb2.RBACPerRoute:
         )
         rules.policies[f"claim:{claim}"].CopyFrom(_policy(_and([_not(crit), missing])))
         seen.append((claim, values))
+    holders = [
+        _and([_is_principal(keys, i), *(_has(k, c, v) for c, v in seen)]) for i, k in enumerate(principals)
+    ]
+    sufficient = _and([_not(crit), _or(holders)])
+    _forwarded_claims(rules, spec, principals, sufficient)  # after every claim passed
     return rbac_pb2.RBACPerRoute(rbac=rbac_pb2.RBAC(rules=rules))
+
+
+def _forwarded_claims(
+    rules: rbac_config.RBAC, spec: PolicySpec, keys: list[str], sufficient: rbac_config.Principal
+) -> None:
+    """`control:CLAIM` denials, in the service's order: the claims forwarded as headers, then
+    `sub`, `iss` and the metadata claims; each exclusive of the ones before it."""
+    verified = index(select(ident("metadata"), "filter_metadata"), JWT_FILTER)
+    payload = index(verified, keys[-1])
+    for key in reversed(keys[:-1]):  # the first provider whose token verified
+        payload = call("_?_:_", call("@in", const(key), verified), index(verified, key), payload)
+    claims = _forwarded(spec)
+    for i, claim in enumerate(claims):
+        earlier = [negate(control_characters(payload, c)) for c in claims[:i]]
+        policy = condition_policy(all_of(*earlier, control_characters(payload, claim)))
+        policy.principals[0].CopyFrom(sufficient)
+        rules.policies[f"control:{claim}"].CopyFrom(policy)
+
+
+def _forwarded(spec: PolicySpec) -> list[str]:
+    return list(dict.fromkeys([*spec.claims_to_headers, "sub", "iss", *spec.metadata_claims]))
 
 
 def _crit(keys: list[str]) -> rbac_config.Principal:
@@ -322,6 +349,16 @@ def local_reply_config(natives: tuple[NativePolicy, ...]) -> hcm.LocalReplyConfi
         _mapper(
             config, _rbac_detail(f"claim:{claim}"), 403, "insufficient_scope", f"missing required {claim}"
         )
+    forwarded = sorted(
+        {
+            c
+            for n in natives
+            for c in [*n.policy.spec.claims_to_headers, "sub", "iss", *n.policy.spec.metadata_claims]
+        }
+    )
+    for claim in forwarded:
+        reason = f"claim {claim} holds control characters"
+        _mapper(config, _rbac_detail(f"control:{claim}"), 401, "invalid_token", reason)
     return config
 
 

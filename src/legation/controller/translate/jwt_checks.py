@@ -8,8 +8,9 @@ token to the service (401 without an error code) and a malformed one to jwt_auth
 a cookie or parameter sent twice with different values is a 400 (`token:twice`), as in the service.
 
 After jwt_authn, the service also refuses a token issued in the future (`iat` later than now plus
-the clock skew, as PyJWT does), which jwt_authn accepts: the `iat` policy of the main RBAC filter,
-on the verified payload.
+the clock skew, as PyJWT does), which jwt_authn accepts: `legation.token_time`, on the verified
+payload. And once the claims are found sufficient, it refuses to forward a claim holding a control
+character: `control:CLAIM` policies of the main RBAC filter.
 
 The token is found as the service finds it (tokens.py): after the header's prefix, compared
 without case, trimmed; the first `name=` cookie, spaces removed; the first `name=` query
@@ -45,6 +46,7 @@ __all__ = [
     "TOO_LARGE",
     "TWICE",
     "condition_policy",
+    "control_characters",
     "iat_condition",
     "token_checks",
 ]
@@ -55,6 +57,7 @@ EMPTY = "token:empty"
 TWICE = "token:twice"
 JWE = "token:jwe"
 _FIVE_PARTS = r"^[^.]*\.[^.]*\.[^.]*\.[^.]*\.[^.]*$"
+_CONTROL = r"[\x{0}-\x{1f}\x{7f}-\x{9f}]"
 _HEADERS = select(ident("request"), "headers")
 _Test = Callable[[Provider, TokenSource], Expr]
 
@@ -89,6 +92,19 @@ def iat_condition(payload: Expr, provider: Provider) -> Expr:
     return all_of(
         call("@in", const("iat"), payload), call("_>_", call("double", index(payload, "iat")), limit)
     )
+
+
+def control_characters(payload: Expr, claim: str) -> Expr:
+    """The claim at `claim` (a dotted path) of `payload` is a string holding a control character,
+    which the service refuses to forward (`alice\\0admin` must not become `aliceadmin`)."""
+    checks: list[Expr] = []
+    value = payload
+    for part in claim.split("."):
+        checks.append(call("@in", const(part), value))
+        value = index(value, part)
+    checks.append(call("_==_", call("type", value), ident("string")))
+    checks.append(member(value, "matches", const(_CONTROL)))
+    return all_of(*checks)
 
 
 def condition_policy(condition: Expr) -> rbac_config.Policy:
