@@ -358,13 +358,20 @@ def test_per_claim_rate_limit_through_the_real_authz_and_ratelimit_services(
 ) -> None:
     """The claim travels as ext_authz dynamic metadata (a dotted name, `org.team`) into the
     descriptor Envoy sends, which must hit the tree the compiler wrote for the service."""
-    key = make_rsa_key("k1")
+    key, partner_key = make_rsa_key("k1"), make_rsa_key("p1")
     policy = resource(
         "JWTPolicy",
         "jwt",
         {
-            "providers": [{"name": "corp", "issuer": "https://idp/", "jwks": {"inline": jwks_json([key])}}],
-            "rules": [{"requires": {"anyOf": ["corp"]}}],
+            "providers": [
+                {"name": "corp", "issuer": "https://idp/", "jwks": {"inline": jwks_json([key])}},
+                {
+                    "name": "partner",
+                    "issuer": "https://partner/",
+                    "jwks": {"inline": jwks_json([partner_key])},
+                },
+            ],
+            "rules": [{"requires": {"anyOf": ["corp", "partner"]}}],
             "claimsToHeaders": {"sub": "x-user-id", "org.team": "x-team"},
             "metadataClaims": ["org.team"],
         },
@@ -389,14 +396,15 @@ def test_per_claim_rate_limit_through_the_real_authz_and_ratelimit_services(
     launch.ratelimit(config, port=int(gateway.options.ratelimit_service.rpartition(":")[2]))
     gateway.apply(manifests)
 
-    def call(sub: str, team: str) -> HttpResponse:
-        token = mint(key, {"iss": "https://idp/", "sub": sub, "org": {"team": team}})
+    def call(sub: str, team: str, *, partner: bool = False) -> HttpResponse:
+        claims = {"iss": "https://partner/" if partner else "https://idp/", "sub": sub, "org": {"team": team}}
+        token = mint(partner_key if partner else key, claims)
         return gateway.get("/limited/x", {"Authorization": f"Bearer {token}"})
 
     first = call("alice", "orders")
     assert first.status == 200, first.body
     assert echo_body(first.body)["identity"] == {"x-user-id": "alice", "x-team": "orders"}
-    assert call("bob", "orders").status == 200
+    assert call("bob", "orders", partner=True).status == 200  # the second provider's token counts too
     assert call("carol", "orders").status == 429  # the team's budget, whoever asks
     assert call("dave", "billing").status == 200  # another team, another counter
     assert gateway.get("/limited/x").status == 401  # no token: authz answers before any limit

@@ -12,6 +12,7 @@ from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.extensions.filters.http.ext_authz.v3 import ext_authz_pb2
 from envoy.extensions.filters.http.jwt_authn.v3 import config_pb2 as jwt
 from envoy.extensions.filters.http.rbac.v3 import rbac_pb2
+from envoy.extensions.rate_limit_descriptors.expr.v3 import expr_pb2
 from fixtures.jwks_server import jwks_json, make_rsa_key
 from fixtures.manifests import compile_manifests, resource
 
@@ -123,20 +124,46 @@ def test_rules_become_routes_in_order_then_a_deny_route() -> None:
     }
 
 
+def descriptors(route: rc.Route) -> list[list[tuple[str, str]]]:
+    """Per rate limit: (descriptor key, what its value reads) for each claim action."""
+    out = []
+    for limit in route.route.rate_limits:
+        entries = []
+        for action in limit.actions:
+            if action.HasField("extension"):
+                descriptor = expr_pb2.Descriptor()
+                assert action.extension.typed_config.Unpack(descriptor)
+                entries.append((descriptor.descriptor_key, str(descriptor.parsed)))
+        out.append(entries)
+    return out
+
+
 def test_per_claim_limits_read_the_jwt_payload() -> None:
     text = policy() + mapping().replace(
         "metadata:", "metadata:\n  annotations: {legation.dev/rate-limit: '5/m per claim:org.team'}", 1
     )
     [route] = [r for r in routes(text) if r.name == "demo/api#rule0"]
-    keys = [
-        a.metadata.metadata_key
-        for limit in route.route.rate_limits
-        for a in limit.actions
-        if a.HasField("metadata")
+    [[(key, value)]] = [d for d in descriptors(route) if d]
+    assert key.endswith("org.team") or "org.team" in key
+    for part in ("envoy.filters.http.jwt_authn", "demo/jwt/corp", '"org"', '"team"', '"(absent)"'):
+        assert part in value
+    assert not any(a.HasField("metadata") for limit in route.route.rate_limits for a in limit.actions)
+
+
+def test_with_any_of_a_per_claim_limit_counts_whichever_provider_verified() -> None:
+    # One descriptor, whose value comes from whichever provider's token verified: a token of the
+    # second provider must not land in the shared "absent" bucket (or escape the limit).
+    providers = [
+        {"name": "corp", "issuer": "https://idp/", "jwks": {"inline": jwks_json([KEY])}},
+        {"name": "partner", "issuer": "https://partner/", "jwks": {"inline": jwks_json([KEY])}},
     ]
-    assert [(k.key, [p.key for p in k.path]) for k in keys] == [
-        ("envoy.filters.http.jwt_authn", ["demo/jwt/corp", "org", "team"])
-    ]
+    rules = [{"requires": {"anyOf": ["corp", "partner"]}}]
+    text = policy(providers=providers, rules=rules) + mapping().replace(
+        "metadata:", "metadata:\n  annotations: {legation.dev/rate-limit: '5/m per claim:sub'}", 1
+    )
+    [route] = [r for r in routes(text) if r.name == "demo/api#rule0"]
+    [[(_, value)]] = [d for d in descriptors(route) if d]
+    assert value.index("demo/jwt/corp") < value.index("demo/jwt/partner")  # corp first, as the service
 
 
 def test_keys_are_bound_to_one_algorithm_as_the_service_binds_them() -> None:

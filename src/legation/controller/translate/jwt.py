@@ -36,7 +36,18 @@ from envoy.type.matcher.v3 import metadata_pb2, string_pb2, value_pb2
 
 from legation.api.v1alpha1.jwtpolicy import PolicySpec, Rule
 from legation.controller.compiler.native import NativePolicy
-from legation.controller.translate.cel import Expr, all_of, any_of, call, const, ident, index, negate, select
+from legation.controller.translate.cel import (
+    Expr,
+    all_of,
+    any_of,
+    call,
+    const,
+    expression,
+    ident,
+    index,
+    negate,
+    select,
+)
 from legation.controller.translate.jwt_checks import (
     CHECKS_FILTER,
     EMPTY,
@@ -56,6 +67,7 @@ __all__ = [
     "METADATA_NAMESPACE",
     "RBAC_FILTER",
     "TIME_FILTER",
+    "claim_value",
     "jwt_http_filters",
     "local_reply_config",
     "per_route",
@@ -216,6 +228,21 @@ def _forwarded_claims(
         policy = condition_policy(all_of(*earlier, control_characters(payload, claim)))
         policy.principals[0].CopyFrom(sufficient)
         rules.policies[f"control:{claim}"].CopyFrom(policy)
+
+
+def claim_value(keys: list[str], claim: str, *, default: str) -> Expr:
+    """CEL: the string at `claim` (dotted path) of the first verified payload among `keys`, or
+    `default` (claim missing, or not a string)."""
+    verified = index(select(ident("metadata"), "filter_metadata"), JWT_FILTER)
+    value: Expr = const(default)
+    for key in reversed(keys):
+        checks, node = [_in(key, verified)], index(verified, key)
+        for part in claim.split("."):
+            checks.append(call("@in", const(part), node))
+            node = index(node, part)
+        checks.append(call("_==_", call("type", node), ident("string")))
+        value = call("_?_:_", all_of(*checks), node, value)
+    return expression(value)
 
 
 def _forwarded(spec: PolicySpec) -> list[str]:

@@ -23,13 +23,14 @@ from dataclasses import dataclass
 from envoy.config.core.v3 import base_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.extensions.filters.http.ext_authz.v3 import ext_authz_pb2
+from envoy.extensions.rate_limit_descriptors.expr.v3 import expr_pb2
 from google.protobuf import struct_pb2
 
 from legation.api.v1alpha1.jwtpolicy import Match
 from legation.controller.compiler.ir import Route, RouteMatch
 from legation.controller.compiler.native import NativePolicy
 from legation.controller.compiler.ownership import normalize_prefix, prefix_covers
-from legation.controller.translate.jwt import JWT_FILTER, METADATA_NAMESPACE, per_route, provider_key
+from legation.controller.translate.jwt import METADATA_NAMESPACE, claim_value, per_route, provider_key
 from legation.controller.translate.options import EXT_AUTHZ_FILTER, EXT_AUTHZ_METADATA_NAMESPACE, pack
 
 __all__ = ["METHOD_OVERRIDE_REASON", "service_reason", "split_route"]
@@ -100,7 +101,8 @@ def _split(base: rc.Route, match: RouteMatch, native: NativePolicy) -> list[rc.R
         for name, config in per_route(native, i).items():
             route.typed_per_filter_config[name].CopyFrom(config)
         if rule.requires is not None:
-            _claims_from_jwt(route, provider_key(native.key, rule.requires.providers[0]))
+            principals = rule.requires.any_of or rule.requires.providers[:1]
+            _claims_from_jwt(route, [provider_key(native.key, p) for p in principals])
         out.append(route)
         if not (rule.match.methods or rule.match.hosts) and route.match == base.match:
             break  # the rule takes every request of the route: no later rule can match
@@ -109,18 +111,24 @@ def _split(base: rc.Route, match: RouteMatch, native: NativePolicy) -> list[rc.R
     return out
 
 
-def _claims_from_jwt(route: rc.Route, provider: str) -> None:
-    """`per claim:` limits read the claim from jwt_authn's payload metadata, not ext_authz's (the
-    first provider of the rule: with anyOf, a token of another provider is not counted)."""
+def _claims_from_jwt(route: rc.Route, providers: list[str]) -> None:
+    """`per claim:` limits read the claim from jwt_authn's payload metadata, not ext_authz's.
+
+    Each provider's payload has its own key, so the descriptor's value is a CEL expression that
+    takes the claim from the first provider whose token verified (anyOf: a token of the second
+    provider must count as well), a string as it is, and anything else as ABSENT, as Envoy's
+    metadata action does (a missing claim never escapes the limit)."""
     for limit in route.route.rate_limits:
         for action in limit.actions:
             key = action.metadata.metadata_key
             if action.HasField("metadata") and key.key == EXT_AUTHZ_METADATA_NAMESPACE:
-                claim = key.path[0].key
-                key.key = JWT_FILTER
-                del key.path[:]
-                for part in [provider, *claim.split(".")]:
-                    key.path.add(key=part)
+                descriptor = expr_pb2.Descriptor(
+                    descriptor_key=action.metadata.descriptor_key,
+                    parsed=claim_value(providers, key.path[0].key, default=action.metadata.default_value),
+                )
+                action.ClearField("metadata")
+                action.extension.name = "envoy.rate_limit_descriptors.expr"
+                action.extension.typed_config.CopyFrom(pack(descriptor))
 
 
 def _mark(route: rc.Route, policy: str, *, authz: bool) -> None:
