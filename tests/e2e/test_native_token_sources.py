@@ -27,7 +27,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
 ISSUER = "https://idp.sources.example/"
 KEY = make_rsa_key("s-1")
-SOURCES = {"cookie": {"cookie": "session"}, "query": {"query": "access_token"}}
+SOURCES = {"cookie": {"cookie": "session"}, "query": {"query": "access_token"}, "hidden": {"query": "t"}}
+FORWARDED = {"cookie", "query"}  # the hidden token goes no further than the gateway
 
 
 def manifests(enforcement: str, upstream: int) -> str:
@@ -44,7 +45,7 @@ def manifests(enforcement: str, upstream: int) -> str:
                     "enforcement": enforcement,
                     "providers": [provider],
                     "rules": [{"requires": {"anyOf": ["corp"]}}],
-                    "forwardToken": True,
+                    "forwardToken": kind in FORWARDED,
                 },
             }
         )
@@ -94,6 +95,10 @@ def requests() -> dict[str, tuple[str, dict[str, str]]]:
             f"/query/x?access_token={first}&access_token={first}&access_token={second}",
             {},
         )
+    for name in ("valid", "over-8-kib-garbage", "empty"):
+        token = tokens()[name]
+        out[f"hidden {name}"] = (f"/hidden/x?a=1&t={token}&b=2", {})
+        out[f"hidden-twice {name}"] = (f"/hidden/x?t={token}&t={token}", {})
     return out
 
 
@@ -102,6 +107,8 @@ def observe(gateway: Gateway) -> dict[str, tuple[Any, ...]]:
 
 
 def _summary(response: Response) -> tuple[Any, ...]:
+    if response.status == 200:  # what the upstream saw: the query's names, without a hidden token
+        return (200, tuple(sorted(response.json()["query"])))
     return (response.status, response.headers.get("www-authenticate"), response.body.decode()[:200])
 
 
@@ -139,6 +146,8 @@ def test_cookie_and_query_tokens_are_checked_where_the_service_finds_them(
             401, f'Bearer realm="{realm}", error="invalid_token", error_description="token too large"'
         )  # fmt: skip
         assert "JWE" in native[f"{place} jwe-shaped"][2]
+    assert native["hidden valid"] == (200, ("a", "b")), native["hidden valid"]
+    assert native["query valid"] == (200, ("a", "access_token", "b")), native["query valid"]
     for twice in ("cookie-twice", "query-twice", "query-thrice"):
         assert native[f"{twice} same"][0] == 200
         assert native[f"{twice} different"][0] == 400

@@ -11,7 +11,8 @@ What keeps a policy on the service, and why:
 - `jwks.file`: read by the standalone service only;
 - a provider with several token sources: two different tokens must be a 400, which jwt_authn
   cannot tell (it verifies the first it finds);
-- a cookie or query token not forwarded: jwt_authn removes header tokens only;
+- a cookie token not forwarded: Envoy cannot take one cookie out of the Cookie header (a query
+  token is removed by a header mutation after jwt_authn);
 - keys the controller cannot bind to one algorithm (see `bind_jwks`).
 
 `bind_jwks` gives every JWK the one algorithm the service binds it to (its `alg`, else the first
@@ -81,8 +82,8 @@ def _provider_reason(provider: Provider, *, forward: bool) -> str:
             "use one source for native enforcement"
         )
     source = provider.token_sources[0]
-    if not forward and (source.cookie or source.query):
-        return "a cookie or query token cannot be removed by Envoy (set forwardToken or use a header)"
+    if not forward and source.cookie:
+        return "a cookie token cannot be removed by Envoy (set forwardToken or use a header)"
     bound = bind_jwks(provider.jwks.inline, provider.algorithms)
     return bound if bound is not None else "no key usable with its algorithms (kty and alg must fit one)"
 

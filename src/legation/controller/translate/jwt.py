@@ -13,6 +13,7 @@
 - the checks jwt_authn lacks (jwt_checks.py): before it, a token over `maxTokenBytes` or in five
   parts (JWE) is refused unread (`legation.token_checks`); after it, a token issued in the future
   (`legation.token_time`, RBAC on `iat` in CEL).
+- a query token that is not forwarded is removed after jwt_authn (a second header mutation).
 - a header mutation filter before jwt_authn removes client-sent copies of identity headers (and,
   on public rules, the token, which the service removes there too).
 - `local_reply_config` turns jwt_authn's and RBAC's answers into the service's: same status,
@@ -65,6 +66,7 @@ __all__ = [
     "IDENTITY_FILTER",
     "JWT_FILTER",
     "METADATA_NAMESPACE",
+    "QUERY_TOKEN_FILTER",
     "RBAC_FILTER",
     "TIME_FILTER",
     "claim_value",
@@ -78,6 +80,7 @@ JWT_FILTER = "envoy.filters.http.jwt_authn"
 RBAC_FILTER = "envoy.filters.http.rbac"
 IDENTITY_FILTER = "legation.identity_headers"
 TIME_FILTER = "legation.token_time"
+QUERY_TOKEN_FILTER = "legation.query_token_removal"
 METADATA_NAMESPACE = "legation"
 """Route metadata: `policy` is the realm of the local replies."""
 _HEADER_SUFFIX = "#header"
@@ -107,6 +110,7 @@ def jwt_http_filters(natives: tuple[NativePolicy, ...]) -> list[hcm.HttpFilter]:
         hcm.HttpFilter(name=JWT_FILTER, typed_config=pack(config)),
         hcm.HttpFilter(name=TIME_FILTER, typed_config=pack(rbac_pb2.RBAC())),
         hcm.HttpFilter(name=RBAC_FILTER, typed_config=pack(rbac_pb2.RBAC())),
+        hcm.HttpFilter(name=QUERY_TOKEN_FILTER, typed_config=pack(header_mutation_pb2.HeaderMutation())),
     ]
 
 
@@ -183,6 +187,13 @@ def per_route(native: NativePolicy, rule_index: int) -> dict[str, Any]:
             mutation_rules_pb2.HeaderMutation(remove=h) for h in dict.fromkeys(remove)
         )
         configs[IDENTITY_FILTER] = pack(mutation)
+    queries = sorted({s.query for p in spec.providers for s in p.token_sources if s.query})
+    if queries and not spec.forward_token:  # after jwt_authn, which reads the token there
+        removal = header_mutation_pb2.HeaderMutationPerRoute()
+        removal.mutations.query_parameter_mutations.extend(
+            base_pb2.KeyValueMutation(remove=q) for q in queries
+        )
+        configs[QUERY_TOKEN_FILTER] = pack(removal)
     return configs
 
 
