@@ -1,7 +1,8 @@
 """Native JWTPolicies (compiler/native.py) → Envoy's own filters: jwt_authn, RBAC, header mutation.
 
 - jwt_authn holds one provider per (policy, provider), keyed `namespace/name/provider`, with the
-  policy's keys as `local_jwks` (a key rotation is a config push), and one requirement per rule,
+  policy's keys as `local_jwks` (a key rotation is a config push) or, for `jwks.uri`, as
+  `remote_jwks` (translate/remote_jwks.py), and one requirement per rule,
   `namespace/name#i`; each route names its requirement (PerRouteConfig), public rules disable it.
   The verified payload and JWT header go to dynamic metadata under the provider's key, so RBAC
   and rate limits read claims from there.
@@ -33,7 +34,9 @@ from envoy.type.matcher.v3 import metadata_pb2, string_pb2, value_pb2
 
 from legation.api.v1alpha1.jwtpolicy import PolicySpec, Rule
 from legation.controller.compiler.native import NativePolicy
+from legation.controller.compiler.remote_jwks import RemoteKeys
 from legation.controller.translate.options import pack
+from legation.controller.translate.remote_jwks import remote_jwks
 
 __all__ = [
     "IDENTITY_FILTER",
@@ -81,13 +84,12 @@ def jwt_http_filters(natives: tuple[NativePolicy, ...]) -> list[hcm.HttpFilter]:
 
 def _providers(config: jwt.JwtAuthentication, native: NativePolicy) -> None:
     spec = native.policy.spec
-    by_name = {p.name: p for p in spec.providers}
-    for name, jwks in native.jwks:
-        p, key = by_name[name], provider_key(native.key, name)
+    for p in spec.providers:
+        key = provider_key(native.key, p.name)
         out = config.providers[key]
         out.issuer = p.issuer
         out.audiences.extend(p.audiences)
-        out.local_jwks.inline_string = jwks
+        _keys(out, native.keys_of(p.name))
         out.forward = spec.forward_token
         out.clock_skew_seconds = int(p.clock_skew)
         out.require_expiration = p.require_expiry
@@ -100,6 +102,14 @@ def _providers(config: jwt.JwtAuthentication, native: NativePolicy) -> None:
     for i, rule in enumerate(spec.rules):
         if rule.requires is not None:
             config.requirement_map[f"{native.key}#{i}"].CopyFrom(_requirement(native.key, rule))
+
+
+def _keys(out: jwt.JwtProvider, keys: str | RemoteKeys) -> None:
+    """Local keys (bound JWKS JSON: a rotation is a config push) or remote ones (translate/remote_jwks.py)."""
+    if isinstance(keys, RemoteKeys):
+        out.remote_jwks.CopyFrom(remote_jwks(keys))
+    else:
+        out.local_jwks.inline_string = keys
 
 
 def _claim_names(spec: PolicySpec) -> list[str]:
@@ -143,7 +153,7 @@ def per_route(native: NativePolicy, rule_index: int) -> dict[str, Any]:
             remove += [s.header.lower() for p in spec.providers for s in p.token_sources if s.header]
     else:
         configs[JWT_FILTER] = pack(jwt.PerRouteConfig(requirement_name=f"{native.key}#{rule_index}"))
-        configs[RBAC_FILTER] = pack(_rbac(native.key, rule))
+        configs[RBAC_FILTER] = pack(_rbac(native.key, rule, algorithms=_remote_algorithms(native)))
     if remove:
         mutation = header_mutation_pb2.HeaderMutationPerRoute()
         mutation.mutations.request_mutations.extend(
@@ -153,12 +163,16 @@ def per_route(native: NativePolicy, rule_index: int) -> dict[str, Any]:
     return configs
 
 
-def _rbac(policy: str, rule: Rule) -> rbac_pb2.RBACPerRoute:
+def _rbac(policy: str, rule: Rule, *, algorithms: dict[str, tuple[str, ...]]) -> rbac_pb2.RBACPerRoute:
     assert rule.requires is not None
     keys = [provider_key(policy, n) for n in rule.requires.providers]
     crit = _or([_present([k + _HEADER_SUFFIX, "crit"]) for k in keys])
     rules = rbac_config.RBAC(action=rbac_config.RBAC.DENY)
     rules.policies["crit"].CopyFrom(_policy(crit))
+    alg = _alg_refused([k for k in keys if k in algorithms], algorithms)
+    if alg is not None:
+        rules.policies["alg"].CopyFrom(_policy(_and([_not(crit), alg])))
+        crit = _or([crit, alg])  # the claim policies below exclude both
     principals = keys if rule.requires.any_of is not None else keys[:1]
     seen: list[tuple[str, list[str]]] = []
     for claim, values in rule.claims.items():
@@ -173,6 +187,29 @@ def _rbac(policy: str, rule: Rule) -> rbac_pb2.RBACPerRoute:
         rules.policies[f"claim:{claim}"].CopyFrom(_policy(_and([_not(crit), missing])))
         seen.append((claim, values))
     return rbac_pb2.RBACPerRoute(rbac=rbac_pb2.RBAC(rules=rules))
+
+
+def _remote_algorithms(native: NativePolicy) -> dict[str, tuple[str, ...]]:
+    """Provider key → allowed algorithms, for remote providers: Envoy verifies with any algorithm
+    a fetched key fits (local keys are bound to one each), so RBAC refuses the others."""
+    return {provider_key(native.key, name): keys.algorithms for name, keys in native.remote}
+
+
+def _alg_refused(keys: list[str], algorithms: dict[str, tuple[str, ...]]) -> rbac_config.Principal | None:
+    """A verified token of one of `keys` whose header `alg` its provider does not allow."""
+    if not keys:
+        return None
+    return _or(
+        [
+            _and(
+                [
+                    _present([k + _HEADER_SUFFIX]),
+                    _not(_or([_metadata([k + _HEADER_SUFFIX, "alg"], _exact(a)) for a in algorithms[k]])),
+                ]
+            )
+            for k in keys
+        ]
+    )
 
 
 def _is_principal(keys: list[str], i: int) -> rbac_config.Principal:
@@ -240,6 +277,7 @@ _JWT_FAILURES: tuple[tuple[str, int, str, str], ...] = (
     ("Jwt_header_[alg]_is_not_supported", 401, "invalid_token", "signing algorithm not allowed"),
     ("Jwt_verification_fails", 401, "invalid_token", "invalid signature"),
     ("Jwt_ED25519_signature_is_wrong_length", 401, "invalid_token", "invalid signature"),
+    ("Jwks_remote_fetch_is_failed", 503, "unavailable", "signing keys unavailable"),
 )
 _DENIED = "jwt_authn_access_denied{"
 
@@ -253,6 +291,7 @@ def local_reply_config(natives: tuple[NativePolicy, ...]) -> hcm.LocalReplyConfi
         _mapper(config, f'response.code_details == "{_DENIED}{detail}}}"', status, error, reason)
     _mapper(config, f'response.code_details.startsWith("{_DENIED}")', 401, "invalid_token", "malformed token")
     _mapper(config, _rbac_detail("crit"), 401, "invalid_token", "unsupported critical header")
+    _mapper(config, _rbac_detail("alg"), 401, "invalid_token", "signing algorithm not allowed")
     claims = sorted({c for n in natives for rule in n.policy.spec.rules for c in rule.claims})
     for claim in claims:
         _mapper(
@@ -273,7 +312,7 @@ def _mapper(config: hcm.LocalReplyConfig, expression: str, status: int, error: s
     )
     mapper.status_code.value = status
     challenge = f'Bearer realm="{_REALM}"'
-    if error:
+    if error and status < 500:  # a server-side failure is no error of the token (RFC 6750 §3.1)
         challenge += f', error="{error}", error_description="{reason}"'
     mapper.headers_to_add.add(
         header=base_pb2.HeaderValue(key="www-authenticate", value=challenge), append_action=_OVERWRITE
