@@ -117,7 +117,10 @@ def _message(status: ResourceStatus) -> str:
     if status.accepted:
         # Warnings (a certificate about to expire) keep the resource Accepted, and say so here,
         # where `kubectl describe` shows them.
-        return _cut("; ".join(["Accepted by the controller", *(f"warning: {w}" for w in status.warnings)]))
+        # A used JWTPolicy says who enforces it: `enforcement: native`, or `service (why)`.
+        enforcement = [f"enforcement: {status.enforcement}"] if status.enforcement else []
+        warnings = [f"warning: {w}" for w in status.warnings]
+        return _cut("; ".join(["Accepted by the controller", *enforcement, *warnings]))
     parts = [f"{format_path(p.path)}: {p.reason}" if p.path else p.reason for p in status.problems]
     return _cut("; ".join(parts) or "Rejected")
 
