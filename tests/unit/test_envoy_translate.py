@@ -552,6 +552,7 @@ POLICY = resource(
             }
         ],
         "rules": [{"requires": {"anyOf": ["corp"]}}],
+        "enforcement": "service",  # these tests are about ext_authz (remote JWKS alone are native)
     },
 )
 AUTH_SERVICE = resource(

@@ -62,12 +62,12 @@ def test_inline_keys_are_native_and_the_status_says_so() -> None:
     assert enforcement(policy() + mapping()) == "native"
 
 
-def test_remote_jwks_stay_on_the_service_with_the_reason() -> None:
+def test_remote_jwks_are_native_and_enforcement_service_keeps_them_on_ext_authz() -> None:
     remote = [{"name": "corp", "issuer": "https://idp/", "jwks": {"uri": "https://idp/jwks.json"}}]
-    assert enforcement(policy(providers=remote) + mapping()) == (
-        "service (provider corp: remote JWKS (Envoy cannot refetch keys on an unknown kid))"
-    )
-    [route] = routes(policy(providers=remote) + mapping())
+    assert enforcement(policy(providers=remote) + mapping()) == "native"
+    text = policy(providers=remote, enforcement="service") + mapping()
+    assert enforcement(text) == "service (enforcement: service)"
+    [route] = routes(text)
     per_route = unpack(route, "envoy.filters.http.ext_authz", ext_authz_pb2.ExtAuthzPerRoute)
     assert per_route.check_settings.context_extensions["legation.policy"] == "demo/jwt"
 

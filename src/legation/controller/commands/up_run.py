@@ -241,6 +241,10 @@ def _start_services(
             "--feed-token-file", str(files.feed_token("authz")),
             "--listen", f"{host}:{args.authz_port}",
             "--metrics-listen", f"{host}:{plan.authz_ops}",
+            # Loopback JWKS (a local IdP) work through the service as natively: the controller,
+            # run with --allow-loopback-upstreams, refuses every other http or private JWKS URI
+            # and the gateway's own ports in the policies it feeds (compiler/jwks_uris.py).
+            "--jwks-allow-insecure",
             "--log-level", _LOG_LEVEL,
         ],
     )  # fmt: skip

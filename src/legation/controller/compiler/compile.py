@@ -13,7 +13,8 @@ Rules, in the order they are applied:
 1. Duplicates: one resource per (kind, namespace, name); later origins are rejected.
 2. Secrets: accepted (a kubernetes.io/tls pair Envoy would refuse is rejected).
 3. JWTPolicies: provider and rule names resolve; a `jwks.secretRef` names a Secret of the
-   policy's namespace with that key, and is resolved to `jwks.inline` in the authz feed. One
+   policy's namespace with that key, and is resolved to `jwks.inline` in the authz feed; a
+   `jwks.uri` obeys the upstream rules (`compiler.jwks_uris`). One
    `namespaceDefault: true` policy per namespace: the oldest; the others are rejected.
 4. AuthService: only from the platform namespaces (`tenancy`); one for the gateway, the oldest;
    the others are rejected. Its service may not be one of the gateway's own endpoints
@@ -82,6 +83,7 @@ from legation.controller.compiler.ir import (
     Rejected,
     ResourceStatus,
 )
+from legation.controller.compiler.jwks_uris import check_jwks_uris
 from legation.controller.compiler.native import NativePolicy, native_policy
 from legation.controller.compiler.policies import (
     compile_auth_service,
@@ -180,6 +182,7 @@ def _compile(
         check_secret(secret)
     secrets = {rid: e for rid, e in current.items() if rid.kind == "Secret"}  # stand-ins too
     policies, defaults = compile_policies(of_kind(current.values(), JWTPolicy), secrets)
+    check_jwks_uris(policies, rules)  # rejects; `feed` below keeps accepted policies only
     for rid in sorted(r for r, why in rejected.items() if why.namespace_default and r in stand_ins):
         defaults.setdefault(rid.namespace, stand_ins[rid])
     auth_service = check_auth_service(

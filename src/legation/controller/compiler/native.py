@@ -3,11 +3,15 @@
 `spec.enforcement: auto` (the default) compiles a policy into Envoy's own filters when every
 decision they make is the authz service's decision too (the service, src/legation/authz/, is the
 reference); otherwise the policy stays on ext_authz, with the first reason in its status:
-`enforcement: service (provider corp: remote JWKS …)`. `enforcement: service` forces the service.
+`enforcement: service (provider corp: several token sources …)`. `enforcement: service` forces the service.
+
+Remote JWKS (`jwks.uri`) are native too (jwt_authn `remote_jwks`, fetched by Envoy through a
+cluster per origin; `compiler.jwks_uris` says which URIs a team may name). Envoy has no refetch
+on an unknown kid: a key an IdP starts signing with before publishing it is accepted at the next
+scheduled fetch (at most `cacheDuration` later), where the service refetches at once. Policies for
+such IdPs set `enforcement: service` (README, "Native enforcement").
 
 What keeps a policy on the service, and why:
-- remote JWKS (`jwks.uri`): Envoy's remote_jwks has no refetch on an unknown kid, so a key an IdP
-  rotates in would be refused until the next scheduled fetch (the service picks it up at once);
 - `jwks.file`: read by the standalone service only;
 - a provider with several token sources: two different tokens must be a 400, which jwt_authn
   cannot tell (it verifies the first it finds);
@@ -30,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from legation.api.v1alpha1.jwtpolicy import JWTPolicy, Provider
+from legation.controller.compiler.remote_jwks import RemoteKeys, jwks_origin, remote_keys
 
 __all__ = ["NativePolicy", "bind_jwks", "native_policy"]
 
@@ -52,7 +57,13 @@ class NativePolicy:
     key: str
     policy: JWTPolicy
     jwks: tuple[tuple[str, str], ...]
-    """(provider name, JWKS JSON with one `alg` per key), in provider order."""
+    """(provider name, JWKS JSON with one `alg` per key), in provider order: local keys."""
+    remote: tuple[tuple[str, RemoteKeys], ...] = ()
+    """(provider name, where Envoy fetches its keys), in provider order: remote keys."""
+
+    def keys_of(self, provider: str) -> str | RemoteKeys:
+        """The provider's bound JWKS JSON, or its remote JWKS."""
+        return dict(self.jwks).get(provider) or dict(self.remote)[provider]
 
 
 def native_policy(policy: JWTPolicy) -> NativePolicy | str:
@@ -62,20 +73,22 @@ def native_policy(policy: JWTPolicy) -> NativePolicy | str:
     if spec.enforcement == "service":
         return "enforcement: service"
     jwks: list[tuple[str, str]] = []
+    remote: list[tuple[str, RemoteKeys]] = []
     for provider in spec.providers:
         bound = _provider_reason(provider, forward=spec.forward_token)
-        if isinstance(bound, str) and not bound.startswith("{"):
+        if isinstance(bound, RemoteKeys):
+            remote.append((provider.name, bound))
+        elif not bound.startswith("{"):
             return f"provider {provider.name}: {bound}"
-        jwks.append((provider.name, bound))
-    return NativePolicy(key=policy.key, policy=policy, jwks=tuple(jwks))
+        else:
+            jwks.append((provider.name, bound))
+    return NativePolicy(key=policy.key, policy=policy, jwks=tuple(jwks), remote=tuple(remote))
 
 
-def _provider_reason(provider: Provider, *, forward: bool) -> str:
-    """The bound JWKS JSON (starts with `{`), or why the provider cannot be native."""
-    if provider.jwks.uri is not None:
-        return "remote JWKS (Envoy cannot refetch keys on an unknown kid)"
-    if provider.jwks.inline is None:
-        return "jwks.file is read by the standalone service only; jwks.inline or secretRef is native"
+def _provider_reason(provider: Provider, *, forward: bool) -> str | RemoteKeys:
+    """The bound JWKS JSON (starts with `{`), the remote JWKS, or why the provider cannot be native."""
+    if provider.jwks.inline is None and provider.jwks.uri is None:
+        return "jwks.file is read by the standalone service only; jwks.inline, uri or secretRef is native"
     if len(provider.token_sources) > 1:
         return (
             "several token sources (two different tokens must be a 400, which Envoy cannot tell); "
@@ -84,8 +97,26 @@ def _provider_reason(provider: Provider, *, forward: bool) -> str:
     source = provider.token_sources[0]
     if not forward and source.cookie:
         return "a cookie token cannot be removed by Envoy (set forwardToken or use a header)"
+    if provider.jwks.uri is not None:
+        return _remote(provider)
+    assert provider.jwks.inline is not None
     bound = bind_jwks(provider.jwks.inline, provider.algorithms)
     return bound if bound is not None else "no key usable with its algorithms (kty and alg must fit one)"
+
+
+def _remote(provider: Provider) -> RemoteKeys | str:
+    uri = provider.jwks.uri
+    assert uri is not None
+    try:
+        jwks_origin(uri)
+    except ValueError as exc:  # refused by the compiler already; `native_policy` alone stays safe
+        return str(exc)
+    return remote_keys(
+        uri,
+        cache_duration=provider.jwks.cache_duration,
+        refetch_cooldown=provider.jwks.refetch_cooldown,
+        algorithms=provider.algorithms,
+    )
 
 
 def bind_jwks(text: str, algorithms: Sequence[str]) -> str | None:

@@ -46,6 +46,8 @@ __all__ = [
     "mapping_upstream",
     "qualified",
     "reserved_problem",
+    "upstream_address",
+    "upstream_kind",
     "upstream_problem",
 ]
 
@@ -98,6 +100,17 @@ def _target(upstream: Upstream) -> _Target:
     else:
         kind = "ip"
     return _Target(kind in ("loopback", "unspecified"), kind, str(address), upstream.port)
+
+
+def upstream_kind(upstream: Upstream) -> str:
+    """`loopback`, `unspecified`, `link-local`, `ip` (any other address) or `name`, as the
+    rules above classify the upstream's host (legacy IPv4 forms and IPv4-mapped IPv6 included)."""
+    return _target(upstream).kind
+
+
+def upstream_address(upstream: Upstream) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address an IP-literal host means to a resolver (None for a name)."""
+    return _address(upstream.host.rstrip("."))
 
 
 def _address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:

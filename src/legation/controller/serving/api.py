@@ -283,6 +283,7 @@ def _resources(stages: Stages) -> dict[str, Any]:
                 "where": str(s.origin),
                 "state": s.state,
                 "warnings": list(s.warnings),
+                "enforcement": s.enforcement,
                 "problems": [
                     {"path": format_path(e.path), "line": e.line, "where": e.where, "reason": e.reason}
                     for e in status_errors(s)

@@ -157,6 +157,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="HOST:PORT",
         help="the authz service Envoy calls when no AuthService resource is given",
     )
+    parser.add_argument(
+        "--envoy-jwks-trusted-ca",
+        default=d.jwks_trusted_ca,
+        metavar="PATH",
+        help="CA bundle on Envoy's machine that https JWKS servers of native policies are validated "
+        "against (default: the system trust store of the official Envoy image, %(default)s)",
+    )
     add_platform_argument(parser)
     add_upstream_arguments(parser)
     parser.add_argument(
@@ -267,6 +274,7 @@ def run(args: argparse.Namespace) -> int:
         https_port=args.envoy_https_port,
         ratelimit_service=None if args.ratelimit_service in (None, "", "none") else args.ratelimit_service,
         default_authz_service=args.authz_service or None,
+        jwks_trusted_ca=args.envoy_jwks_trusted_ca,
     )
     rules = upstream_rules(
         args, kubernetes=args.kubernetes, platform=platform, authz_service=args.authz_service or None

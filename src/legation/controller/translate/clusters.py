@@ -16,11 +16,11 @@ from legation.controller.translate.options import (
     pack,
 )
 
-__all__ = ["cluster", "secret", "service_cluster"]
+__all__ = ["cluster", "endpoint_cluster", "secret", "service_cluster"]
 
 
 def cluster(spec: Cluster, options: EnvoyOptions) -> cluster_pb2.Cluster:
-    cluster = _endpoint_cluster(spec.name, spec.host, spec.port, options)
+    cluster = endpoint_cluster(spec.name, spec.host, spec.port, options)
     if spec.http2:
         _http2(cluster)
     if spec.tls:
@@ -48,12 +48,13 @@ def cluster(spec: Cluster, options: EnvoyOptions) -> cluster_pb2.Cluster:
 def service_cluster(name: str, address: str, options: EnvoyOptions) -> cluster_pb2.Cluster:
     """A cluster for one of Legation's gRPC services (host:port; HTTP/2 cleartext)."""
     upstream = parse_service(address)
-    cluster = _endpoint_cluster(name, upstream.host, upstream.port, options)
+    cluster = endpoint_cluster(name, upstream.host, upstream.port, options)
     _http2(cluster)
     return cluster
 
 
-def _endpoint_cluster(name: str, host: str, port: int, options: EnvoyOptions) -> cluster_pb2.Cluster:
+def endpoint_cluster(name: str, host: str, port: int, options: EnvoyOptions) -> cluster_pb2.Cluster:
+    """One endpoint, by address (STATIC) or by name (STRICT_DNS), without TLS."""
     cluster = cluster_pb2.Cluster(name=name)
     if is_ip_literal(host):
         cluster.type = cluster_pb2.Cluster.STATIC

@@ -11,7 +11,8 @@ What it builds:
   certificate from SDS (the Secret named `namespace/name`), routes from RDS `https`.
 - Route configurations `http` and `https` (see `legation.controller.translate.routes`).
 - One cluster per IR cluster (by its name), plus `legation_ratelimit` for the rate limit
-  service and `legation_authz` for the default authz service when the IR has no AuthService.
+  service, `legation_authz` for the default authz service when the IR has no AuthService, and
+  `jwks_…` per origin of native policies' remote JWKS (translate/jwks_clusters.py).
 - One SDS Secret per IR TLS Secret.
 
 HTTP filters, in order: CORS (answers preflights before anyone asks for a token), ext_authz
@@ -30,6 +31,7 @@ from google.protobuf.message import Message
 from legation.controller.compiler.ir import IR
 from legation.controller.translate.clusters import cluster, secret, service_cluster
 from legation.controller.translate.filters import auth_service, http_filters
+from legation.controller.translate.jwks_clusters import jwks_clusters
 from legation.controller.translate.jwt import jwt_http_filters, local_reply_config
 from legation.controller.translate.listeners import http_listener, https_listener
 from legation.controller.translate.options import (
@@ -76,6 +78,7 @@ def translate(ir: IR, options: EnvoyOptions) -> dict[str, dict[str, Message]]:
     names = {HTTP_ROUTES: True, HTTPS_ROUTES: False} if tls_hosts else {HTTP_ROUTES: True}
     routes = route_configurations(ir, route_options, names)
     clusters = {c.name: cluster(c, options) for c in ir.clusters}
+    clusters |= jwks_clusters(ir.native_policies, options)
     if auth is not None and auth[0] == AUTHZ_CLUSTER:
         clusters[AUTHZ_CLUSTER] = service_cluster(AUTHZ_CLUSTER, auth[1].service, options)
     if options.ratelimit_service is not None:

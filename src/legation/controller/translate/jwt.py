@@ -1,7 +1,8 @@
 """Native JWTPolicies (compiler/native.py) → Envoy's own filters: jwt_authn, RBAC, header mutation.
 
 - jwt_authn holds one provider per (policy, provider), keyed `namespace/name/provider`, with the
-  policy's keys as `local_jwks` (a key rotation is a config push), and one requirement per rule,
+  policy's keys as `local_jwks` (a key rotation is a config push) or, for `jwks.uri`, as
+  `remote_jwks` (translate/remote_jwks.py), and one requirement per rule,
   `namespace/name#i`; each route names its requirement (PerRouteConfig), public rules disable it.
   The verified payload and JWT header go to dynamic metadata under the provider's key, so RBAC
   and rate limits read claims from there.
@@ -37,6 +38,7 @@ from envoy.type.matcher.v3 import metadata_pb2, string_pb2, value_pb2
 
 from legation.api.v1alpha1.jwtpolicy import PolicySpec, Rule
 from legation.controller.compiler.native import NativePolicy
+from legation.controller.compiler.remote_jwks import RemoteKeys
 from legation.controller.translate.cel import (
     Expr,
     all_of,
@@ -61,6 +63,7 @@ from legation.controller.translate.jwt_checks import (
     token_checks,
 )
 from legation.controller.translate.options import pack
+from legation.controller.translate.remote_jwks import remote_jwks
 
 __all__ = [
     "IDENTITY_FILTER",
@@ -116,13 +119,12 @@ def jwt_http_filters(natives: tuple[NativePolicy, ...]) -> list[hcm.HttpFilter]:
 
 def _providers(config: jwt.JwtAuthentication, native: NativePolicy) -> None:
     spec = native.policy.spec
-    by_name = {p.name: p for p in spec.providers}
-    for name, jwks in native.jwks:
-        p, key = by_name[name], provider_key(native.key, name)
+    for p in spec.providers:
+        key = provider_key(native.key, p.name)
         out = config.providers[key]
         out.issuer = p.issuer
         out.audiences.extend(p.audiences)
-        out.local_jwks.inline_string = jwks
+        _keys(out, native.keys_of(p.name))
         out.forward = spec.forward_token
         out.clock_skew_seconds = int(p.clock_skew)
         out.require_expiration = p.require_expiry
@@ -135,6 +137,14 @@ def _providers(config: jwt.JwtAuthentication, native: NativePolicy) -> None:
     for i, rule in enumerate(spec.rules):
         if rule.requires is not None:
             config.requirement_map[f"{native.key}#{i}"].CopyFrom(_requirement(native.key, rule))
+
+
+def _keys(out: jwt.JwtProvider, keys: str | RemoteKeys) -> None:
+    """Local keys (bound JWKS JSON: a rotation is a config push) or remote ones (translate/remote_jwks.py)."""
+    if isinstance(keys, RemoteKeys):
+        out.remote_jwks.CopyFrom(remote_jwks(keys))
+    else:
+        out.local_jwks.inline_string = keys
 
 
 def _claim_names(spec: PolicySpec) -> list[str]:
@@ -179,8 +189,8 @@ def per_route(native: NativePolicy, rule_index: int) -> dict[str, Any]:
     else:
         configs[CHECKS_FILTER] = pack(token_checks(spec, rule))
         configs[JWT_FILTER] = pack(jwt.PerRouteConfig(requirement_name=f"{native.key}#{rule_index}"))
-        configs[TIME_FILTER] = pack(_issued_later_rbac(native, rule))
-        configs[RBAC_FILTER] = pack(_rbac(native.key, spec, rule))
+        configs[TIME_FILTER] = pack(_issued_later_rbac(native, rule, algorithms=_remote_algorithms(native)))
+        configs[RBAC_FILTER] = pack(_rbac(native.key, spec, rule, algorithms=_remote_algorithms(native)))
     if remove:
         mutation = header_mutation_pb2.HeaderMutationPerRoute()
         mutation.mutations.request_mutations.extend(
@@ -197,12 +207,18 @@ def per_route(native: NativePolicy, rule_index: int) -> dict[str, Any]:
     return configs
 
 
-def _rbac(policy: str, spec: PolicySpec, rule: Rule) -> rbac_pb2.RBACPerRoute:
+def _rbac(
+    policy: str, spec: PolicySpec, rule: Rule, *, algorithms: dict[str, tuple[str, ...]]
+) -> rbac_pb2.RBACPerRoute:
     assert rule.requires is not None
     keys = [provider_key(policy, n) for n in rule.requires.providers]
     crit = _crit(keys)
     rules = rbac_config.RBAC(action=rbac_config.RBAC.DENY)
     rules.policies["crit"].CopyFrom(_policy(crit))
+    alg = _alg_refused([k for k in keys if k in algorithms], algorithms)
+    if alg is not None:
+        rules.policies["alg"].CopyFrom(_policy(_and([_not(crit), alg])))
+        crit = _or([crit, alg])  # the claim policies below exclude both
     principals = keys if rule.requires.any_of is not None else keys[:1]
     seen: list[tuple[str, list[str]]] = []
     for claim, values in rule.claims.items():
@@ -264,12 +280,20 @@ def _crit(keys: list[str]) -> rbac_config.Principal:
     return _or([_present([k + _HEADER_SUFFIX, "crit"]) for k in keys])
 
 
-def _issued_later_rbac(native: NativePolicy, rule: Rule) -> rbac_pb2.RBACPerRoute:
+def _issued_later_rbac(
+    native: NativePolicy, rule: Rule, *, algorithms: dict[str, tuple[str, ...]]
+) -> rbac_pb2.RBACPerRoute:
     """The `iat` check, in a filter of its own between jwt_authn and the RBAC of claims: the
-    service refuses a critical header first, then a future `iat`, then missing claims."""
+    service refuses a critical header and an algorithm it does not allow first, then a future
+    `iat`, then missing claims."""
     assert rule.requires is not None
+    keys = [provider_key(native.key, n) for n in rule.requires.providers]
+    earlier = _crit(keys)
+    alg = _alg_refused([k for k in keys if k in algorithms], algorithms)
+    if alg is not None:
+        earlier = _or([earlier, alg])
     iat = condition_policy(_issued_later(native, rule))
-    iat.principals[0].CopyFrom(_not(_crit([provider_key(native.key, n) for n in rule.requires.providers])))
+    iat.principals[0].CopyFrom(_not(earlier))
     rules = rbac_config.RBAC(action=rbac_config.RBAC.DENY)
     rules.policies["iat"].CopyFrom(iat)
     return rbac_pb2.RBACPerRoute(rbac=rbac_pb2.RBAC(rules=rules))
@@ -297,6 +321,29 @@ def _in(key: str, verified: Expr) -> Expr:
     """jwt_authn verified the token of `key` (CEL's `in`; the metadata may be absent altogether)."""
     has_any = call("@in", const(JWT_FILTER), select(ident("metadata"), "filter_metadata"))
     return all_of(has_any, call("@in", const(key), verified))
+
+
+def _remote_algorithms(native: NativePolicy) -> dict[str, tuple[str, ...]]:
+    """Provider key → allowed algorithms, for remote providers: Envoy verifies with any algorithm
+    a fetched key fits (local keys are bound to one each), so RBAC refuses the others."""
+    return {provider_key(native.key, name): keys.algorithms for name, keys in native.remote}
+
+
+def _alg_refused(keys: list[str], algorithms: dict[str, tuple[str, ...]]) -> rbac_config.Principal | None:
+    """A verified token of one of `keys` whose header `alg` its provider does not allow."""
+    if not keys:
+        return None
+    return _or(
+        [
+            _and(
+                [
+                    _present([k + _HEADER_SUFFIX]),
+                    _not(_or([_metadata([k + _HEADER_SUFFIX, "alg"], _exact(a)) for a in algorithms[k]])),
+                ]
+            )
+            for k in keys
+        ]
+    )
 
 
 def _is_principal(keys: list[str], i: int) -> rbac_config.Principal:
@@ -364,6 +411,7 @@ _JWT_FAILURES: tuple[tuple[str, int, str, str], ...] = (
     ("Jwt_header_[alg]_is_not_supported", 401, "invalid_token", "signing algorithm not allowed"),
     ("Jwt_verification_fails", 401, "invalid_token", "invalid signature"),
     ("Jwt_ED25519_signature_is_wrong_length", 401, "invalid_token", "invalid signature"),
+    ("Jwks_remote_fetch_is_failed", 503, "unavailable", "signing keys unavailable"),
 )
 _DENIED = "jwt_authn_access_denied{"
 
@@ -381,6 +429,7 @@ def local_reply_config(natives: tuple[NativePolicy, ...]) -> hcm.LocalReplyConfi
     _mapper(config, _rbac_detail(TOO_LARGE), 401, "invalid_token", "token too large")
     _mapper(config, _rbac_detail(JWE), 401, "invalid_token", "encrypted tokens (JWE) are not accepted")
     _mapper(config, _rbac_detail("crit"), 401, "invalid_token", "unsupported critical header")
+    _mapper(config, _rbac_detail("alg"), 401, "invalid_token", "signing algorithm not allowed")
     _mapper(config, _rbac_detail("iat"), 401, "invalid_token", "token not yet valid")
     claims = sorted({c for n in natives for rule in n.policy.spec.rules for c in rule.claims})
     for claim in claims:
@@ -412,7 +461,7 @@ def _mapper(config: hcm.LocalReplyConfig, expression: str, status: int, error: s
     )
     mapper.status_code.value = status
     challenge = f'Bearer realm="{_REALM}"'
-    if error:
+    if error and status < 500:  # a server-side failure is no error of the token (RFC 6750 §3.1)
         challenge += f', error="{error}", error_description="{reason}"'
     mapper.headers_to_add.add(
         header=base_pb2.HeaderValue(key="www-authenticate", value=challenge), append_action=_OVERWRITE

@@ -88,6 +88,9 @@ class EnvoyOptions:
     """JSON access log file; None = no access log."""
     connect_timeout: float = 2.0
     """Upstream connect timeout of every cluster."""
+    jwks_trusted_ca: str = "/etc/ssl/certs/ca-certificates.crt"
+    """The CA bundle (a file on Envoy's machine) Envoy validates https JWKS servers against: the
+    system trust store of the official Envoy image, as the authz service uses its own."""
 
 
 EXT_AUTHZ_FILTER = "envoy.filters.http.ext_authz"
