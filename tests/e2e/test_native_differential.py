@@ -33,7 +33,7 @@ KEY, OTHER = make_rsa_key("n-1"), make_rsa_key("other-1")
 IDENTITY = ("x-user-id", "x-team", "authorization")
 
 
-def manifests(enforcement: str, upstream: int) -> str:
+def manifests(enforcement: str, upstream: int, *, keys: tuple[Any, ...] = (KEY,)) -> str:
     policy = {
         "apiVersion": "legation.dev/v1alpha1",
         "kind": "JWTPolicy",
@@ -45,7 +45,7 @@ def manifests(enforcement: str, upstream: int) -> str:
                     "name": "corp",
                     "issuer": ISSUER,
                     "audiences": ["orders"],
-                    "jwks": {"inline": jwks_json([KEY])},
+                    "jwks": {"inline": jwks_json(list(keys))},
                 }
             ],
             "rules": [
@@ -193,6 +193,13 @@ def _summary(response: Response) -> tuple[Any, ...]:
     return (200, tuple((h, echoed.get(h, "")[:20]) for h in IDENTITY))
 
 
+def envoy_counter(gateway: Gateway, suffix: str) -> int:
+    url = f"http://127.0.0.1:{gateway.admin_port}/stats?filter={suffix}&format=json"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        stats = json.loads(response.read())["stats"]
+    return sum(s.get("value", 0) for s in stats if s.get("name", "").endswith(suffix))
+
+
 def ext_authz_calls(gateway: Gateway) -> int:
     url = f"http://127.0.0.1:{gateway.admin_port}/stats?filter=ext_authz&format=json"
     with urllib.request.urlopen(url, timeout=10) as response:
@@ -246,3 +253,21 @@ def ext_authz_probe(gw: Gateway, path: str = "/orders/42") -> bool:
     before = ext_authz_calls(gw)
     gw.request("GET", path)
     return ext_authz_calls(gw) > before
+
+
+def test_a_key_removed_from_the_policy_stops_its_cached_tokens(gateway: tuple[Gateway, Path, int]) -> None:
+    # jwt_authn caches verified tokens; a key rotation is a config push that must empty it.
+    gw, source, upstream = gateway
+    (source / "orders.yaml").write_text(manifests("auto", upstream))
+    token = {"Authorization": f"Bearer {good(scope='orders:read')}"}
+    gw.wait_until(lambda: not ext_authz_probe(gw), timeout=30, what="native enforcement")
+    calls = ext_authz_calls(gw)
+    assert [gw.request("GET", "/orders/42", headers=token).status for _ in range(3)] == [200] * 3
+    assert envoy_counter(gw, "jwt_cache_hit") >= 2, "repeated tokens come from jwt_authn's cache"
+    (source / "orders.yaml").write_text(manifests("auto", upstream, keys=(OTHER,)))
+    gw.wait_until(
+        lambda: gw.request("GET", "/orders/42", headers=token).status == 401, timeout=30, what="rotation"
+    )
+    refused = gw.request("GET", "/orders/42", headers=token)
+    assert 'error_description="unknown signing key"' in refused.headers["www-authenticate"]
+    assert ext_authz_calls(gw) == calls  # native throughout

@@ -87,6 +87,8 @@ QUERY_TOKEN_FILTER = "legation.query_token_removal"
 METADATA_NAMESPACE = "legation"
 """Route metadata: `policy` is the realm of the local replies."""
 _HEADER_SUFFIX = "#header"
+_TOKEN_CACHE = 100
+"""Verified tokens kept per provider and Envoy worker (Envoy's default)."""
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 _REALM = f"%METADATA(ROUTE:{METADATA_NAMESPACE}:policy)%"
 
@@ -145,6 +147,12 @@ def _keys(out: jwt.JwtProvider, keys: str | RemoteKeys) -> None:
         out.remote_jwks.CopyFrom(remote_jwks(keys))
     else:
         out.local_jwks.inline_string = keys
+        # Verified tokens (up to 4 KiB) skip the signature check; issuer, time and audience are
+        # checked on every hit. Local keys only: their rotation is a config push, which rebuilds
+        # the filter and so empties the cache, whereas a key that a remote JWKS drops would leave
+        # its tokens cached until they expire. (Profiled: RS256 verification was most of the
+        # native route's cost, 105 → 58 µs of Envoy CPU per request; bench/README.md.)
+        out.jwt_cache_config.jwt_cache_size = _TOKEN_CACHE
 
 
 def _claim_names(spec: PolicySpec) -> list[str]:
