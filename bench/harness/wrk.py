@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from bench.harness.cpu import pinned
 
-__all__ = ["WrkResult", "parse_wrk_output", "start_wrk"]
+__all__ = ["WrkResult", "parse_wrk_output", "start_wrk", "wrk_command"]
 
 _REQUESTS = re.compile(r"(\d+) requests in")
 _NON2XX = re.compile(r"Non-2xx or 3xx responses: (\d+)")
@@ -62,6 +62,21 @@ def _ms(found: re.Match[str] | None) -> float:
     return float(found.group(1)) * _UNIT_MS[found.group(2)] if found else 0.0
 
 
+def wrk_command(
+    url: str, *, duration_s: int, threads: int = 1, connections: int = 8, headers: Sequence[str] = ()
+) -> list[str]:
+    """``wrk -tT -cC -dDs --latency [-H HEADER]... URL``."""
+    return [
+        shutil.which("wrk") or "wrk",
+        f"-t{threads}",
+        f"-c{connections}",
+        f"-d{duration_s}s",
+        "--latency",
+        *(arg for header in headers for arg in ("-H", header)),
+        url,
+    ]
+
+
 def start_wrk(
     url: str,
     *,
@@ -71,15 +86,6 @@ def start_wrk(
     cpu: int | None = None,
     headers: Sequence[str] = (),
 ) -> subprocess.Popen[str]:
-    """``wrk -tT -cC -dDs --latency [-H HEADER]... URL`` started; read its stdout with
-    communicate()."""
-    cmd = [
-        shutil.which("wrk") or "wrk",
-        f"-t{threads}",
-        f"-c{connections}",
-        f"-d{duration_s}s",
-        "--latency",
-        *(arg for header in headers for arg in ("-H", header)),
-        url,
-    ]
+    """:func:`wrk_command` started on CPU ``cpu``; read its stdout with communicate()."""
+    cmd = wrk_command(url, duration_s=duration_s, threads=threads, connections=connections, headers=headers)
     return subprocess.Popen(pinned(cmd, cpu), stdout=subprocess.PIPE, text=True)
