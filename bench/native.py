@@ -173,7 +173,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 round of 2 s runs")
     parser.add_argument("--duration", type=int, default=10, help="seconds per measured wrk run (default 10)")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
-    parser.add_argument("--connections", type=int, default=16, help="wrk connections (default 16)")
+    parser.add_argument("--connections", type=int, default=64, help="wrk connections (default 64)")
     parser.add_argument("--legation", help="path of the legation CLI (default: next to python)")
     parser.add_argument("--envoy", help="path of the envoy binary (default: next to python)")
     parser.add_argument("--no-pin", action="store_true", help="do not pin server/client CPUs")
