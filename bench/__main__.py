@@ -18,6 +18,7 @@ SCENARIOS = {
     "authz": "authz service, and Envoy ext_authz / jwt_authn, vs no-op ceilings (h2load)",
     "controller": "controller pipeline in-process: load, parse, compile, translate, snapshot, RSS",
     "controller_live": "a manifest change until Envoy serves it, and wrk during changes",
+    "native": "native JWT enforcement vs no auth, ext_authz and hand-written jwt_authn (wrk)",
     "ratelimit_cluster": "rate limit decisions on a 1- and a 3-shard Redis Cluster: keys and CPU per shard",
 }
 """Scenario name (also its module, ``bench.NAME``) -> one line for ``--help``."""

@@ -64,13 +64,17 @@ def find_binary(name: str, override: str | None = None) -> str:
 class Proc:
     """A child process in its own session, its output in ``log_dir``; stop() ends the group."""
 
-    def __init__(self, name: str, cmd: list[str], log_dir: Path) -> None:
+    def __init__(self, name: str, cmd: list[str], log_dir: Path, *, quiet_stdout: bool = False) -> None:
         self.name = name
         self.cmd = cmd
         self.log_path = log_dir / f"{name.replace(' ', '_').replace(',', '')}.log"
         self._log = self.log_path.open("wb")
         self.popen = subprocess.Popen(
-            cmd, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT
+            cmd,
+            stdout=subprocess.DEVNULL if quiet_stdout else self._log,
+            stderr=self._log if quiet_stdout else subprocess.STDOUT,
+            start_new_session=True,
+            cwd=ROOT,
         )
 
     @property
@@ -112,9 +116,10 @@ class Proc:
 
 
 @contextlib.contextmanager
-def started(name: str, cmd: list[str], log_dir: Path) -> Iterator[Proc]:
-    """A :class:`Proc`, stopped when the block ends."""
-    proc = Proc(name, cmd, log_dir)
+def started(name: str, cmd: list[str], log_dir: Path, *, quiet_stdout: bool = False) -> Iterator[Proc]:
+    """A :class:`Proc`, stopped when the block ends (``quiet_stdout``: its stdout discarded, e.g.
+    an Envoy access log on ``/dev/stdout`` under load; stderr still goes to the log)."""
+    proc = Proc(name, cmd, log_dir, quiet_stdout=quiet_stdout)
     try:
         yield proc
     finally:

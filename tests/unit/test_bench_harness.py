@@ -65,6 +65,8 @@ def test_wrk_summary_is_parsed() -> None:
     result = parse_wrk_output(WRK_OUT)
     assert (result.requests, result.non_2xx, result.socket_errors) == (259153, 4, 3)
     assert result.p99_ms == pytest.approx(3.3)
+    assert result.p50_ms == pytest.approx(0.412)
+    assert result.req_per_s == pytest.approx(25915.30)
     assert result.failed == 7
 
 

@@ -1,0 +1,166 @@
+"""What the native enforcement bench serves: the manifests Legation compiles, and the two static
+Envoy configs (the upstream, the hand-written ``jwt_authn`` gateway).
+
+The policy is the authz bench's (:func:`bench.authz_fixtures.policy_document`: RS256, inline keys,
+claim rules on ``scope`` and ``org.team``, ``claimsToHeaders``), once as ``bench/orders``
+(``enforcement: auto``, compiled into Envoy's filters) and once copied as
+``bench/orders-service`` with ``enforcement: service`` (ext_authz -> ``legation authz``). The
+three Mappings differ only in their hostname and ``auth``; every route of the run goes to the
+same upstream Envoy, which answers every request itself (``direct_response`` 200).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from bench.authz_fixtures import AUDIENCE, ISSUER, NAMESPACE, POLICY_NAME, REQUEST_PATH, policy_document
+
+__all__ = [
+    "HOSTS",
+    "REQUEST_PATH",
+    "SERVICE_POLICY_NAME",
+    "UPSTREAM_BODY",
+    "Route",
+    "handwritten_envoy_config",
+    "manifests",
+    "upstream_envoy_config",
+]
+
+SERVICE_POLICY_NAME = f"{POLICY_NAME}-service"
+UPSTREAM_BODY = "ok\n"
+HOSTS = {
+    "open": "open.bench.example",
+    "native": "native.bench.example",
+    "service": "service.bench.example",
+    "jwt_authn": "jwt.bench.example",
+}
+"""Target tag -> the Host header its requests carry (its Mapping's ``hostname``)."""
+
+_HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+_JWT_AUTHN = "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication"
+_ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+_ROUTE_TIMEOUT = "15s"
+"""The timeout Legation gives a Mapping's route when it sets none."""
+
+
+@dataclass(frozen=True)
+class Route:
+    """One Mapping of the manifests: its name, hostname and ``auth`` (None: no auth at all)."""
+
+    name: str
+    hostname: str
+    auth: dict[str, Any] | None
+
+
+ROUTES = (
+    Route("open", HOSTS["open"], None),
+    Route("native", HOSTS["native"], {"policy": POLICY_NAME}),
+    Route("service", HOSTS["service"], {"policy": SERVICE_POLICY_NAME}),
+)
+
+
+def _mapping(route: Route, upstream_port: int) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "hostname": route.hostname,
+        "prefix": "/orders/",
+        "service": f"127.0.0.1:{upstream_port}",
+    }
+    if route.auth is not None:
+        spec["auth"] = route.auth
+    return {
+        "apiVersion": "legation.dev/v1alpha1",
+        "kind": "Mapping",
+        "metadata": {"name": route.name, "namespace": NAMESPACE},
+        "spec": spec,
+    }
+
+
+def manifests(
+    jwks_json: str, *, upstream_port: int, routes: Sequence[Route] = ROUTES
+) -> list[dict[str, Any]]:
+    """The two JWTPolicies (native and ``enforcement: service``) and the Mappings."""
+    native = policy_document(jwks_json)
+    service = copy.deepcopy(native)
+    service["metadata"]["name"] = SERVICE_POLICY_NAME
+    service["spec"]["enforcement"] = "service"
+    return [native, service, *(_mapping(r, upstream_port) for r in routes)]
+
+
+def _address(port: int) -> dict[str, Any]:
+    return {"socket_address": {"address": "127.0.0.1", "port_value": port}}
+
+
+def _listener(port: int, *, routes: list[dict[str, Any]], filters: list[dict[str, Any]]) -> dict[str, Any]:
+    manager = {
+        "@type": _HCM,
+        "stat_prefix": "front",
+        "codec_type": "AUTO",
+        "route_config": {
+            "name": "front",
+            "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": routes}],
+        },
+        "http_filters": [*filters, {"name": "envoy.filters.http.router", "typed_config": {"@type": _ROUTER}}],
+    }
+    return {
+        "name": "front",
+        "address": _address(port),
+        "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": manager}]}],
+    }  # fmt: skip
+
+
+def _bootstrap(admin_port: int, listener: dict[str, Any], clusters: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "admin": {"address": _address(admin_port)},
+        "static_resources": {"listeners": [listener], "clusters": clusters},
+    }
+
+
+def upstream_envoy_config(*, port: int, admin_port: int) -> dict[str, Any]:
+    """The upstream: one listener answering every request 200 ``ok`` itself."""
+    route = {
+        "match": {"prefix": "/"},
+        "direct_response": {"status": 200, "body": {"inline_string": UPSTREAM_BODY}},
+    }
+    return _bootstrap(admin_port, _listener(port, routes=[route], filters=[]), [])
+
+
+def handwritten_envoy_config(
+    *, port: int, admin_port: int, upstream_port: int, jwks_json: str
+) -> dict[str, Any]:
+    """What one would write by hand for the policy's provider: ``jwt_authn`` with the same issuer,
+    audience, keys (``local_jwks`` inline), token header, ``forward: false`` and the same
+    ``claimsToHeaders``, required on one route to the upstream. It has none of the rest of the
+    policy (claim rules, removal of client-sent identity headers) and no access log."""
+    provider = {
+        "issuer": ISSUER,
+        "audiences": [AUDIENCE],
+        "local_jwks": {"inline_string": jwks_json},
+        "from_headers": [{"name": "Authorization", "value_prefix": "Bearer "}],
+        "forward": False,
+        "claim_to_headers": [
+            {"header_name": "x-user-id", "claim_name": "sub"},
+            {"header_name": "x-team", "claim_name": "org.team"},
+        ],
+    }
+    jwt_filter = {
+        "name": "envoy.filters.http.jwt_authn",
+        "typed_config": {
+            "@type": _JWT_AUTHN,
+            "providers": {"corp": provider},
+            "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "corp"}}],
+        },
+    }
+    route = {"match": {"prefix": "/orders/"}, "route": {"cluster": "upstream", "timeout": _ROUTE_TIMEOUT}}
+    cluster = {
+        "name": "upstream",
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": "upstream",
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _address(upstream_port)}}]}],
+        },
+    }
+    return _bootstrap(admin_port, _listener(port, routes=[route], filters=[jwt_filter]), [cluster])
