@@ -132,14 +132,17 @@ def handwritten_envoy_config(
 ) -> dict[str, Any]:
     """What one would write by hand for the policy's provider: ``jwt_authn`` with the same issuer,
     audience, keys (``local_jwks`` inline), token header, ``forward: false`` and the same
-    ``claimsToHeaders``, required on one route to the upstream. It has none of the rest of the
-    policy (claim rules, removal of client-sent identity headers) and no access log."""
+    ``claimsToHeaders``, required on one route to the upstream, and the same token cache as
+    Legation's (``jwt_cache_config``, 100 tokens), so that the ratio measures what Legation adds.
+    It has none of the rest of the policy (claim rules, removal of client-sent identity headers)
+    and no access log."""
     provider = {
         "issuer": ISSUER,
         "audiences": [AUDIENCE],
         "local_jwks": {"inline_string": jwks_json},
         "from_headers": [{"name": "Authorization", "value_prefix": "Bearer "}],
         "forward": False,
+        "jwt_cache_config": {"jwt_cache_size": 100},
         "claim_to_headers": [
             {"header_name": "x-user-id", "claim_name": "sub"},
             {"header_name": "x-team", "claim_name": "org.team"},
