@@ -109,7 +109,13 @@ def test_rules_become_routes_in_order_then_a_deny_route() -> None:
     )
     assert [h.string_match.exact for h in guarded.match.headers if h.name == ":method"] == ["GET"]
     rbac = unpack(guarded, "envoy.filters.http.rbac", rbac_pb2.RBACPerRoute)
-    assert sorted(rbac.rbac.rules.policies) == ["claim:scope", "control:iss", "control:sub", "crit"]
+    # in the order Envoy tries them (by name), which is the service's order of checks
+    assert sorted(rbac.rbac.rules.policies) == [
+        "claim:scope",
+        "crit",
+        "unforwardable:00:sub",
+        "unforwardable:01:iss",
+    ]
     time_check = unpack(guarded, "legation.token_time", rbac_pb2.RBACPerRoute)
     assert sorted(time_check.rbac.rules.policies) == ["iat"]
     checks = unpack(guarded, "legation.token_checks", rbac_pb2.RBACPerRoute)

@@ -34,7 +34,7 @@ from envoy.extensions.filters.http.header_mutation.v3 import header_mutation_pb2
 from envoy.extensions.filters.http.jwt_authn.v3 import config_pb2 as jwt
 from envoy.extensions.filters.http.rbac.v3 import rbac_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm
-from envoy.type.matcher.v3 import metadata_pb2, string_pb2, value_pb2
+from envoy.type.matcher.v3 import metadata_pb2, regex_pb2, string_pb2, value_pb2
 
 from legation.api.v1alpha1.jwtpolicy import PolicySpec, Rule
 from legation.controller.compiler.native import NativePolicy
@@ -58,7 +58,6 @@ from legation.controller.translate.jwt_checks import (
     TOO_LARGE,
     TWICE,
     condition_policy,
-    control_characters,
     iat_condition,
     token_checks,
 )
@@ -88,6 +87,12 @@ METADATA_NAMESPACE = "legation"
 """Route metadata: `policy` is the realm of the local replies."""
 _HEADER_SUFFIX = "#header"
 _TOKEN_CACHE = 100
+_CONTROL = value_pb2.ValueMatcher(
+    string_match=string_pb2.StringMatcher(
+        safe_regex=regex_pb2.RegexMatcher(regex=r"(?s).*[\x{0}-\x{1f}\x{7f}-\x{9f}].*")
+    )
+)
+"""A string claim holding a C0 or C1 control character or DEL, which the service will not forward."""
 """Verified tokens kept per provider and Envoy worker (Envoy's default)."""
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 _REALM = f"%METADATA(ROUTE:{METADATA_NAMESPACE}:policy)%"
@@ -240,29 +245,29 @@ def _rbac(
         )
         rules.policies[f"claim:{claim}"].CopyFrom(_policy(_and([_not(crit), missing])))
         seen.append((claim, values))
-    holders = [
-        _and([_is_principal(keys, i), *(_has(k, c, v) for c, v in seen)]) for i, k in enumerate(principals)
-    ]
-    sufficient = _and([_not(crit), _or(holders)])
-    _forwarded_claims(rules, spec, principals, sufficient)  # after every claim passed
+    _forwarded_claims(rules, spec, keys=keys, principals=principals)
     return rbac_pb2.RBACPerRoute(rbac=rbac_pb2.RBAC(rules=rules))
 
 
 def _forwarded_claims(
-    rules: rbac_config.RBAC, spec: PolicySpec, keys: list[str], sufficient: rbac_config.Principal
+    rules: rbac_config.RBAC, spec: PolicySpec, *, keys: list[str], principals: list[str]
 ) -> None:
-    """`control:CLAIM` denials, in the service's order: the claims forwarded as headers, then
-    `sub`, `iss` and the metadata claims; each exclusive of the ones before it."""
-    verified = index(select(ident("metadata"), "filter_metadata"), JWT_FILTER)
-    payload = index(verified, keys[-1])
-    for key in reversed(keys[:-1]):  # the first provider whose token verified
-        payload = call("_?_:_", call("@in", const(key), verified), index(verified, key), payload)
-    claims = _forwarded(spec)
-    for i, claim in enumerate(claims):
-        earlier = [negate(control_characters(payload, c)) for c in claims[:i]]
-        policy = condition_policy(all_of(*earlier, control_characters(payload, claim)))
-        policy.principals[0].CopyFrom(sufficient)
-        rules.policies[f"control:{claim}"].CopyFrom(policy)
+    """`unforwardable:NN:CLAIM` denials: a claim the service would forward (the claims forwarded
+    as headers, then `sub`, `iss` and the metadata claims, in this order) holding a control
+    character. Envoy's RBAC tries a DENY config's policies in the order of their names (a
+    std::map) and reports the first that matches: these names sort after `alg`, `claim:…` and
+    `crit`, and among themselves in the service's order, so each needs only its own matcher
+    (profiled: the exclusive form, and CEL before it, cost 10-40 µs a request)."""
+    for i, claim in enumerate(_forwarded(spec)):
+        path = claim.split(".")
+        held = [
+            _and([_is_principal(keys, j), _metadata([k, *path], _CONTROL)]) for j, k in enumerate(principals)
+        ]
+        rules.policies[_unforwardable(i, claim)].CopyFrom(_policy(_or(held)))
+
+
+def _unforwardable(i: int, claim: str) -> str:
+    return f"unforwardable:{i:02d}:{claim}"
 
 
 def claim_value(keys: list[str], claim: str, *, default: str) -> Expr:
@@ -316,8 +321,8 @@ def _issued_later(native: NativePolicy, rule: Rule) -> Expr:
     payloads = [(by_name[n], provider_key(native.key, n)) for n in rule.requires.providers]
 
     def later(i: int) -> Expr:
-        provider, key = payloads[i]
-        return all_of(_in(key, verified), iat_condition(index(verified, key), provider))
+        provider, key = payloads[i]  # an error (no such payload) is no match, as is false
+        return iat_condition(index(verified, key), provider)
 
     if rule.requires.all_of is not None:
         return any_of(*(later(i) for i in range(len(payloads))))
@@ -444,16 +449,9 @@ def local_reply_config(natives: tuple[NativePolicy, ...]) -> hcm.LocalReplyConfi
         _mapper(
             config, _rbac_detail(f"claim:{claim}"), 403, "insufficient_scope", f"missing required {claim}"
         )
-    forwarded = sorted(
-        {
-            c
-            for n in natives
-            for c in [*n.policy.spec.claims_to_headers, "sub", "iss", *n.policy.spec.metadata_claims]
-        }
-    )
-    for claim in forwarded:
-        reason = f"claim {claim} holds control characters"
-        _mapper(config, _rbac_detail(f"control:{claim}"), 401, "invalid_token", reason)
+    names = {_unforwardable(i, c): c for n in natives for i, c in enumerate(_forwarded(n.policy.spec))}
+    for name, claim in sorted(names.items()):
+        _mapper(config, _rbac_detail(name), 401, "invalid_token", f"claim {claim} holds control characters")
     return config
 
 
