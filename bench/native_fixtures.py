@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench.authz_fixtures import AUDIENCE, ISSUER, NAMESPACE, POLICY_NAME, REQUEST_PATH, policy_document
+from legation.controller.translate.options import ACCESS_LOG_FORMAT
 
 __all__ = [
     "HOSTS",
@@ -41,6 +42,7 @@ HOSTS = {
 
 _HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 _JWT_AUTHN = "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication"
+_FILE_LOG = "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog"
 _ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
 _ROUTE_TIMEOUT = "15s"
 """The timeout Legation gives a Mapping's route when it sets none."""
@@ -93,8 +95,10 @@ def _address(port: int) -> dict[str, Any]:
     return {"socket_address": {"address": "127.0.0.1", "port_value": port}}
 
 
-def _listener(port: int, *, routes: list[dict[str, Any]], filters: list[dict[str, Any]]) -> dict[str, Any]:
-    manager = {
+def _listener(
+    port: int, *, routes: list[dict[str, Any]], filters: list[dict[str, Any]], access_log: bool = False
+) -> dict[str, Any]:
+    manager: dict[str, Any] = {
         "@type": _HCM,
         "stat_prefix": "front",
         "codec_type": "AUTO",
@@ -104,6 +108,9 @@ def _listener(port: int, *, routes: list[dict[str, Any]], filters: list[dict[str
         },
         "http_filters": [*filters, {"name": "envoy.filters.http.router", "typed_config": {"@type": _ROUTER}}],
     }
+    if access_log:
+        log = {"@type": _FILE_LOG, "path": "/dev/stdout", "log_format": {"json_format": ACCESS_LOG_FORMAT}}
+        manager["access_log"] = [{"name": "envoy.access_loggers.file", "typed_config": log}]
     return {
         "name": "front",
         "address": _address(port),
@@ -132,10 +139,11 @@ def handwritten_envoy_config(
 ) -> dict[str, Any]:
     """What one would write by hand for the policy's provider: ``jwt_authn`` with the same issuer,
     audience, keys (``local_jwks`` inline), token header, ``forward: false`` and the same
-    ``claimsToHeaders``, required on one route to the upstream, and the same token cache as
-    Legation's (``jwt_cache_config``, 100 tokens), so that the ratio measures what Legation adds.
-    It has none of the rest of the policy (claim rules, removal of client-sent identity headers)
-    and no access log."""
+    ``claimsToHeaders``, required on one route to the upstream, the same token cache as Legation's
+    (``jwt_cache_config``, 100 tokens) and the same JSON access log (to stdout, like Legation's
+    gateway), so that the ratio measures what Legation's policy adds, not what every Legation
+    route pays (the route without auth measures that). It has none of the rest of the policy
+    (claim rules, removal of client-sent identity headers)."""
     provider = {
         "issuer": ISSUER,
         "audiences": [AUDIENCE],
@@ -166,4 +174,6 @@ def handwritten_envoy_config(
             "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _address(upstream_port)}}]}],
         },
     }
-    return _bootstrap(admin_port, _listener(port, routes=[route], filters=[jwt_filter]), [cluster])
+    return _bootstrap(
+        admin_port, _listener(port, routes=[route], filters=[jwt_filter], access_log=True), [cluster]
+    )

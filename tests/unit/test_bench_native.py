@@ -166,7 +166,7 @@ def test_handwritten_jwt_authn_has_the_policys_keys_and_routes_to_the_upstream(k
     assert jwt["providers"]["corp"]["local_jwks"]["inline_string"] == keys.jwks_json()
     assert jwt["rules"] == [{"match": {"prefix": "/"}, "requires": {"provider_name": "corp"}}]
     assert manager["http_filters"][-1]["name"] == "envoy.filters.http.router"
-    assert '"port_value": 3' in text and "access_log" not in text
+    assert '"port_value": 3' in text and '"path": "/dev/stdout"' in text  # the same access log as Legation's
     upstream = upstream_envoy_config(port=4, admin_port=5)
     route = upstream["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
     assert route["route_config"]["virtual_hosts"][0]["routes"][0]["direct_response"]["status"] == 200
