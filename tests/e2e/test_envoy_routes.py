@@ -316,6 +316,7 @@ def test_authz_and_ratelimit_filters_are_accepted_and_fail_the_right_way(gateway
             ],
             "rules": [{"requires": {"anyOf": ["corp"]}}],
             "metadataClaims": ["org.team"],
+            "enforcement": "service",  # what is tested here is ext_authz failing closed
         },
     )
     limit = "100/m per ip; 10/s per claim:org.team; 5/s per header:x-api-key,method,path"

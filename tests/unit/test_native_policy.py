@@ -111,13 +111,12 @@ def test_rules_become_routes_in_order_then_a_deny_route() -> None:
     rbac = unpack(guarded, "envoy.filters.http.rbac", rbac_pb2.RBACPerRoute)
     # in the order Envoy tries them (by name), which is the service's order of checks
     assert sorted(rbac.rbac.rules.policies) == [
-        "claim:scope",
-        "crit",
-        "unforwardable:00:sub",
-        "unforwardable:01:iss",
+        "1:crit",
+        "3:iat",
+        "4:claim:00:scope",
+        "5:unforwardable:00:sub",
+        "5:unforwardable:01:iss",
     ]
-    time_check = unpack(guarded, "legation.token_time", rbac_pb2.RBACPerRoute)
-    assert sorted(time_check.rbac.rules.policies) == ["iat"]
     checks = unpack(guarded, "legation.token_checks", rbac_pb2.RBACPerRoute)
     assert sorted(checks.rbac.rules.policies) == ["token:jwe", "token:too-large"]
     assert not public.typed_per_filter_config.get("legation.token_checks")

@@ -135,7 +135,7 @@ def test_rbac_refuses_algorithms_the_provider_does_not_allow_since_envoy_does_no
     [route] = [r for v in route_config.virtual_hosts for r in v.routes if r.name == "demo/jwt#rule0"]
     rbac = rbac_pb2.RBACPerRoute()
     assert route.typed_per_filter_config["envoy.filters.http.rbac"].Unpack(rbac)
-    text = str(rbac.rbac.rules.policies["alg"])
+    text = str(rbac.rbac.rules.policies["2:alg"])
     assert '"alg"' in text or 'key: "alg"' in text
     assert "RS256" in text and "ES256" in text and "PS256" not in text
 

@@ -8,9 +8,8 @@ token to the service (401 without an error code) and a malformed one to jwt_auth
 a cookie or parameter sent twice with different values is a 400 (`token:twice`), as in the service.
 
 After jwt_authn, the service also refuses a token issued in the future (`iat` later than now plus
-the clock skew, as PyJWT does), which jwt_authn accepts: `legation.token_time`, on the verified
-payload. (Once the claims are found sufficient, the service refuses to forward a claim holding a
-control character: `control:CLAIM` policies of the main RBAC filter, metadata matchers in jwt.py.)
+the clock skew, as PyJWT does), which jwt_authn accepts: `iat_condition`, a policy of the RBAC
+filter after jwt_authn (jwt.py).
 
 The token is found as the service finds it (tokens.py): after the header's prefix, compared
 without case, trimmed; the first `name=` cookie, spaces removed; the first `name=` query
