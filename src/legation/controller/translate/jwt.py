@@ -236,7 +236,7 @@ def _rbac(
     rules.policies[_IAT].CopyFrom(condition_policy(_issued_later(native, rule)))
     for i, (claim, values) in enumerate(rule.claims.items()):
         lacking = [
-            _and([_is_principal(keys, j), _not(_has(k, claim, values))]) for j, k in enumerate(principals)
+            _whose(keys, principals, j, _not(_has(k, claim, values))) for j, k in enumerate(principals)
         ]
         rules.policies[_claim_policy(i, claim)].CopyFrom(_policy(_or(lacking)))
     _forwarded_claims(rules, native.policy.spec, keys=keys, principals=principals)
@@ -266,7 +266,7 @@ def _forwarded_claims(
     for i, claim in enumerate(_forwarded(spec)):
         path = claim.split(".")
         held = [
-            _and([_is_principal(keys, j), _metadata([k, *path], _CONTROL)]) for j, k in enumerate(principals)
+            _whose(keys, principals, j, _metadata([k, *path], _CONTROL)) for j, k in enumerate(principals)
         ]
         rules.policies[_unforwardable(i, claim)].CopyFrom(_policy(_or(held)))
 
@@ -339,6 +339,14 @@ def _alg_refused(keys: list[str], algorithms: dict[str, tuple[str, ...]]) -> rba
             for k in keys
         ]
     )
+
+
+def _whose(
+    keys: list[str], principals: list[str], j: int, test: rbac_config.Principal
+) -> rbac_config.Principal:
+    """`test`, of the principal's token when it is provider j's. With one candidate (one provider,
+    or allOf, where the first is the principal) jwt_authn has verified it before RBAC runs."""
+    return test if len(principals) == 1 else _and([_is_principal(keys, j), test])
 
 
 def _is_principal(keys: list[str], i: int) -> rbac_config.Principal:
