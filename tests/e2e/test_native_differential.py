@@ -21,9 +21,8 @@ import pytest
 import yaml
 from cryptography.hazmat.primitives import serialization
 from fixtures.authz_stack import b64url, forge, sign
-from fixtures.gateway import Gateway, Response, start_gateway, stop_gateway
+from fixtures.gateway import Gateway, Response, gateway_serving
 from fixtures.jwks_server import jwks_json, make_rsa_key, mint
-from fixtures.managed import free_port
 from fixtures.processes import Launcher
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
@@ -214,16 +213,10 @@ def gateway(
     module_launcher: Launcher, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Gateway, Path, int]]:
     root = tmp_path_factory.mktemp("native")
-    source = root / "manifests"
-    source.mkdir()
-    upstream = free_port()
-    (source / "orders.yaml").write_text(manifests("auto", upstream))
-    gw = start_gateway(module_launcher, source, root / "state")
-    gw.wait_until(lambda: gw.request("GET", "/orders/public/x").status == 200, timeout=30, what="upstream")
-    try:
-        yield gw, source, upstream
-    finally:
-        stop_gateway(gw)
+    with gateway_serving(
+        module_launcher, root, lambda port: manifests("auto", port), ready=("/orders/public/x", {})
+    ) as served:
+        yield served
 
 
 def test_native_and_service_answer_the_same(gateway: tuple[Gateway, Path, int]) -> None:
@@ -236,7 +229,7 @@ def test_native_and_service_answer_the_same(gateway: tuple[Gateway, Path, int]) 
         200, (("x-user-id", "alice"), ("x-team", "orders"), ("authorization", "")),
     )  # fmt: skip
 
-    (source / "orders.yaml").write_text(manifests("service", upstream))
+    source.write_text(manifests("service", upstream))
     gw.wait_until(lambda: ext_authz_probe(gw), timeout=30, what="the service enforcing the policy")
     service = observe(gw)
     assert ext_authz_calls(gw) > calls, "service policies go through ext_authz"
@@ -258,13 +251,13 @@ def ext_authz_probe(gw: Gateway, path: str = "/orders/42") -> bool:
 def test_a_key_removed_from_the_policy_stops_its_cached_tokens(gateway: tuple[Gateway, Path, int]) -> None:
     # jwt_authn caches verified tokens; a key rotation is a config push that must empty it.
     gw, source, upstream = gateway
-    (source / "orders.yaml").write_text(manifests("auto", upstream))
+    source.write_text(manifests("auto", upstream))
     token = {"Authorization": f"Bearer {good(scope='orders:read')}"}
     gw.wait_until(lambda: not ext_authz_probe(gw), timeout=30, what="native enforcement")
     calls = ext_authz_calls(gw)
     assert [gw.request("GET", "/orders/42", headers=token).status for _ in range(3)] == [200] * 3
     assert envoy_counter(gw, "jwt_cache_hit") >= 2, "repeated tokens come from jwt_authn's cache"
-    (source / "orders.yaml").write_text(manifests("auto", upstream, keys=(OTHER,)))
+    source.write_text(manifests("auto", upstream, keys=(OTHER,)))
     gw.wait_until(
         lambda: gw.request("GET", "/orders/42", headers=token).status == 401, timeout=30, what="rotation"
     )

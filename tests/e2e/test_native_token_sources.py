@@ -16,9 +16,8 @@ from typing import Any
 import pytest
 import yaml
 from fixtures.authz_stack import b64url
-from fixtures.gateway import Gateway, Response, start_gateway, stop_gateway
+from fixtures.gateway import Gateway, Response, gateway_serving
 from fixtures.jwks_server import jwks_json, make_rsa_key, mint
-from fixtures.managed import free_port
 from fixtures.processes import Launcher
 
 from e2e.test_native_differential import ext_authz_calls, ext_authz_probe
@@ -116,20 +115,11 @@ def _summary(response: Response) -> tuple[Any, ...]:
 def gateway(
     module_launcher: Launcher, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Gateway, Path, int]]:
-    root = tmp_path_factory.mktemp("sources")
-    source = root / "manifests"
-    source.mkdir()
-    upstream = free_port()
-    (source / "web.yaml").write_text(manifests("auto", upstream))
-    gw = start_gateway(module_launcher, source, root / "state")
-    valid = tokens()["valid"]
-    gw.wait_until(
-        lambda: gw.request("GET", f"/query/x?access_token={valid}").status == 200, timeout=30, what="upstream"
-    )
-    try:
-        yield gw, source, upstream
-    finally:
-        stop_gateway(gw)
+    ready = (f"/query/x?access_token={tokens()['valid']}", {})
+    with gateway_serving(
+        module_launcher, tmp_path_factory.mktemp("sources"), lambda port: manifests("auto", port), ready=ready
+    ) as served:
+        yield served
 
 
 def test_cookie_and_query_tokens_are_checked_where_the_service_finds_them(
@@ -152,7 +142,7 @@ def test_cookie_and_query_tokens_are_checked_where_the_service_finds_them(
         assert native[f"{twice} same"][0] == 200
         assert native[f"{twice} different"][0] == 400
 
-    (source / "web.yaml").write_text(manifests("service", upstream))
+    source.write_text(manifests("service", upstream))
     gw.wait_until(lambda: ext_authz_probe(gw, "/query/x"), timeout=30, what="the service enforcing")
     service = observe(gw)
     differences = {k: (native[k], service[k]) for k in native if native[k] != service[k]}

@@ -32,7 +32,8 @@ from legation.controller.compiler.ir import IR
 from legation.controller.translate.clusters import cluster, secret, service_cluster
 from legation.controller.translate.filters import auth_service, http_filters
 from legation.controller.translate.jwks_clusters import jwks_clusters
-from legation.controller.translate.jwt import jwt_http_filters, local_reply_config
+from legation.controller.translate.jwt import jwt_http_filters
+from legation.controller.translate.jwt_denials import local_reply_config
 from legation.controller.translate.listeners import http_listener, https_listener
 from legation.controller.translate.options import (
     ACCESS_LOG_FORMAT,

@@ -18,9 +18,7 @@
 - a query token that is not forwarded is removed after jwt_authn (a second header mutation).
 - a header mutation filter before jwt_authn removes client-sent copies of identity headers (and,
   on public rules, the token, which the service removes there too).
-- `local_reply_config` turns jwt_authn's and RBAC's answers into the service's: same status,
-  `WWW-Authenticate` (realm from the route's metadata) and JSON body, chosen by a CEL filter on
-  the response code details.
+- jwt_denials.py names the denials and turns them into the service's answers (local replies).
 """
 
 from __future__ import annotations
@@ -28,9 +26,8 @@ from __future__ import annotations
 from typing import Any
 
 from envoy.config.common.mutation_rules.v3 import mutation_rules_pb2
-from envoy.config.core.v3 import base_pb2, substitution_format_string_pb2
+from envoy.config.core.v3 import base_pb2
 from envoy.config.rbac.v3 import rbac_pb2 as rbac_config
-from envoy.extensions.access_loggers.filters.cel.v3 import cel_pb2
 from envoy.extensions.filters.http.header_mutation.v3 import header_mutation_pb2
 from envoy.extensions.filters.http.jwt_authn.v3 import config_pb2 as jwt
 from envoy.extensions.filters.http.rbac.v3 import rbac_pb2
@@ -54,13 +51,18 @@ from legation.controller.translate.cel import (
 )
 from legation.controller.translate.jwt_checks import (
     CHECKS_FILTER,
-    EMPTY,
-    JWE,
-    TOO_LARGE,
-    TWICE,
     condition_policy,
     iat_condition,
     token_checks,
+)
+from legation.controller.translate.jwt_denials import (
+    ALG_POLICY,
+    CRIT_POLICY,
+    IAT_POLICY,
+    METADATA_NAMESPACE,
+    claim_policy,
+    forwarded_claims,
+    unforwardable_policy,
 )
 from legation.controller.translate.options import pack
 from legation.controller.translate.remote_jwks import remote_jwks
@@ -73,7 +75,6 @@ __all__ = [
     "RBAC_FILTER",
     "claim_value",
     "jwt_http_filters",
-    "local_reply_config",
     "per_route",
     "provider_key",
 ]
@@ -82,8 +83,6 @@ JWT_FILTER = "envoy.filters.http.jwt_authn"
 RBAC_FILTER = "envoy.filters.http.rbac"
 IDENTITY_FILTER = "legation.identity_headers"
 QUERY_TOKEN_FILTER = "legation.query_token_removal"
-METADATA_NAMESPACE = "legation"
-"""Route metadata: `policy` is the realm of the local replies."""
 _HEADER_SUFFIX = "#header"
 _TOKEN_CACHE = 100
 _CONTROL = value_pb2.ValueMatcher(
@@ -93,8 +92,6 @@ _CONTROL = value_pb2.ValueMatcher(
 )
 """A string claim holding a C0 or C1 control character or DEL, which the service will not forward."""
 """Verified tokens kept per provider and Envoy worker (Envoy's default)."""
-_OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
-_REALM = f"%METADATA(ROUTE:{METADATA_NAMESPACE}:policy)%"
 
 
 def provider_key(policy: str, provider: str) -> str:
@@ -229,32 +226,18 @@ def _rbac(
     keys = [provider_key(native.key, n) for n in rule.requires.providers]
     principals = keys if rule.requires.any_of is not None else keys[:1]
     rules = rbac_config.RBAC(action=rbac_config.RBAC.DENY)
-    rules.policies[_CRIT].CopyFrom(_policy(_crit(keys)))
+    rules.policies[CRIT_POLICY].CopyFrom(_policy(_crit(keys)))
     alg = _alg_refused([k for k in keys if k in algorithms], algorithms)
     if alg is not None:
-        rules.policies[_ALG].CopyFrom(_policy(alg))
-    rules.policies[_IAT].CopyFrom(condition_policy(_issued_later(native, rule)))
+        rules.policies[ALG_POLICY].CopyFrom(_policy(alg))
+    rules.policies[IAT_POLICY].CopyFrom(condition_policy(_issued_later(native, rule)))
     for i, (claim, values) in enumerate(rule.claims.items()):
         lacking = [
             _whose(keys, principals, j, _not(_has(k, claim, values))) for j, k in enumerate(principals)
         ]
-        rules.policies[_claim_policy(i, claim)].CopyFrom(_policy(_or(lacking)))
+        rules.policies[claim_policy(i, claim)].CopyFrom(_policy(_or(lacking)))
     _forwarded_claims(rules, native.policy.spec, keys=keys, principals=principals)
     return rbac_pb2.RBACPerRoute(rbac=rbac_pb2.RBAC(rules=rules))
-
-
-# Policy names, in the order of the service's checks (see `_rbac`).
-_CRIT = "1:crit"
-_ALG = "2:alg"
-_IAT = "3:iat"
-
-
-def _claim_policy(i: int, claim: str) -> str:
-    return f"4:claim:{i:02d}:{claim}"
-
-
-def _unforwardable(i: int, claim: str) -> str:
-    return f"5:unforwardable:{i:02d}:{claim}"
 
 
 def _forwarded_claims(
@@ -263,12 +246,12 @@ def _forwarded_claims(
     """Denials of a claim the service would forward (the claims forwarded as headers, then `sub`,
     `iss` and the metadata claims, in this order) holding a control character: metadata regex
     matchers (profiled: CEL cost ~10 µs a request per claim)."""
-    for i, claim in enumerate(_forwarded(spec)):
+    for i, claim in enumerate(forwarded_claims(spec)):
         path = claim.split(".")
         held = [
             _whose(keys, principals, j, _metadata([k, *path], _CONTROL)) for j, k in enumerate(principals)
         ]
-        rules.policies[_unforwardable(i, claim)].CopyFrom(_policy(_or(held)))
+        rules.policies[unforwardable_policy(i, claim)].CopyFrom(_policy(_or(held)))
 
 
 def claim_value(keys: list[str], claim: str, *, default: str) -> Expr:
@@ -284,10 +267,6 @@ def claim_value(keys: list[str], claim: str, *, default: str) -> Expr:
         checks.append(call("_==_", call("type", node), ident("string")))
         value = call("_?_:_", all_of(*checks), node, value)
     return expression(value)
-
-
-def _forwarded(spec: PolicySpec) -> list[str]:
-    return list(dict.fromkeys([*spec.claims_to_headers, "sub", "iss", *spec.metadata_claims]))
 
 
 def _crit(keys: list[str]) -> rbac_config.Principal:
@@ -398,73 +377,3 @@ def _policy(principal: rbac_config.Principal) -> rbac_config.Policy:
     policy = rbac_config.Policy(principals=[principal])
     policy.permissions.add(any=True)
     return policy
-
-
-# --- answers ------------------------------------------------------------------------------------
-
-# jwt_authn's failure (its message, spaces as underscores, in the response code details) → the
-# service's (status, error, reason). Anything else jwt_authn refuses is a malformed token.
-_JWT_FAILURES: tuple[tuple[str, int, str, str], ...] = (
-    ("Jwt_is_missing", 401, "", "missing token"),
-    ("Jwt_is_expired", 401, "invalid_token", "token expired"),
-    ("Jwt_not_yet_valid", 401, "invalid_token", "token not yet valid"),
-    ("Jwt_issuer_is_not_configured", 401, "invalid_token", "untrusted issuer"),
-    ("Audiences_in_Jwt_are_not_allowed", 403, "insufficient_scope", "audience not allowed"),
-    ("Jwks_doesn't_have_key_to_match_kid_or_alg_from_Jwt", 401, "invalid_token", "unknown signing key"),
-    ("Jwt_header_[alg]_is_not_supported", 401, "invalid_token", "signing algorithm not allowed"),
-    ("Jwt_verification_fails", 401, "invalid_token", "invalid signature"),
-    ("Jwt_ED25519_signature_is_wrong_length", 401, "invalid_token", "invalid signature"),
-    ("Jwks_remote_fetch_is_failed", 503, "unavailable", "signing keys unavailable"),
-)
-_DENIED = "jwt_authn_access_denied{"
-
-
-def local_reply_config(natives: tuple[NativePolicy, ...]) -> hcm.LocalReplyConfig | None:
-    """The service's answers for native routes' denials; None when no policy is native."""
-    if not natives:
-        return None
-    config = hcm.LocalReplyConfig()
-    for detail, status, error, reason in _JWT_FAILURES:
-        _mapper(config, f'response.code_details == "{_DENIED}{detail}}}"', status, error, reason)
-    _mapper(config, f'response.code_details.startsWith("{_DENIED}")', 401, "invalid_token", "malformed token")
-    _mapper(config, _rbac_detail(TWICE), 400, "invalid_request", "more than one token in the request")
-    _mapper(config, _rbac_detail(EMPTY), 401, "", "missing token")
-    _mapper(config, _rbac_detail(TOO_LARGE), 401, "invalid_token", "token too large")
-    _mapper(config, _rbac_detail(JWE), 401, "invalid_token", "encrypted tokens (JWE) are not accepted")
-    _mapper(config, _rbac_detail(_CRIT), 401, "invalid_token", "unsupported critical header")
-    _mapper(config, _rbac_detail(_ALG), 401, "invalid_token", "signing algorithm not allowed")
-    _mapper(config, _rbac_detail(_IAT), 401, "invalid_token", "token not yet valid")
-    claims = {
-        _claim_policy(i, c): c for n in natives for r in n.policy.spec.rules for i, c in enumerate(r.claims)
-    }
-    for name, claim in sorted(claims.items()):
-        _mapper(config, _rbac_detail(name), 403, "insufficient_scope", f"missing required {claim}")
-    names = {_unforwardable(i, c): c for n in natives for i, c in enumerate(_forwarded(n.policy.spec))}
-    for name, claim in sorted(names.items()):
-        _mapper(config, _rbac_detail(name), 401, "invalid_token", f"claim {claim} holds control characters")
-    return config
-
-
-def _rbac_detail(policy: str) -> str:
-    return f'response.code_details == "rbac_access_denied_matched_policy[{policy}]"'
-
-
-def _mapper(config: hcm.LocalReplyConfig, expression: str, status: int, error: str, reason: str) -> None:
-    mapper = config.mappers.add()
-    mapper.filter.extension_filter.name = "envoy.access_loggers.extension_filters.cel"
-    mapper.filter.extension_filter.typed_config.CopyFrom(
-        pack(cel_pb2.ExpressionFilter(expression=expression))
-    )
-    mapper.status_code.value = status
-    challenge = f'Bearer realm="{_REALM}"'
-    if error and status < 500:  # a server-side failure is no error of the token (RFC 6750 §3.1)
-        challenge += f', error="{error}", error_description="{reason}"'
-    mapper.headers_to_add.add(
-        header=base_pb2.HeaderValue(key="www-authenticate", value=challenge), append_action=_OVERWRITE
-    )
-    body = f'{{"error": "{error or "unauthorized"}", "reason": "{reason}"}}'
-    mapper.body_format_override.CopyFrom(
-        substitution_format_string_pb2.SubstitutionFormatString(
-            text_format_source=base_pb2.DataSource(inline_string=body), content_type="application/json"
-        )
-    )
