@@ -65,8 +65,8 @@ class Controller:
 
     async def stop(self) -> None:
         self.task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self.task
+        with contextlib.suppress(asyncio.CancelledError):  # bounded: a hang here hides the failure
+            await asyncio.wait_for(self.task, 20)
 
 
 @contextlib.asynccontextmanager
@@ -151,7 +151,7 @@ async def test_every_legation_kind_gets_its_condition(cluster: tuple[KubeEmulato
                     found[resource.kind] = (c["status"], c["message"])
             return found if len(found) == 4 else None
 
-        found = await eventually(conditions)
+        found = await eventually(conditions, timeout=30)  # four kinds, four writes: slow on a busy CI
     assert found["Mapping"][0] == "True"
     # demo is a team namespace, not the platform's: the gateway-wide kind is refused, visibly.
     assert found["AuthService"] == (
