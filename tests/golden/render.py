@@ -21,6 +21,7 @@ from typing import Any
 
 from google.protobuf import json_format
 
+from legation.controller.compiler.upstreams import UpstreamRules
 from legation.controller.serving.pipeline import Stages, build
 from legation.controller.sources import SourceSnapshot
 from legation.controller.translate.envoy import EnvoyOptions
@@ -47,6 +48,8 @@ IN = HERE / "in"
 OUT = HERE / "out"
 
 OPTIONS = EnvoyOptions()
+UPSTREAMS = UpstreamRules(native_remote_jwks=True)
+"""The jwt-remote case shows what Envoy is given when the platform lets it fetch JWKS."""
 """The controller's defaults: a change to them shows up in every case, as it should."""
 
 XDS_FILES = {
@@ -66,7 +69,7 @@ def case_names() -> list[str]:
 
 def render(case: str) -> dict[str, str]:
     """Every output file of `case`, by file name."""
-    stages = build(source_snapshot(case), OPTIONS)
+    stages = build(source_snapshot(case), OPTIONS, upstreams=UPSTREAMS)
     files = {name: dump({}) for name in ALWAYS}
     for type_url, by_name in stages.envoy.resources.items():
         files[XDS_FILES[type_url]] = dump({name: xds_json(m) for name, m in by_name.items()})

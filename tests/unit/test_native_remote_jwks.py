@@ -54,6 +54,7 @@ def compiled(text: str, **rules: Any) -> CompileResult:
         parsed = parse_resource(doc)
         assert not isinstance(parsed, list)
         resources.append((Origin.of(doc), parsed))
+    rules.setdefault("native_remote_jwks", True)  # what these tests are about; the default: below
     return compile_resources(resources, tenancy=Tenancy(), upstreams=UpstreamRules(**rules))
 
 
@@ -195,3 +196,15 @@ def test_loopback_is_refused_unless_allowed_and_enforcement_service_is_checked_t
 def test_public_names_and_addresses_are_accepted() -> None:
     for uri in ("https://idp.example.com/jwks", "https://8.8.8.8/k", "https://[2001:4860::8888]:8443/k"):
         assert jwks_uri_problem(uri, UpstreamRules(reserved=RESERVED)) is None, uri
+
+
+def test_by_default_the_service_fetches_remote_jwks_and_the_status_says_how_to_change_it() -> None:
+    # A hostile team's IdP could make Envoy buffer 32 MiB a fetch, every `cacheDuration`.
+    result = compiled(manifests(provider("https://idp.example.com/k")), native_remote_jwks=False)
+    status = result.status("JWTPolicy", "demo", "jwt")
+    assert status is not None and status.enforcement is not None
+    assert status.enforcement.startswith(
+        "service (provider corp: remote JWKS are fetched by the authz service"
+    )
+    assert "--native-remote-jwks" in status.enforcement
+    assert not result.ir.native_policies

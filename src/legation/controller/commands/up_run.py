@@ -204,6 +204,7 @@ def _start_controller(
             "--feed-token-file", f"authz={files.feed_token('authz')}",
             "--feed-token-file", f"ratelimit={files.feed_token('ratelimit')}",
             "--allow-loopback-upstreams",
+            "--native-remote-jwks",  # one laptop, one team: Envoy may fetch its IdP's keys
             *(f"--reserved-upstream={entry}" for entry in reserved),
             "--log-level", _LOG_LEVEL,
             *(f"--platform-namespace={ns}" for ns in args.platform_namespace or ()),

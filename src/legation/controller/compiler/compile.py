@@ -228,7 +228,7 @@ def _compile(
         for entry, policy in sorted(policies.items(), key=lambda p: p[0].id)
         if entry.ok and entry.key not in used
     )
-    natives, enforcement = _enforcement(feed, unused)
+    natives, enforcement = _enforcement(feed, unused, remote_jwks=rules.native_remote_jwks)
     ir = IR(
         routes=tuple(route_irs),
         clusters=tuple(clusters[name] for name in sorted(clusters)),
@@ -251,7 +251,7 @@ def _compile(
 
 
 def _enforcement(
-    feed: tuple[JWTPolicy, ...], unused: tuple[JWTPolicy, ...]
+    feed: tuple[JWTPolicy, ...], unused: tuple[JWTPolicy, ...], *, remote_jwks: bool
 ) -> tuple[tuple[NativePolicy, ...], dict[str, str]]:
     """The policies Envoy enforces, and each valid policy's enforcement as its status shows it:
     `native` or `service (reason)`; for a policy no route uses, `unused (…)` with what it would be
@@ -259,14 +259,14 @@ def _enforcement(
     natives: list[NativePolicy] = []
     shown: dict[str, str] = {}
     for policy in feed:
-        native = native_policy(policy)
+        native = native_policy(policy, remote_jwks=remote_jwks)
         if isinstance(native, NativePolicy):
             natives.append(native)
             shown[policy.key] = "native"
         else:
             shown[policy.key] = f"service ({native})"
     for policy in unused:
-        native = native_policy(policy)
+        native = native_policy(policy, remote_jwks=remote_jwks)
         would = "native" if isinstance(native, NativePolicy) else f"service: {native}"
         shown[policy.key] = f"unused (no Mapping uses it; would be {would})"
     return tuple(natives), shown

@@ -5,13 +5,15 @@ decision they make is the authz service's decision too (the service, src/legatio
 reference); otherwise the policy stays on ext_authz, with the first reason in its status:
 `enforcement: service (provider corp: several token sources …)`. `enforcement: service` forces the service.
 
-Remote JWKS (`jwks.uri`) are native too (jwt_authn `remote_jwks`, fetched by Envoy through a
-cluster per origin; `compiler.jwks_uris` says which URIs a team may name). Envoy has no refetch
-on an unknown kid: a key an IdP starts signing with before publishing it is accepted at the next
-scheduled fetch (at most `cacheDuration` later), where the service refetches at once. Policies for
-such IdPs set `enforcement: service` (README, "Native enforcement").
+Remote JWKS (`jwks.uri`) are native when the platform allows it (`--native-remote-jwks`;
+`legation up` does): jwt_authn `remote_jwks`, fetched by Envoy through a cluster per origin
+(`compiler.jwks_uris` says which URIs a team may name). Off by default on a shared gateway: Envoy
+buffers up to 32 MiB per fetch, as often as the team's `cacheDuration` says, where the service
+caps a JWKS at 1 MiB. Envoy has no refetch on an unknown kid either: a key an IdP signs with
+before publishing it is accepted at the next scheduled fetch (README, "Native enforcement").
 
 What keeps a policy on the service, and why:
+- remote JWKS, unless the platform allows Envoy to fetch them (above);
 - `jwks.file`: read by the standalone service only;
 - a provider with several token sources: two different tokens must be a 400, which jwt_authn
   cannot tell (it verifies the first it finds);
@@ -66,16 +68,17 @@ class NativePolicy:
         return dict(self.jwks).get(provider) or dict(self.remote)[provider]
 
 
-def native_policy(policy: JWTPolicy) -> NativePolicy | str:
+def native_policy(policy: JWTPolicy, *, remote_jwks: bool = False) -> NativePolicy | str:
     """The native form of a resolved policy (Secret-backed JWKS already inline), or the reason
-    it stays on the authz service."""
+    it stays on the authz service. `remote_jwks`: the platform lets Envoy fetch remote JWKS
+    (`--native-remote-jwks`)."""
     spec = policy.spec
     if spec.enforcement == "service":
         return "enforcement: service"
     jwks: list[tuple[str, str]] = []
     remote: list[tuple[str, RemoteKeys]] = []
     for provider in spec.providers:
-        bound = _provider_reason(provider, forward=spec.forward_token)
+        bound = _provider_reason(provider, forward=spec.forward_token, remote_jwks=remote_jwks)
         if isinstance(bound, RemoteKeys):
             remote.append((provider.name, bound))
         elif not bound.startswith("{"):
@@ -85,7 +88,7 @@ def native_policy(policy: JWTPolicy) -> NativePolicy | str:
     return NativePolicy(key=policy.key, policy=policy, jwks=tuple(jwks), remote=tuple(remote))
 
 
-def _provider_reason(provider: Provider, *, forward: bool) -> str | RemoteKeys:
+def _provider_reason(provider: Provider, *, forward: bool, remote_jwks: bool) -> str | RemoteKeys:
     """The bound JWKS JSON (starts with `{`), the remote JWKS, or why the provider cannot be native."""
     if provider.jwks.inline is None and provider.jwks.uri is None:
         return "jwks.file is read by the standalone service only; jwks.inline, uri or secretRef is native"
@@ -98,6 +101,11 @@ def _provider_reason(provider: Provider, *, forward: bool) -> str | RemoteKeys:
     if not forward and source.cookie:
         return "a cookie token cannot be removed by Envoy (set forwardToken or use a header)"
     if provider.jwks.uri is not None:
+        if not remote_jwks:
+            return (
+                "remote JWKS are fetched by the authz service (1 MiB cap) unless the platform runs "
+                "the controller with --native-remote-jwks; jwks.inline or secretRef is native"
+            )
         return _remote(provider)
     assert provider.jwks.inline is not None
     bound = bind_jwks(provider.jwks.inline, provider.algorithms)

@@ -69,6 +69,11 @@ class UpstreamRules:
     """The authz service the controller was given: the one reserved address an AuthService may name."""
     platform_namespaces: frozenset[str] = field(default_factory=lambda: frozenset({"legation-system"}))
     """Namespaces whose UpstreamGrants are accepted."""
+    native_remote_jwks: bool = False
+    """Envoy may fetch a team's remote JWKS itself (native enforcement of policies with `jwks.uri`).
+    Off by default: Envoy buffers up to 32 MiB per fetch, as often as a team's `cacheDuration`
+    says, so a hostile team's IdP could weigh on the shared gateway; the authz service fetches
+    with a 1 MiB cap and a refetch cooldown. `legation up` turns it on (one team, one laptop)."""
 
     def __post_init__(self) -> None:
         for entry in self.reserved:

@@ -40,6 +40,13 @@ def add_upstream_arguments(parser: argparse.ArgumentParser) -> None:
         "unspecified address at PORT); repeat for each",
     )
     group.add_argument(
+        "--native-remote-jwks",
+        action="store_true",
+        help="let Envoy fetch teams' remote JWKS (jwks.uri) and enforce their policies natively; "
+        "without it the authz service fetches them (1 MiB cap, refetch cooldown): Envoy buffers up "
+        "to 32 MiB per fetch, as often as a team's cacheDuration says; `legation up` passes it",
+    )
+    group.add_argument(
         "--namespaced-upstreams",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -64,4 +71,5 @@ def upstream_rules(
         namespaced=namespaced,
         authz_service=authz_service,
         platform_namespaces=platform,
+        native_remote_jwks=args.native_remote_jwks,
     )
