@@ -52,7 +52,6 @@ from legation.controller.translate.cel import (
 from legation.controller.translate.jwt_checks import (
     CHECKS_FILTER,
     condition_policy,
-    iat_condition,
     token_checks,
 )
 from legation.controller.translate.jwt_denials import (
@@ -85,6 +84,9 @@ IDENTITY_FILTER = "legation.identity_headers"
 QUERY_TOKEN_FILTER = "legation.query_token_removal"
 _HEADER_SUFFIX = "#header"
 _TOKEN_CACHE = 100
+_METADATA = select(ident("metadata"), "filter_metadata")
+_VERIFIED = index(_METADATA, JWT_FILTER)
+"""CEL: jwt_authn's dynamic metadata, the verified payloads by provider key."""
 _CONTROL = value_pb2.ValueMatcher(
     string_match=string_pb2.StringMatcher(
         safe_regex=regex_pb2.RegexMatcher(regex=r"(?s).*[\x{0}-\x{1f}\x{7f}-\x{9f}].*")
@@ -257,10 +259,9 @@ def _forwarded_claims(
 def claim_value(keys: list[str], claim: str, *, default: str) -> Expr:
     """CEL: the string at `claim` (dotted path) of the first verified payload among `keys`, or
     `default` (claim missing, or not a string)."""
-    verified = index(select(ident("metadata"), "filter_metadata"), JWT_FILTER)
     value: Expr = const(default)
     for key in reversed(keys):
-        checks, node = [_in(key, verified)], index(verified, key)
+        checks, node = [_in(key)], index(_VERIFIED, key)
         for part in claim.split("."):
             checks.append(call("@in", const(part), node))
             node = index(node, part)
@@ -278,23 +279,25 @@ def _issued_later(native: NativePolicy, rule: Rule) -> Expr:
     takes the first that verified (jwt_authn does not look at `iat`)."""
     assert rule.requires is not None
     by_name = {p.name: p for p in native.policy.spec.providers}
-    verified = index(select(ident("metadata"), "filter_metadata"), JWT_FILTER)
     payloads = [(by_name[n], provider_key(native.key, n)) for n in rule.requires.providers]
+    now = call("int", select(ident("request"), "time"))
 
     def later(i: int) -> Expr:
-        provider, key = payloads[i]  # an error (no such payload) is no match, as is false
-        return iat_condition(index(verified, key), provider)
+        """`iat` later than now plus the skew. A missing `iat` (or payload) makes it an error,
+        which RBAC takes as no match, as it does false: nothing to guard."""
+        provider, key = payloads[i]
+        limit = call("double", call("_+_", now, const(int(provider.clock_skew))))
+        return call("_>_", call("double", index(index(_VERIFIED, key), "iat")), limit)
 
     if rule.requires.all_of is not None:
         return any_of(*(later(i) for i in range(len(payloads))))
-    before = [[negate(_in(k, verified)) for _, k in payloads[:i]] for i in range(len(payloads))]
+    before = [[negate(_in(k)) for _, k in payloads[:i]] for i in range(len(payloads))]
     return any_of(*(all_of(*before[i], later(i)) for i in range(len(payloads))))
 
 
-def _in(key: str, verified: Expr) -> Expr:
+def _in(key: str) -> Expr:
     """jwt_authn verified the token of `key` (CEL's `in`; the metadata may be absent altogether)."""
-    has_any = call("@in", const(JWT_FILTER), select(ident("metadata"), "filter_metadata"))
-    return all_of(has_any, call("@in", const(key), verified))
+    return all_of(call("@in", const(JWT_FILTER), _METADATA), call("@in", const(key), _VERIFIED))
 
 
 def _remote_algorithms(native: NativePolicy) -> dict[str, tuple[str, ...]]:

@@ -7,9 +7,8 @@ refused unread and described as the service describes it. An empty cookie or que
 token to the service (401 without an error code) and a malformed one to jwt_authn: `token:empty`;
 a cookie or parameter sent twice with different values is a 400 (`token:twice`), as in the service.
 
-After jwt_authn, the service also refuses a token issued in the future (`iat` later than now plus
-the clock skew, as PyJWT does), which jwt_authn accepts: `iat_condition`, a policy of the RBAC
-filter after jwt_authn (jwt.py).
+(The checks after jwt_authn, such as a token issued in the future, are policies of the RBAC
+filter after it: jwt.py.)
 
 The token is found as the service finds it (tokens.py): after the header's prefix, compared
 without case, trimmed; the first `name=` cookie, spaces removed; the first `name=` query
@@ -48,7 +47,6 @@ __all__ = [
     "TOO_LARGE",
     "TWICE",
     "condition_policy",
-    "iat_condition",
     "token_checks",
 ]
 
@@ -100,14 +98,6 @@ def _five_part_headers(sources: list[TokenSource]) -> rbac_config.Principal:
         )
         ids.append(rbac_config.Principal(header=matcher))
     return ids[0] if len(ids) == 1 else rbac_config.Principal(or_ids=rbac_config.Principal.Set(ids=ids))
-
-
-def iat_condition(payload: Expr, provider: Provider) -> Expr:
-    """`payload` (a verified payload in metadata) has an `iat` later than now plus the skew. A
-    token without `iat` makes it an error, which RBAC takes as no match: no lookups to guard."""
-    now = call("int", select(ident("request"), "time"))
-    limit = call("double", call("_+_", now, const(int(provider.clock_skew))))
-    return call("_>_", call("double", index(payload, "iat")), limit)
 
 
 def condition_policy(condition: Expr) -> rbac_config.Policy:
