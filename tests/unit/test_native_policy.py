@@ -181,3 +181,18 @@ def test_keys_are_bound_to_one_algorithm_as_the_service_binds_them() -> None:
     )
     assert [(k["kid"], k["alg"]) for k in bound["keys"]] == [("k1", "RS384")]  # first allowed that fits
     assert bind_jwks(json.dumps({"keys": [{**jwk, "alg": "RS512"}]}), ["RS256"]) is None  # alg not allowed
+
+
+def test_a_claim_name_that_envoy_would_read_as_code_keeps_the_policy_on_the_service() -> None:
+    # A native denial names the claim in a CEL string and an Envoy format string: a hostile team's
+    # claim name must not end the string (other teams' answers) or format Envoy's environment.
+    for claim in ['x"] || true || response.code_details == "', "%ENVIRONMENT(HOME)%"]:
+        rules = [{"requires": {"anyOf": ["corp"]}, "claims": {claim: ["a"]}}]
+        assert (enforcement(policy(rules=rules) + mapping()) or "").startswith(
+            f"service (claim name {claim!r}"
+        )
+        assert (enforcement(policy(claimsToHeaders={claim: "x-odd"}) + mapping()) or "").startswith(
+            "service ("
+        )
+    url_claim = [{"requires": {"anyOf": ["corp"]}, "claims": {"https://example.com/roles": ["a"]}}]
+    assert enforcement(policy(rules=url_claim) + mapping()) == "native"

@@ -31,6 +31,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -49,6 +50,11 @@ _FITS: dict[tuple[str, str | None], tuple[str, ...]] = {
     ("oct", None): ("HS256", "HS384", "HS512"),
 }
 _MIN_RSA_BITS = 2048
+_PLAIN_CLAIM = re.compile(r"[A-Za-z0-9_.:/+#-]{1,256}")
+"""Claim names Envoy's answers may carry: a native denial names the claim inside a CEL string
+(the local reply's filter) and an Envoy format string (its body and WWW-Authenticate), where a
+quote or `%ENVIRONMENT(…)%` in a team's claim name would be read as code; the service writes
+any name as plain text."""
 _MIN_HMAC_BYTES = {"HS256": 32, "HS384": 48, "HS512": 64}
 
 
@@ -75,6 +81,14 @@ def native_policy(policy: JWTPolicy, *, remote_jwks: bool = False) -> NativePoli
     spec = policy.spec
     if spec.enforcement == "service":
         return "enforcement: service"
+    claims = [
+        *(c for rule in spec.rules for c in rule.claims),
+        *spec.claims_to_headers,
+        *spec.metadata_claims,
+    ]
+    odd = next((c for c in claims if not _PLAIN_CLAIM.fullmatch(c)), None)
+    if odd is not None:
+        return f"claim name {odd!r}: only letters, digits and _ - . : / + # make native answers"
     jwks: list[tuple[str, str]] = []
     remote: list[tuple[str, RemoteKeys]] = []
     for provider in spec.providers:
