@@ -10,7 +10,13 @@ import yaml
 
 from bench.authz_fixtures import Keys
 from bench.harness.wrk import WrkResult, wrk_command
-from bench.native_fixtures import HOSTS, handwritten_envoy_config, manifests, upstream_envoy_config
+from bench.native_fixtures import (
+    HOSTS,
+    handwritten_claims_envoy_config,
+    handwritten_envoy_config,
+    manifests,
+    upstream_envoy_config,
+)
 from bench.native_results import (
     AUTHZ_CALLS,
     GOALS,
@@ -111,6 +117,8 @@ def test_goals_compare_native_with_each_baseline() -> None:
     assert results["service"].ratio == pytest.approx(2.5)
     assert not results["service"].passed  # < 3
     assert goal_results(summaries, [Goal("service", 2.5)])[0].passed
+    context = goal_results(_summaries(native=5_000, jwt_rbac=10_000), [Goal("jwt_rbac", None)])[0]
+    assert context.ratio == pytest.approx(0.5) and context.passed
 
 
 def test_a_goal_against_a_failed_measurement_is_not_passed() -> None:
@@ -118,7 +126,12 @@ def test_a_goal_against_a_failed_measurement_is_not_passed() -> None:
     result = goal_results({t: summarize(t, samples) for t in ("native", "open")}, [Goal("open", 0.6)])[0]
     assert result.ratio is None
     assert not result.passed
-    assert [g.baseline for g in GOALS] == ["jwt_authn", "open", "service"]
+    assert [(g.baseline, g.minimum) for g in GOALS] == [
+        ("jwt_authn", 0.8),
+        ("open", 0.6),
+        ("service", 3.0),
+        ("jwt_rbac", None),  # for context: no goal, never a failure
+    ]
 
 
 def test_table_shows_ratio_goal_and_verdict_on_each_baseline_row() -> None:
@@ -154,7 +167,7 @@ def test_manifests_compile_to_one_native_and_one_service_policy(keys: Keys) -> N
     native, service = docs[0]["spec"], docs[1]["spec"]
     assert {**native, "enforcement": "service"} == service  # the same policy but for enforcement
     hosts = {d["metadata"]["name"]: d["spec"]["hostname"] for d in docs[2:]}
-    assert hosts == {k: v for k, v in HOSTS.items() if k != "jwt_authn"}
+    assert hosts == {k: v for k, v in HOSTS.items() if not k.startswith("jwt_")}
     assert {d["spec"]["service"] for d in docs[2:]} == {"127.0.0.1:40000"}
 
 
@@ -170,6 +183,29 @@ def test_handwritten_jwt_authn_has_the_policys_keys_and_routes_to_the_upstream(k
     upstream = upstream_envoy_config(port=4, admin_port=5)
     route = upstream["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
     assert route["route_config"]["virtual_hosts"][0]["routes"][0]["direct_response"]["status"] == 200
+
+
+def test_handwritten_claim_rules_allow_the_rules_scope_and_team_only(keys: Keys) -> None:
+    config = handwritten_claims_envoy_config(
+        port=1, admin_port=2, upstream_port=3, jwks_json=keys.jwks_json()
+    )
+    manager = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    provider = manager["http_filters"][0]["typed_config"]["providers"]["corp"]
+    assert provider["payload_in_metadata"] == "corp"
+    assert provider["normalize_payload_in_metadata"] == {"space_delimited_claims": ["scope"]}
+    public, read, write = manager["route_config"]["virtual_hosts"][0]["routes"]
+    assert "typed_per_filter_config" not in public  # the policy's public rule
+    for route, scope in ((read, "orders:read"), (write, "orders:write")):
+        config = route["typed_per_filter_config"]
+        assert config["envoy.filters.http.jwt_authn"]["requirement_name"] == "corp"
+        rules = config["envoy.filters.http.rbac"]["rbac"]["rules"]
+        assert rules["action"] == "ALLOW"
+        [claims] = rules["policies"]["claims"]["principals"]
+        values = [m["metadata"]["value"] for m in claims["and_ids"]["ids"]]
+        assert values == [
+            {"list_match": {"one_of": {"string_match": {"exact": scope}}}},
+            {"string_match": {"exact": "orders"}},
+        ]
 
 
 def test_wrk_command_sends_the_headers() -> None:

@@ -452,7 +452,8 @@ def test_plain_http_follows_each_hosts_insecure_action(certificates: dict[str, t
     assert redirect.redirect.https_redirect is True
     assert redirect.redirect.response_code == rc.RedirectAction.MOVED_PERMANENTLY
     assert redirect.redirect.port_redirect == 18443
-    assert authz_per_route(redirect).disabled is True  # Envoy answers itself, no authz call
+    # Envoy answers itself: no authz call (ext_authz is off where a route does not configure it)
+    assert "envoy.filters.http.ext_authz" not in redirect.typed_per_filter_config
     # Another namespace's Host decides nothing for demo's `*` route (it follows demo's `*` Host).
     app, reject = vhost(http, "*.shop.example.com").routes
     assert app.name == "demo/app" and app.route.cluster
@@ -582,13 +583,15 @@ def test_ext_authz_filter_from_the_auth_service_and_policy_per_route() -> None:
     assert config.failure_mode_allow is True and config.status_on_error.code == 502
     assert config.with_request_body.max_request_bytes == 4096
     assert config.with_request_body.allow_partial_message is True
+    # Off by default: only a route that names a policy runs it.
+    assert http_filter(out[LISTENER][HTTP_LISTENER], "envoy.filters.http.ext_authz").disabled is True
     assert http2(out[CLUSTER]["svc_authz_legation-system_9001_h2"])
     assert AUTHZ_CLUSTER not in out[CLUSTER]  # the AuthService replaces the default
     routes = out[ROUTE][HTTP_ROUTES]
     private = authz_per_route(route(routes, "*", "demo/private"))
     assert dict(private.check_settings.context_extensions) == {"legation.policy": "demo/jwt"}
     assert not private.disabled
-    assert authz_per_route(route(routes, "*", "demo/public")).disabled is True
+    assert "envoy.filters.http.ext_authz" not in route(routes, "*", "demo/public").typed_per_filter_config
 
 
 def test_method_override_headers_are_removed_first_unless_the_route_allows_them() -> None:

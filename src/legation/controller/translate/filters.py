@@ -2,7 +2,13 @@
 the method), CORS (answers preflights before anyone asks for a token), native JWTPolicies'
 identity-header removal, jwt_authn and RBAC (translate/jwt.py), ext_authz (when an authz
 service is known), ratelimit (after ext_authz, whose dynamic metadata carries the claims that
-`per claim:` limits count), router."""
+`per claim:` limits count), router.
+
+CORS, ext_authz and the native policies' filters are off by default (`HttpFilter.disabled`):
+Envoy adds them to a request's chain only when its route configures them, which is also where
+they have something to do. A filter that is on and told per route to do nothing still costs its
+instantiation and lookups: profiled with `bench native`, ~3.5 µs of the ~35 µs of Envoy CPU a
+route without auth takes, and as much on a native route (its ext_authz and CORS)."""
 
 from __future__ import annotations
 
@@ -51,18 +57,23 @@ def http_filters(
     auth: tuple[str, AuthServiceSpec] | None, options: EnvoyOptions, *, native: list[Any] | None = None
 ) -> list[Any]:
     """`native`: the filters of native JWTPolicies (translate/jwt.py), before ext_authz."""
-    filters = [_filter(METHOD_OVERRIDE_FILTER, _method_override()), _filter(CORS_FILTER, cors_pb2.Cors())]
+    filters = [
+        _filter(METHOD_OVERRIDE_FILTER, _method_override()),
+        _filter(CORS_FILTER, cors_pb2.Cors(), disabled=True),
+    ]
     filters += native or []
     if auth is not None:
-        filters.append(_filter(EXT_AUTHZ_FILTER, _ext_authz(*auth)))
+        filters.append(_filter(EXT_AUTHZ_FILTER, _ext_authz(*auth), disabled=True))
     if options.ratelimit_service is not None:
         filters.append(_filter(RATELIMIT_FILTER, _ratelimit(options)))
     filters.append(_filter(ROUTER_FILTER, router_pb2.Router()))
     return filters
 
 
-def _filter(name: str, config: Message) -> hcm.HttpFilter:
-    return hcm.HttpFilter(name=name, typed_config=pack(config))
+def _filter(name: str, config: Message, *, disabled: bool = False) -> hcm.HttpFilter:
+    """`disabled`: only on routes that configure the filter (a route without authorization then
+    never runs ext_authz, which is what route translation means by leaving it out)."""
+    return hcm.HttpFilter(name=name, typed_config=pack(config), disabled=disabled)
 
 
 def _method_override() -> header_mutation_pb2.HeaderMutation:

@@ -23,6 +23,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from envoy.config.common.mutation_rules.v3 import mutation_rules_pb2
@@ -84,6 +85,7 @@ IDENTITY_FILTER = "legation.identity_headers"
 QUERY_TOKEN_FILTER = "legation.query_token_removal"
 _HEADER_SUFFIX = "#header"
 _TOKEN_CACHE = 100
+"""Verified tokens kept per provider and Envoy worker (Envoy's default)."""
 _METADATA = select(ident("metadata"), "filter_metadata")
 _VERIFIED = index(_METADATA, JWT_FILTER)
 """CEL: jwt_authn's dynamic metadata, the verified payloads by provider key."""
@@ -93,7 +95,7 @@ _CONTROL = value_pb2.ValueMatcher(
     )
 )
 """A string claim holding a C0 or C1 control character or DEL, which the service will not forward."""
-"""Verified tokens kept per provider and Envoy worker (Envoy's default)."""
+_CONTROL_CHARACTER = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
 def provider_key(policy: str, provider: str) -> str:
@@ -105,20 +107,21 @@ def provider_key(policy: str, provider: str) -> str:
 
 def jwt_http_filters(natives: tuple[NativePolicy, ...]) -> list[hcm.HttpFilter]:
     """identity header removal, jwt_authn and RBAC, to run before ext_authz (none when no policy
-    is native). Each does nothing on a route that does not configure it."""
+    is native). Each is off by default: only the routes that configure it run it (filters.py)."""
     if not natives:
         return []
     config = jwt.JwtAuthentication()
     for native in natives:
         _providers(config, native)
     identity = header_mutation_pb2.HeaderMutation()
-    return [
-        hcm.HttpFilter(name=IDENTITY_FILTER, typed_config=pack(identity)),
-        hcm.HttpFilter(name=CHECKS_FILTER, typed_config=pack(rbac_pb2.RBAC())),
-        hcm.HttpFilter(name=JWT_FILTER, typed_config=pack(config)),
-        hcm.HttpFilter(name=RBAC_FILTER, typed_config=pack(rbac_pb2.RBAC())),
-        hcm.HttpFilter(name=QUERY_TOKEN_FILTER, typed_config=pack(header_mutation_pb2.HeaderMutation())),
+    filters = [
+        (IDENTITY_FILTER, identity),
+        (CHECKS_FILTER, rbac_pb2.RBAC()),
+        (JWT_FILTER, config),
+        (RBAC_FILTER, rbac_pb2.RBAC()),
+        (QUERY_TOKEN_FILTER, header_mutation_pb2.HeaderMutation()),
     ]
+    return [hcm.HttpFilter(name=n, typed_config=pack(c), disabled=True) for n, c in filters]
 
 
 def _providers(config: jwt.JwtAuthentication, native: NativePolicy) -> None:
@@ -192,8 +195,7 @@ def per_route(native: NativePolicy, rule_index: int) -> dict[str, Any]:
     rule = spec.rules[rule_index]
     remove = sorted({h.lower() for h in spec.claims_to_headers.values()})
     configs: dict[str, Any] = {}
-    if rule.requires is None:
-        configs[JWT_FILTER] = pack(jwt.PerRouteConfig(disabled=True))
+    if rule.requires is None:  # jwt_authn, off by default, stays off
         if not spec.forward_token:  # the service removes the token on public rules too
             remove += [s.header.lower() for p in spec.providers for s in p.token_sources if s.header]
     else:
@@ -238,17 +240,23 @@ def _rbac(
             _whose(keys, principals, j, _not(_has(k, claim, values))) for j, k in enumerate(principals)
         ]
         rules.policies[claim_policy(i, claim)].CopyFrom(_policy(_or(lacking)))
-    _forwarded_claims(rules, native.policy.spec, keys=keys, principals=principals)
+    by_name = {p.name: p for p in native.policy.spec.providers}
+    issuers = [by_name[n].issuer for n in rule.requires.providers][: len(principals)]
+    plain_iss = not any(_CONTROL_CHARACTER.search(i) for i in issuers)
+    _forwarded_claims(rules, native.policy.spec, keys=keys, principals=principals, plain_iss=plain_iss)
     return rbac_pb2.RBACPerRoute(rbac=rbac_pb2.RBAC(rules=rules))
 
 
 def _forwarded_claims(
-    rules: rbac_config.RBAC, spec: PolicySpec, *, keys: list[str], principals: list[str]
+    rules: rbac_config.RBAC, spec: PolicySpec, *, keys: list[str], principals: list[str], plain_iss: bool
 ) -> None:
     """Denials of a claim the service would forward (the claims forwarded as headers, then `sub`,
     `iss` and the metadata claims, in this order) holding a control character: metadata regex
-    matchers (profiled: CEL cost ~10 µs a request per claim)."""
+    matchers (profiled: CEL cost ~10 µs a request per claim). `iss` needs no test when every
+    principal's issuer is plain (`plain_iss`): jwt_authn has compared it with that issuer."""
     for i, claim in enumerate(forwarded_claims(spec)):
+        if claim == "iss" and plain_iss:
+            continue
         path = claim.split(".")
         held = [
             _whose(keys, principals, j, _metadata([k, *path], _CONTROL)) for j, k in enumerate(principals)

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 
 from envoy.config.core.v3 import base_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
-from envoy.extensions.filters.http.ext_authz.v3 import ext_authz_pb2
 from envoy.extensions.rate_limit_descriptors.expr.v3 import expr_pb2
 from google.protobuf import struct_pb2
 
@@ -58,16 +57,14 @@ class _Path:
     value: str
 
 
-def split_route(
-    base: rc.Route, match: RouteMatch, native: NativePolicy, *, authz: bool
-) -> list[rc.Route] | None:
+def split_route(base: rc.Route, match: RouteMatch, native: NativePolicy) -> list[rc.Route] | None:
     """The routes replacing `base` (built for `match`), or None when they cannot be exact."""
     try:
         out = _split(base, match, native)
     except _Inexpressible:
         return None
     for route in out:
-        _mark(route, native.key, authz=authz)
+        _mark(route, native.key)
     return out
 
 
@@ -131,14 +128,12 @@ def _claims_from_jwt(route: rc.Route, providers: list[str]) -> None:
                 action.extension.typed_config.CopyFrom(pack(descriptor))
 
 
-def _mark(route: rc.Route, policy: str, *, authz: bool) -> None:
+def _mark(route: rc.Route, policy: str) -> None:
     route.metadata.filter_metadata[METADATA_NAMESPACE].CopyFrom(
         struct_pb2.Struct(fields={"policy": struct_pb2.Value(string_value=policy)})
     )
-    if authz:
-        route.typed_per_filter_config[EXT_AUTHZ_FILTER].CopyFrom(
-            pack(ext_authz_pb2.ExtAuthzPerRoute(disabled=True))
-        )
+    # ext_authz, off by default, stays off: the base route turned it on for the policy.
+    route.typed_per_filter_config.pop(EXT_AUTHZ_FILTER, None)
 
 
 def _no_rule(base: rc.Route) -> rc.Route:

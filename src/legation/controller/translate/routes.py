@@ -64,7 +64,8 @@ class RouteOptions:
     """What route translation needs to know about the rest of the gateway."""
 
     authz: bool
-    """Whether the listeners run the ext_authz filter (routes must then say disabled or policy)."""
+    """Whether the listeners have the ext_authz filter (off by default: a route with a policy
+    turns it on with the policy's name)."""
     redirect_port: int
     """The port of https:// URLs in insecure redirects (443 leaves the URL without a port)."""
 
@@ -114,7 +115,7 @@ def route_configurations(ir: IR, options: RouteOptions, names: Mapping[str, bool
         split = None
         if native is not None and not route.allow_method_override and options.authz:
             # Overriding methods need every method checked: that stays with the service.
-            split = split_route(message, route.match, native, authz=options.authz)
+            split = split_route(message, route.match, native)
         by_hostname.setdefault(route.match.hostname, []).append((route, message, split or [message]))
     hosts = {h.hostname: h for h in ir.hosts}
     hostnames = sorted({*by_hostname, *hosts}, key=_specificity)
@@ -199,10 +200,6 @@ def _insecure_route(out: rc.Route, host: HostIR, options: RouteOptions, *, name:
     else:
         out.direct_response.status = 403
         out.direct_response.body.inline_string = f"{host.hostname} is served over https only\n"
-    if options.authz:  # answered by Envoy itself: asking authz first would only add latency
-        out.typed_per_filter_config[EXT_AUTHZ_FILTER].CopyFrom(
-            pack(ext_authz_pb2.ExtAuthzPerRoute(disabled=True))
-        )
 
 
 def _route(out: rc.Route, route: Route, options: RouteOptions) -> None:
@@ -225,14 +222,11 @@ def _route(out: rc.Route, route: Route, options: RouteOptions) -> None:
             header=base_pb2.HeaderValue(key=key, value=value), append_action=_OVERWRITE
         )
     out.response_headers_to_remove.extend(route.remove_response_headers)
-    if options.authz:
+    if options.authz and route.policy is not None:  # ext_authz is off on every other route
         per_route = ext_authz_pb2.ExtAuthzPerRoute()
-        if route.policy is None:
-            per_route.disabled = True
-        else:
-            per_route.check_settings.context_extensions[POLICY_CONTEXT_KEY] = route.policy
-            if route.allow_method_override:
-                per_route.check_settings.context_extensions[METHOD_OVERRIDE_CONTEXT_KEY] = "allow"
+        per_route.check_settings.context_extensions[POLICY_CONTEXT_KEY] = route.policy
+        if route.allow_method_override:
+            per_route.check_settings.context_extensions[METHOD_OVERRIDE_CONTEXT_KEY] = "allow"
         out.typed_per_filter_config[EXT_AUTHZ_FILTER].CopyFrom(pack(per_route))
     if route.allow_method_override:
         out.typed_per_filter_config[METHOD_OVERRIDE_FILTER].CopyFrom(pack(rc.FilterConfig(disabled=True)))
