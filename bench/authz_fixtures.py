@@ -43,14 +43,14 @@ class Keys:
         jwk.update({"kid": self.kid, "alg": "RS256", "use": "sig"})
         return json.dumps({"keys": [jwk]}, separators=(",", ":"))
 
-    def token(self, i: int, *, lifetime: float = 3 * 3600) -> str:
+    def token(self, i: int, *, lifetime: float = 3 * 3600, team: str = TEAM) -> str:
         now = int(time.time())
         claims = {
             "iss": ISSUER,
             "aud": [AUDIENCE],
             "sub": subject(i),
             "scope": "orders:read orders:write",
-            "org": {"team": TEAM},
+            "org": {"team": team},
             "plan": "pro",
             "iat": now,
             "nbf": now - 5,

@@ -1,5 +1,6 @@
-"""What the native enforcement bench serves: the manifests Legation compiles, and the two static
-Envoy configs (the upstream, the hand-written ``jwt_authn`` gateway).
+"""What the native enforcement bench serves: the manifests Legation compiles, and the static Envoy
+configs (the upstream, the hand-written ``jwt_authn`` gateway, and the same with the policy's claim
+rules written by hand as Envoy's RBAC).
 
 The policy is the authz bench's (:func:`bench.authz_fixtures.policy_document`: RS256, inline keys,
 claim rules on ``scope`` and ``org.team``, ``claimsToHeaders``), once as ``bench/orders``
@@ -16,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from bench.authz_fixtures import AUDIENCE, ISSUER, NAMESPACE, POLICY_NAME, REQUEST_PATH, policy_document
+from bench.authz_fixtures import AUDIENCE, ISSUER, NAMESPACE, POLICY_NAME, REQUEST_PATH, TEAM, policy_document
 from legation.controller.translate.options import ACCESS_LOG_FORMAT
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "SERVICE_POLICY_NAME",
     "UPSTREAM_BODY",
     "Route",
+    "handwritten_claims_envoy_config",
     "handwritten_envoy_config",
     "manifests",
     "upstream_envoy_config",
@@ -37,6 +39,7 @@ HOSTS = {
     "native": "native.bench.example",
     "service": "service.bench.example",
     "jwt_authn": "jwt.bench.example",
+    "jwt_rbac": "jwt-rbac.bench.example",
 }
 """Target tag -> the Host header its requests carry (its Mapping's ``hostname``)."""
 
@@ -44,6 +47,9 @@ _HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_man
 _JWT_AUTHN = "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication"
 _FILE_LOG = "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog"
 _ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+_RBAC = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"
+_RBAC_PER_ROUTE = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBACPerRoute"
+_JWT_PER_ROUTE = "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.PerRouteConfig"
 _ROUTE_TIMEOUT = "15s"
 """The timeout Legation gives a Mapping's route when it sets none."""
 
@@ -134,17 +140,8 @@ def upstream_envoy_config(*, port: int, admin_port: int) -> dict[str, Any]:
     return _bootstrap(admin_port, _listener(port, routes=[route], filters=[]), [])
 
 
-def handwritten_envoy_config(
-    *, port: int, admin_port: int, upstream_port: int, jwks_json: str
-) -> dict[str, Any]:
-    """What one would write by hand for the policy's provider: ``jwt_authn`` with the same issuer,
-    audience, keys (``local_jwks`` inline), token header, ``forward: false`` and the same
-    ``claimsToHeaders``, required on one route to the upstream, the same token cache as Legation's
-    (``jwt_cache_config``, 100 tokens) and the same JSON access log (to stdout, like Legation's
-    gateway), so that the ratio measures what Legation's policy adds, not what every Legation
-    route pays (the route without auth measures that). It has none of the rest of the policy
-    (claim rules, removal of client-sent identity headers)."""
-    provider = {
+def _provider(jwks_json: str) -> dict[str, Any]:
+    return {
         "issuer": ISSUER,
         "audiences": [AUDIENCE],
         "local_jwks": {"inline_string": jwks_json},
@@ -156,16 +153,10 @@ def handwritten_envoy_config(
             {"header_name": "x-team", "claim_name": "org.team"},
         ],
     }
-    jwt_filter = {
-        "name": "envoy.filters.http.jwt_authn",
-        "typed_config": {
-            "@type": _JWT_AUTHN,
-            "providers": {"corp": provider},
-            "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "corp"}}],
-        },
-    }
-    route = {"match": {"prefix": "/orders/"}, "route": {"cluster": "upstream", "timeout": _ROUTE_TIMEOUT}}
-    cluster = {
+
+
+def _upstream_cluster(upstream_port: int) -> dict[str, Any]:
+    return {
         "name": "upstream",
         "type": "STATIC",
         "connect_timeout": "1s",
@@ -174,6 +165,88 @@ def handwritten_envoy_config(
             "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _address(upstream_port)}}]}],
         },
     }
-    return _bootstrap(
-        admin_port, _listener(port, routes=[route], filters=[jwt_filter], access_log=True), [cluster]
-    )
+
+
+def handwritten_envoy_config(
+    *, port: int, admin_port: int, upstream_port: int, jwks_json: str
+) -> dict[str, Any]:
+    """What one would write by hand for the policy's provider: ``jwt_authn`` with the same issuer,
+    audience, keys (``local_jwks`` inline), token header, ``forward: false`` and the same
+    ``claimsToHeaders``, required on one route to the upstream, the same token cache as Legation's
+    (``jwt_cache_config``, 100 tokens) and the same JSON access log (to stdout, like Legation's
+    gateway), so that the ratio measures what Legation's policy adds, not what every Legation
+    route pays (the route without auth measures that). It has none of the rest of the policy
+    (claim rules, removal of client-sent identity headers)."""
+    jwt_filter = {
+        "name": "envoy.filters.http.jwt_authn",
+        "typed_config": {
+            "@type": _JWT_AUTHN,
+            "providers": {"corp": _provider(jwks_json)},
+            "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "corp"}}],
+        },
+    }
+    route = {"match": {"prefix": "/orders/"}, "route": {"cluster": "upstream", "timeout": _ROUTE_TIMEOUT}}
+    listener = _listener(port, routes=[route], filters=[jwt_filter], access_log=True)
+    return _bootstrap(admin_port, listener, [_upstream_cluster(upstream_port)])
+
+
+def _claim(path: list[str], value: str, *, listed: bool) -> dict[str, Any]:
+    """A principal: the verified payload's claim at ``path`` is ``value`` (or, ``listed``, holds it)."""
+    string = {"string_match": {"exact": value}}
+    return {
+        "metadata": {
+            "filter": "envoy.filters.http.jwt_authn",
+            "path": [{"key": k} for k in ["corp", *path]],
+            "value": {"list_match": {"one_of": string}} if listed else string,
+        }
+    }
+
+
+def _claims_route(match: dict[str, Any], scope: str | None) -> dict[str, Any]:
+    """A route of the policy's rules: no token needed (``scope`` None), or the token and a
+    per-route RBAC that allows the rule's scope and team only."""
+    route: dict[str, Any] = {"match": match, "route": {"cluster": "upstream", "timeout": _ROUTE_TIMEOUT}}
+    if scope is None:
+        return route
+    claims = [_claim(["scope"], scope, listed=True), _claim(["org", "team"], TEAM, listed=False)]
+    policy = {"permissions": [{"any": True}], "principals": [{"and_ids": {"ids": claims}}]}
+    route["typed_per_filter_config"] = {
+        "envoy.filters.http.jwt_authn": {"@type": _JWT_PER_ROUTE, "requirement_name": "corp"},
+        "envoy.filters.http.rbac": {
+            "@type": _RBAC_PER_ROUTE,
+            "rbac": {"rules": {"action": "ALLOW", "policies": {"claims": policy}}},
+        },
+    }
+    return route
+
+
+def handwritten_claims_envoy_config(
+    *, port: int, admin_port: int, upstream_port: int, jwks_json: str
+) -> dict[str, Any]:
+    """The hand-written ``jwt_authn`` gateway plus the policy's three rules, as one writes claim
+    rules in plain Envoy (and as Envoy Gateway compiles its JWT claim authorization): the verified
+    payload in dynamic metadata (``scope`` split at spaces), and per route an RBAC allowing the
+    rule's scope and team. What Envoy itself charges for claim rules; still none of the checks
+    jwt_authn does not make that Legation adds (``crit``, ``iat``, control characters, token size,
+    JWE) nor the removal of client-sent identity headers."""
+    provider = _provider(jwks_json) | {
+        "payload_in_metadata": "corp",
+        "normalize_payload_in_metadata": {"space_delimited_claims": ["scope"]},
+    }
+    jwt_filter = {
+        "name": "envoy.filters.http.jwt_authn",
+        "typed_config": {
+            "@type": _JWT_AUTHN,
+            "providers": {"corp": provider},
+            "requirement_map": {"corp": {"provider_name": "corp"}},
+        },
+    }
+    rbac = {"name": "envoy.filters.http.rbac", "typed_config": {"@type": _RBAC}}
+    methods = {"name": ":method", "string_match": {"safe_regex": {"regex": "GET|HEAD"}}}
+    routes = [
+        _claims_route({"path_separated_prefix": "/orders/public"}, None),
+        _claims_route({"path_separated_prefix": "/orders", "headers": [methods]}, "orders:read"),
+        _claims_route({"path_separated_prefix": "/orders"}, "orders:write"),
+    ]
+    listener = _listener(port, routes=routes, filters=[jwt_filter, rbac], access_log=True)
+    return _bootstrap(admin_port, listener, [_upstream_cluster(upstream_port)])

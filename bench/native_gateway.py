@@ -5,9 +5,10 @@
   manifests, ``legation authz`` following the controller's authz feed, and Envoy bootstrapped
   from ``legation.controller.commands.bootstrap`` (ADS): the routes without auth, with the
   native policy, and with the ``enforcement: service`` copy are all served by this one Envoy;
-- the hand-written ``jwt_authn`` Envoy (a static bootstrap, no Legation).
+- the hand-written Envoys (static bootstraps, no Legation): ``jwt_authn`` alone, and ``jwt_authn``
+  with the policy's claim rules as RBAC.
 
-Both gateway Envoys (``--concurrency 1``) and the authz service run on the server CPU; the
+The gateway Envoys (``--concurrency 1``) and the authz service run on the server CPU; the
 controller (idle once Envoy has its config), the upstream and wrk on the client CPU.
 """
 
@@ -39,6 +40,7 @@ from bench.native_fixtures import (
     HOSTS,
     REQUEST_PATH,
     UPSTREAM_BODY,
+    handwritten_claims_envoy_config,
     handwritten_envoy_config,
     manifests,
     upstream_envoy_config,
@@ -68,18 +70,18 @@ class Gateways:
     upstream_admin: int
     legation_port: int
     legation_admin: int
-    handwritten_port: int
-    handwritten_admin: int
+    handwritten: Mapping[str, tuple[int, int]]
+    """Tag of a hand-written target -> (port, admin port) of its static Envoy."""
     api_port: int
     server_procs: tuple[Proc, ...]
-    """Gateway Envoy, authz service, hand-written Envoy: the server side (CPU time per request)."""
+    """Gateway Envoy, authz service, hand-written Envoys: the server side (CPU time per request)."""
     all_procs: tuple[Proc, ...]
 
     def port(self, tag: str) -> int:
-        return self.handwritten_port if tag == "jwt_authn" else self.legation_port
+        return self.handwritten[tag][0] if tag in self.handwritten else self.legation_port
 
     def admin(self, tag: str) -> int:
-        return self.handwritten_admin if tag == "jwt_authn" else self.legation_admin
+        return self.handwritten[tag][1] if tag in self.handwritten else self.legation_admin
 
     def require_alive(self, what: str) -> None:
         for proc in self.all_procs:
@@ -180,11 +182,14 @@ def _legation(
     return {"ports": p, "procs": (ctl, authz, envoy)}  # fmt: skip
 
 
+_HANDWRITTEN = {"jwt_authn": handwritten_envoy_config, "jwt_rbac": handwritten_claims_envoy_config}
+
+
 @contextlib.contextmanager
 def started_gateways(t: Tools, jwks: str) -> Iterator[Gateways]:
-    """Upstream, Legation gateway and hand-written gateway, all serving when entered."""
+    """Upstream, Legation gateway and hand-written gateways, all serving when entered."""
     base_id = os.getpid() % 10_000 * 100
-    up, up_admin, hw, hw_admin = free_port(), free_port(), free_port(), free_port()
+    up, up_admin = free_port(), free_port()
     with contextlib.ExitStack() as stack:
         config = _write_yaml(
             t.log_dir / "upstream-envoy.yaml", upstream_envoy_config(port=up, admin_port=up_admin)
@@ -193,17 +198,22 @@ def started_gateways(t: Tools, jwks: str) -> Iterator[Gateways]:
         _wait_envoy(upstream, up_admin, lambda: get(up, "upstream", None) == (200, UPSTREAM_BODY))
         legation = _legation(stack, t, jwks, up, base_id + 1)
         ctl, authz, envoy = legation["procs"]
-        config = _write_yaml(
-            t.log_dir / "handwritten-envoy.yaml",
-            handwritten_envoy_config(port=hw, admin_port=hw_admin, upstream_port=up, jwks_json=jwks),
-        )
-        handwritten = _envoy(
-            stack, t, "handwritten-envoy", config, cpu=t.cpus.server_cpu, base_id=base_id + 2
-        )
-        _wait_envoy(handwritten, hw_admin)
+        handwritten: dict[str, tuple[int, int]] = {}
+        static: list[Proc] = []
+        for i, (tag, make) in enumerate(_HANDWRITTEN.items()):
+            port, admin = handwritten[tag] = free_port(), free_port()
+            config = _write_yaml(
+                t.log_dir / f"handwritten-{tag}-envoy.yaml",
+                make(port=port, admin_port=admin, upstream_port=up, jwks_json=jwks),
+            )
+            proc = _envoy(
+                stack, t, f"handwritten-{tag}", config, cpu=t.cpus.server_cpu, base_id=base_id + 2 + i
+            )
+            _wait_envoy(proc, admin)
+            static.append(proc)
         p = legation["ports"]
         yield Gateways(
             upstream_port=up, upstream_admin=up_admin, legation_port=p["http"], legation_admin=p["admin"],
-            handwritten_port=hw, handwritten_admin=hw_admin, api_port=p["api"],
-            server_procs=(envoy, authz, handwritten), all_procs=(upstream, ctl, authz, envoy, handwritten),
+            handwritten=handwritten, api_port=p["api"], server_procs=(envoy, authz, *static),
+            all_procs=(upstream, ctl, authz, envoy, *static),
         )  # fmt: skip
