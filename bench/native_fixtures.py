@@ -193,13 +193,12 @@ def handwritten_envoy_config(
 def _claim(path: list[str], value: str, *, listed: bool) -> dict[str, Any]:
     """A principal: the verified payload's claim at ``path`` is ``value`` (or, ``listed``, holds it)."""
     string = {"string_match": {"exact": value}}
-    return {
-        "metadata": {
-            "filter": "envoy.filters.http.jwt_authn",
-            "path": [{"key": k} for k in ["corp", *path]],
-            "value": {"list_match": {"one_of": string}} if listed else string,
-        }
+    matcher = {
+        "filter": "envoy.filters.http.jwt_authn",
+        "path": [{"key": k} for k in ["corp", *path]],
+        "value": {"list_match": {"one_of": string}} if listed else string,
     }
+    return {"sourced_metadata": {"metadata_matcher": matcher}}  # dynamic metadata, by default
 
 
 def _claims_route(match: dict[str, Any], scope: str | None) -> dict[str, Any]:

@@ -201,7 +201,7 @@ def test_handwritten_claim_rules_allow_the_rules_scope_and_team_only(keys: Keys)
         rules = config["envoy.filters.http.rbac"]["rbac"]["rules"]
         assert rules["action"] == "ALLOW"
         [claims] = rules["policies"]["claims"]["principals"]
-        values = [m["metadata"]["value"] for m in claims["and_ids"]["ids"]]
+        values = [m["sourced_metadata"]["metadata_matcher"]["value"] for m in claims["and_ids"]["ids"]]
         assert values == [
             {"list_match": {"one_of": {"string_match": {"exact": scope}}}},
             {"string_match": {"exact": "orders"}},

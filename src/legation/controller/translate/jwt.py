@@ -365,7 +365,9 @@ def _metadata(path: list[str], value: value_pb2.ValueMatcher) -> rbac_config.Pri
     matcher = metadata_pb2.MetadataMatcher(filter=JWT_FILTER, value=value)
     for part in path:
         matcher.path.add(key=part)
-    return rbac_config.Principal(metadata=matcher)
+    # sourced_metadata: Principal.metadata is deprecated (Envoy warns at every config load).
+    sourced = rbac_config.SourcedMetadata(metadata_matcher=matcher, metadata_source=rbac_config.DYNAMIC)
+    return rbac_config.Principal(sourced_metadata=sourced)
 
 
 def _and(ids: list[rbac_config.Principal]) -> rbac_config.Principal:
