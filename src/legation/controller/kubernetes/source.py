@@ -270,8 +270,11 @@ class KubernetesSource:
             left = deadline - loop.time()
             if left <= 0:
                 return
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for loses a cancellation that
+            # arrives as its wait ends, and the stop then hangs on the next wait (seen under load).
             try:
-                await asyncio.wait_for(self._changed.wait(), min(self.options.quiet_seconds, left))
+                async with asyncio.timeout(min(self.options.quiet_seconds, left)):
+                    await self._changed.wait()
             except TimeoutError:
                 return
 

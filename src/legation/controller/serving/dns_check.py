@@ -104,7 +104,8 @@ class DnsChecker:
         async with self._limit:
             loop = asyncio.get_running_loop()
             lookup = loop.run_in_executor(self._pool, socket.getaddrinfo, host, None)
-            await asyncio.wait_for(lookup, self._timeout)
+            async with asyncio.timeout(self._timeout):  # not wait_for, which can lose a cancel (3.11)
+                await lookup
 
     async def run(self) -> None:
         try:
