@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import json
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,6 +23,7 @@ import pytest
 import yaml
 from fixtures.jwks_server import JwksServer, make_rsa_key, mint
 from fixtures.managed import HOST, free_port, http_get, legation_binary, tcp_open, wait_for
+from fixtures.probes import HttpResponse, http_request
 from fixtures.processes import EnvoyProcess, Launcher, controller_bootstrap
 
 from legation.controller.commands.demo import LocalCa
@@ -42,28 +41,14 @@ class Gateway:
     http: int
     idps: dict[str, JwksServer]
 
-    def get(self, name: str, token: str | None) -> tuple[int, dict[str, str], str]:
+    def get(self, name: str, token: str | None) -> HttpResponse:
         headers = {} if token is None else {"Authorization": f"Bearer {token}"}
-        status, body, response_headers = _get(f"http://{HOST}:{self.http}/{name}/x", headers)
-        return status, response_headers, body
+        return http_request(self.http, f"/{name}/x", headers)
 
     def tls_stat(self, name: str, stat: str) -> int:
         """An ssl counter of the cluster Envoy fetches `name`'s keys with."""
         cluster = f"jwks_https_{HOST}_{self.idps[name].port}"
         return self.envoy.stat(f"cluster.{cluster}.ssl.{stat}")
-
-
-def _get(url: str, headers: dict[str, str]) -> tuple[int, str, dict[str, str]]:
-    request = urllib.request.Request(url, headers=headers)
-    try:
-        with urllib.request.urlopen(request, timeout=5) as response:
-            return (
-                response.status,
-                response.read().decode(),
-                {k.lower(): v for k, v in response.headers.items()},
-            )
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode(), {k.lower(): v for k, v in exc.headers.items()}
 
 
 def manifests(idps: dict[str, JwksServer], upstream: int) -> str:
@@ -136,23 +121,23 @@ def gateway(launch: Launcher, tmp_path: Path) -> Iterator[Gateway]:
 
 def _served(gw: Gateway) -> bool:
     try:
-        return gw.get("trusted", token())[0] == 200
+        return gw.get("trusted", token()).status == 200
     except OSError:
         return False
 
 
 def test_envoy_takes_keys_only_from_a_server_the_platform_ca_issued_for_its_address(gateway: Gateway) -> None:
-    status, _, body = gateway.get("trusted", token())
-    assert status == 200
-    assert json.loads(body)["headers"]["x-user-id"] == "alice"
+    trusted = gateway.get("trusted", token())
+    assert trusted.status == 200
+    assert json.loads(trusted.body)["headers"]["x-user-id"] == "alice"
     assert gateway.tls_stat("trusted", "handshake") >= 1
     assert gateway.idps["trusted"].requests >= 1
 
     for name in ("wrong-name", "other-ca"):
-        status, headers, body = gateway.get(name, token())
-        assert status == 503, (name, status, body)
-        assert json.loads(body)["reason"] == "signing keys unavailable"
-        assert headers["www-authenticate"] == f'Bearer realm="team-orders/{name}-jwt"'
+        refused = gateway.get(name, token())
+        assert refused.status == 503, (name, refused.status, refused.body)
+        assert json.loads(refused.body)["reason"] == "signing keys unavailable"
+        assert refused.header("www-authenticate") == f'Bearer realm="team-orders/{name}-jwt"'
         assert gateway.idps[name].requests == 0, name  # no request: the handshake failed first
     # Why, by Envoy's own counters: the name is not in the certificate; the CA is not trusted.
     assert gateway.tls_stat("wrong-name", "fail_verify_san") >= 1

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -19,6 +18,7 @@ import re2
 from legation.api.v1alpha1.jwtpolicy import JWTPolicy, Provider, Rule
 from legation.authz.jwks import KeySource
 from legation.authz.tokens import CompiledProvider
+from legation.core.text import has_control_characters
 
 __all__ = [
     "CompiledPolicy",
@@ -195,16 +195,6 @@ def claim_header_value(value: Any) -> str | None:
     if isinstance(value, dict):
         return json.dumps(value, separators=(",", ":"), sort_keys=True)
     return _scalar(value)
-
-
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
-
-
-def has_control_characters(text: str) -> bool:
-    """Whether `text` holds a C0 or C1 control character or DEL (tab included): never part of an
-    identity, and CR, LF or NUL in a header would be a way to inject another."""
-    # isprintable() is the cheap common case (profiles showed a per-character scan).
-    return not text.isprintable() and _CONTROL.search(text) is not None
 
 
 def normalize_host(raw: str) -> str | None:

@@ -23,7 +23,6 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from envoy.config.common.mutation_rules.v3 import mutation_rules_pb2
@@ -66,6 +65,7 @@ from legation.controller.translate.jwt_denials import (
 )
 from legation.controller.translate.options import pack
 from legation.controller.translate.remote_jwks import remote_jwks
+from legation.core.text import has_control_characters
 
 __all__ = [
     "IDENTITY_FILTER",
@@ -95,7 +95,6 @@ _CONTROL = value_pb2.ValueMatcher(
     )
 )
 """A string claim holding a C0 or C1 control character or DEL, which the service will not forward."""
-_CONTROL_CHARACTER = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
 def provider_key(policy: str, provider: str) -> str:
@@ -240,20 +239,22 @@ def _rbac(
             _whose(keys, principals, j, _not(_has(k, claim, values))) for j, k in enumerate(principals)
         ]
         rules.policies[claim_policy(i, claim)].CopyFrom(_policy(_or(lacking)))
-    by_name = {p.name: p for p in native.policy.spec.providers}
-    issuers = [by_name[n].issuer for n in rule.requires.providers][: len(principals)]
-    plain_iss = not any(_CONTROL_CHARACTER.search(i) for i in issuers)
-    _forwarded_claims(rules, native.policy.spec, keys=keys, principals=principals, plain_iss=plain_iss)
+    _forwarded_claims(rules, native.policy.spec, rule, keys=keys, principals=principals)
     return rbac_pb2.RBACPerRoute(rbac=rbac_pb2.RBAC(rules=rules))
 
 
 def _forwarded_claims(
-    rules: rbac_config.RBAC, spec: PolicySpec, *, keys: list[str], principals: list[str], plain_iss: bool
+    rules: rbac_config.RBAC, spec: PolicySpec, rule: Rule, *, keys: list[str], principals: list[str]
 ) -> None:
     """Denials of a claim the service would forward (the claims forwarded as headers, then `sub`,
     `iss` and the metadata claims, in this order) holding a control character: metadata regex
     matchers (profiled: CEL cost ~10 µs a request per claim). `iss` needs no test when every
-    principal's issuer is plain (`plain_iss`): jwt_authn has compared it with that issuer."""
+    principal's issuer is plain: jwt_authn has compared it with that issuer."""
+    assert rule.requires is not None
+    issuers = {p.name: p.issuer for p in spec.providers}
+    plain_iss = not any(
+        has_control_characters(issuers[n]) for n in rule.requires.providers[: len(principals)]
+    )
     for i, claim in enumerate(forwarded_claims(spec)):
         if claim == "iss" and plain_iss:
             continue
